@@ -1,0 +1,287 @@
+"""Loading and validating YAML configuration.
+
+Every YAML file under ``configs/`` is validated once, at the entry point, by a pydantic model
+and passed down as an argument. A wrong file fails with a :class:`ConfigError` that names the
+file and the key path of every problem.
+"""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-*?\[\]]+$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unreadable or invalid.
+
+    Attributes:
+        source: the file (or other origin) that was being read.
+        problems: one line per problem, each starting with the key path.
+    """
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration in {source}:\n{listing}")
+
+
+class StrictModel(BaseModel):
+    """Base for configuration models: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """Turns a pydantic error into one ``key.path: message`` line per problem."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the documented keys)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{path}: {message}")
+    return lines
+
+
+def validate_config(data: Any, model: type[M], source: str) -> M:
+    """Validates already-parsed configuration data against ``model``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(top level): expected a mapping, got {type(data).__name__}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Reads a YAML file and validates it against ``model``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not match the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), ["(file): not found"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
+        raise ConfigError(str(path), [f"{where}: not valid YAML ({exc})"]) from None
+    return validate_config(data, model, str(path))
+
+
+def matches_any(value: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """True when ``value`` matches one of the shell-style ``patterns`` (case-sensitive)."""
+    return any(fnmatchcase(value, p) for p in patterns)
+
+
+def _check_patterns(patterns: list[str]) -> list[str]:
+    for p in patterns:
+        if not _PATTERN.match(p):
+            raise ValueError(
+                f"{p!r} is not an event-type pattern (letters, digits, _ . : - and the "
+                "wildcards * ? [] only)"
+            )
+    return patterns
+
+
+class ChurnDefinition(StrictModel):
+    """When a customer counts as churned.
+
+    A customer is churned at time T when they sent an explicit churn event (``events``) or when
+    they had no activity for ``inactivity_days`` days. Activity is any event matching
+    ``activity_events``; marketing actions (treatments) never count as activity.
+    """
+
+    inactivity_days: PositiveInt | None = 60
+    events: list[str] = Field(default_factory=list)
+    activity_events: list[str] = Field(default_factory=lambda: ["*"])
+
+    _patterns = field_validator("events", "activity_events")(_check_patterns)
+
+    @model_validator(mode="after")
+    def _needs_a_rule(self) -> ChurnDefinition:
+        if self.inactivity_days is None and not self.events:
+            raise ValueError("set inactivity_days, events, or both: churn needs a rule")
+        if not self.activity_events:
+            raise ValueError("activity_events must list at least one pattern")
+        return self
+
+
+class Horizons(StrictModel):
+    """How far after a cutoff the labels look, in days."""
+
+    churn_days: PositiveInt = 30
+    conversion_days: PositiveInt = 30
+    next_step_days: PositiveInt = 14
+
+
+class Treatments(StrictModel):
+    """Which events are marketing actions sent to the customer (not customer behaviour)."""
+
+    patterns: list[str] = Field(default_factory=lambda: ["action_*"])
+    action_property: str = "action_id"
+    propensity_property: str = "propensity"
+
+    _patterns = field_validator("patterns")(_check_patterns)
+
+
+class Experience(StrictModel):
+    """Event types that describe the customer's experience (service and surveys)."""
+
+    support: list[str] = Field(default_factory=list)
+    complaints: list[str] = Field(default_factory=list)
+    nps: list[str] = Field(default_factory=list)
+    csat: list[str] = Field(default_factory=list)
+    score_property: str = "score"
+
+    _patterns = field_validator("support", "complaints", "nps", "csat")(_check_patterns)
+
+
+class JourneyMap(StrictModel):
+    """The journey map: stages, what moves a customer between them, and what counts as what.
+
+    A customer's current stage is the stage of their latest event that maps to a stage; events
+    that map to none (email opens, marketing actions) leave the stage as it was. A move to an
+    earlier stage is a regression. Patterns are shell-style (``checkout_*``); an exact event
+    type name wins over a pattern, and among patterns the first listed stage wins.
+    """
+
+    stages: list[str] = Field(
+        default_factory=lambda: ["awareness", "consideration", "purchase", "retention", "advocacy"]
+    )
+    stage_events: dict[str, list[str]]
+    conversions: list[str]
+    churn: ChurnDefinition = Field(default_factory=ChurnDefinition)
+    horizons: Horizons = Field(default_factory=Horizons)
+    treatments: Treatments = Field(default_factory=Treatments)
+    responses: list[str] = Field(default_factory=list)
+    experience: Experience = Field(default_factory=Experience)
+
+    _patterns = field_validator("conversions", "responses")(_check_patterns)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_are_names(cls, stages: list[str]) -> list[str]:
+        if len(stages) < 2:
+            raise ValueError("list at least two stages, in journey order")
+        if len(set(stages)) != len(stages):
+            raise ValueError("stage names must be unique")
+        for s in stages:
+            if not _NAME.match(s):
+                raise ValueError(f"{s!r} is not a stage name (lower case, digits, _)")
+        return stages
+
+    @field_validator("stage_events")
+    @classmethod
+    def _stage_patterns(cls, mapping: dict[str, list[str]]) -> dict[str, list[str]]:
+        for patterns in mapping.values():
+            _check_patterns(patterns)
+        return mapping
+
+    @field_validator("conversions")
+    @classmethod
+    def _some_conversion(cls, conversions: list[str]) -> list[str]:
+        if not conversions:
+            raise ValueError("list at least one conversion event type")
+        return conversions
+
+    @model_validator(mode="after")
+    def _stage_keys_known(self) -> JourneyMap:
+        unknown = [s for s in self.stage_events if s not in self.stages]
+        if unknown:
+            raise ValueError(
+                f"stage_events names stages that are not in stages: {', '.join(unknown)}"
+            )
+        exact: dict[str, str] = {}
+        for stage, patterns in self.stage_events.items():
+            for p in patterns:
+                if not any(c in p for c in "*?["):
+                    if p in exact and exact[p] != stage:
+                        raise ValueError(
+                            f"stage_events: event type {p!r} is mapped to both "
+                            f"{exact[p]!r} and {stage!r}"
+                        )
+                    exact[p] = stage
+        return self
+
+    @cached_property
+    def _exact_stage(self) -> dict[str, str]:
+        return {
+            p: stage
+            for stage, patterns in self.stage_events.items()
+            for p in patterns
+            if not any(c in p for c in "*?[")
+        }
+
+    @cached_property
+    def _glob_stage(self) -> list[tuple[str, str]]:
+        ordered = sorted(self.stage_events.items(), key=lambda kv: self.stages.index(kv[0]))
+        return [(p, stage) for stage, pats in ordered for p in pats if any(c in p for c in "*?[")]
+
+    def stage_of(self, event_type: str) -> str | None:
+        """The stage an event type moves a customer to, or None when it moves nobody."""
+        if self.is_treatment(event_type):
+            return None
+        if event_type in self._exact_stage:
+            return self._exact_stage[event_type]
+        for pattern, stage in self._glob_stage:
+            if fnmatchcase(event_type, pattern):
+                return stage
+        return None
+
+    def stage_index(self, stage: str) -> int:
+        """Position of ``stage`` in the journey, 0 for the first stage."""
+        return self.stages.index(stage)
+
+    def is_conversion(self, event_type: str) -> bool:
+        return matches_any(event_type, self.conversions)
+
+    def is_treatment(self, event_type: str) -> bool:
+        return matches_any(event_type, self.treatments.patterns)
+
+    def is_response(self, event_type: str) -> bool:
+        return matches_any(event_type, self.responses)
+
+    def is_activity(self, event_type: str) -> bool:
+        """Whether an event shows the customer is still active (for the churn definition)."""
+        return not self.is_treatment(event_type) and matches_any(
+            event_type, self.churn.activity_events
+        )
+
+    def is_churn_event(self, event_type: str) -> bool:
+        return matches_any(event_type, self.churn.events)
+
+
+def load_journey_map(path: str | Path = CONFIG_DIR / "journeys.yaml") -> JourneyMap:
+    """Loads and validates the journey map (``configs/journeys.yaml`` by default)."""
+    return load_config(path, JourneyMap)
