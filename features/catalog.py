@@ -1,0 +1,486 @@
+"""The one place where journey features are defined: name, plain-language description, type,
+feature view, and the SQL that computes each from the event stream.
+
+The pipeline (``features.pipeline``) turns the event log into a stream ordered by customer and
+time, keeps running totals and running "latest" values (*accumulators*) with window functions,
+and reads them at each snapshot time T and at look-backs T - L days. A window count over
+[T - W, T) is then ``total(T) - total(T - W)``. Every feature below is an expression over those
+readings, written as ``<accumulator>__<lag>``. The same catalog drives training snapshots, the
+online store and the real-time update, so a feature has exactly one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from features.settings import FeatureSettings
+from journeyml.config import JourneyMap
+
+Dtype = Literal["int64", "float64", "string"]
+AccumulatorKind = Literal["sum", "min", "max", "last"]
+
+NONE_LABEL = "none"
+"""Value of a categorical feature that has nothing to report (no stage yet, fewer events)."""
+NO_SCORE = -1.0
+"""Value of a survey-score feature for a customer who never answered that survey."""
+
+VIEW_ACTIVITY = "journey_activity"
+VIEW_STATE = "journey_state"
+VIEW_EXPERIENCE = "journey_experience"
+VIEW_PROFILE = "customer_profile"
+VIEWS: tuple[str, ...] = (VIEW_ACTIVITY, VIEW_STATE, VIEW_EXPERIENCE, VIEW_PROFILE)
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """A running value per customer over the time-ordered event stream.
+
+    Attributes:
+        name: column name in the stream.
+        expr: per-event SQL expression (over the enriched event columns).
+        kind: ``sum`` (running total), ``min``/``max`` (running extremes) or ``last`` (latest
+            non-null value).
+        lags: look-backs in days at which the pipeline reads it (0 = at the snapshot).
+    """
+
+    name: str
+    expr: str
+    kind: AccumulatorKind
+    lags: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One journey feature.
+
+    Attributes:
+        name: column name, also the Feast feature name.
+        description: plain-language meaning, used in reason codes and reports.
+        dtype: storage type.
+        view: the Feast feature view it belongs to.
+        sql: expression over accumulator readings ``<accumulator>__<lag>`` and ``snapshot_ts``.
+        ages_with_time: the value grows one day per day while nothing happens (recency); an
+            online read adds the age of the stored row so the value is right at read time.
+    """
+
+    name: str
+    description: str
+    dtype: Dtype
+    view: str
+    sql: str
+    ages_with_time: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureCatalog:
+    """All accumulators and features for one journey map and feature settings."""
+
+    accumulators: tuple[Accumulator, ...]
+    features: tuple[FeatureSpec, ...]
+    counted_event_types: tuple[str, ...]
+    settings: FeatureSettings
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def by_name(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def view_features(self, view: str) -> list[FeatureSpec]:
+        return [f for f in self.features if f.view == view]
+
+    @property
+    def descriptions(self) -> dict[str, str]:
+        return {f.name: f.description for f in self.features}
+
+
+def slug(value: str) -> str:
+    """An event type or channel as a safe fragment of a column name."""
+    out = "".join(c if c.isalnum() else "_" for c in value.lower()).strip("_")
+    return out or "blank"
+
+
+def sql_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _days_between(earlier: str, later: str) -> str:
+    return f"(DATE_DIFF('second', {earlier}, {later}) / 86400.0)"
+
+
+def counted_event_types(journey_map: JourneyMap, settings: FeatureSettings) -> tuple[str, ...]:
+    """Event types that get their own window counts."""
+    if settings.count_event_types is not None:
+        return tuple(dict.fromkeys(settings.count_event_types))
+    named = [
+        *[p for patterns in journey_map.stage_events.values() for p in patterns],
+        *journey_map.conversions,
+        *journey_map.responses,
+        *journey_map.experience.support,
+        *journey_map.experience.complaints,
+        *journey_map.experience.nps,
+        *journey_map.experience.csat,
+        *journey_map.churn.events,
+    ]
+    exact = [n for n in named if not any(c in n for c in "*?[")]
+    return tuple(n for n in dict.fromkeys(exact) if not journey_map.is_treatment(n))
+
+
+def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> FeatureCatalog:
+    """Builds the accumulators and features for a journey map.
+
+    Args:
+        journey_map: stages and event roles.
+        settings: windows, counted event types, channels and profile attributes.
+
+    Returns:
+        The catalog; feature names are unique and stable for the same inputs.
+    """
+    windows = settings.windows_days
+    trend = settings.trend_days
+    window_lags = tuple(sorted({0, *windows}))
+    trend_lags = (0, trend, 2 * trend)
+    lags_all = tuple(sorted({*window_lags, *trend_lags}))
+    types = counted_event_types(journey_map, settings)
+    stages = journey_map.stages
+
+    acc: list[Accumulator] = []
+    feats: list[FeatureSpec] = []
+
+    def add_acc(name: str, expr: str, kind: AccumulatorKind, lags: tuple[int, ...] = (0,)) -> None:
+        acc.append(Accumulator(name, expr, kind, lags))
+
+    def add(
+        name: str, description: str, dtype: Dtype, view: str, sql: str, ages: bool = False
+    ) -> None:
+        feats.append(FeatureSpec(name, description, dtype, view, sql, ages))
+
+    def window_count(acc_name: str, w: int) -> str:
+        return f"({acc_name}__0 - {acc_name}__{w})"
+
+    # -- activity: window counts ------------------------------------------------------------
+    add_acc("c_events", "is_activity", "sum", lags_all)
+    add_acc("c_sessions", "session_start", "sum", window_lags)
+    add_acc(
+        "c_value", "CASE WHEN is_activity = 1 THEN COALESCE(value, 0) ELSE 0 END", "sum", lags_all
+    )
+    add_acc(
+        "c_valued",
+        "CASE WHEN is_activity = 1 AND value IS NOT NULL THEN 1 ELSE 0 END",
+        "sum",
+        window_lags,
+    )
+    add_acc("c_conversions", "is_conversion", "sum", window_lags)
+    for t in types:
+        add_acc(
+            f"c_type_{slug(t)}",
+            f"CASE WHEN event_type = {sql_literal(t)} THEN 1 ELSE 0 END",
+            "sum",
+            window_lags,
+        )
+    for ch in settings.channels:
+        add_acc(
+            f"c_channel_{ch}",
+            f"CASE WHEN is_activity = 1 AND channel = {sql_literal(ch)} THEN 1 ELSE 0 END",
+            "sum",
+            window_lags,
+        )
+
+    for w in windows:
+        add(
+            f"events_{w}d",
+            f"customer events in the last {w} days",
+            "int64",
+            VIEW_ACTIVITY,
+            window_count("c_events", w),
+        )
+        add(
+            f"sessions_{w}d",
+            f"web and app sessions in the last {w} days",
+            "int64",
+            VIEW_ACTIVITY,
+            window_count("c_sessions", w),
+        )
+        add(
+            f"conversions_{w}d",
+            f"conversions in the last {w} days",
+            "int64",
+            VIEW_ACTIVITY,
+            window_count("c_conversions", w),
+        )
+        add(
+            f"value_sum_{w}d",
+            f"money spent in the last {w} days",
+            "float64",
+            VIEW_ACTIVITY,
+            window_count("c_value", w),
+        )
+        add(
+            f"value_mean_{w}d",
+            f"average order value in the last {w} days",
+            "float64",
+            VIEW_ACTIVITY,
+            f"CASE WHEN {window_count('c_valued', w)} > 0 THEN "
+            f"{window_count('c_value', w)} / {window_count('c_valued', w)} ELSE 0.0 END",
+        )
+        for t in types:
+            add(
+                f"n_{slug(t)}_{w}d",
+                f"'{t}' events in the last {w} days",
+                "int64",
+                VIEW_ACTIVITY,
+                window_count(f"c_type_{slug(t)}", w),
+            )
+        for ch in settings.channels:
+            add(
+                f"channel_{ch}_{w}d",
+                f"events on the {ch} channel in the last {w} days",
+                "int64",
+                VIEW_ACTIVITY,
+                window_count(f"c_channel_{ch}", w),
+            )
+
+    recent = f"(c_events__0 - c_events__{trend})"
+    before = f"(c_events__{trend} - c_events__{2 * trend})"
+    add(
+        f"events_trend_{trend}d",
+        f"activity in the last {trend} days relative to the {trend} days before",
+        "float64",
+        VIEW_ACTIVITY,
+        f"(({recent} + 1.0) / ({before} + 1.0))",
+    )
+    recent_v = f"(c_value__0 - c_value__{trend})"
+    before_v = f"(c_value__{trend} - c_value__{2 * trend})"
+    add(
+        f"value_trend_{trend}d",
+        f"spend in the last {trend} days relative to the {trend} days before",
+        "float64",
+        VIEW_ACTIVITY,
+        f"(({recent_v} + 1.0) / ({before_v} + 1.0))",
+    )
+    w_mid = 30 if 30 in windows else windows[-1]
+    add(
+        f"events_per_session_{w_mid}d",
+        f"events per session in the last {w_mid} days",
+        "float64",
+        VIEW_ACTIVITY,
+        f"CASE WHEN {window_count('c_sessions', w_mid)} > 0 THEN "
+        f"{window_count('c_events', w_mid)} * 1.0 / {window_count('c_sessions', w_mid)} "
+        "ELSE 0.0 END",
+    )
+    add(
+        "events_total", "customer events since the first one", "int64", VIEW_ACTIVITY, "c_events__0"
+    )
+    add(
+        "conversions_total",
+        "conversions since the first event",
+        "int64",
+        VIEW_ACTIVITY,
+        "c_conversions__0",
+    )
+    add("value_total", "money spent since the first event", "float64", VIEW_ACTIVITY, "c_value__0")
+
+    # -- journey state and recency ----------------------------------------------------------
+    add_acc("first_ts", "CASE WHEN is_activity = 1 THEN ts END", "min")
+    add_acc("last_event_ts", "CASE WHEN is_activity = 1 THEN ts END", "max")
+    add_acc("last_conversion_ts", "CASE WHEN is_conversion = 1 THEN ts END", "max")
+    add_acc("last_support_ts", "CASE WHEN is_support = 1 THEN ts END", "max")
+    add_acc("last_complaint_ts", "CASE WHEN is_complaint = 1 THEN ts END", "max")
+    add_acc("last_action_ts", "CASE WHEN is_treatment = 1 THEN ts END", "max")
+    add_acc("cur_stage", "cur_stage", "last")
+    add_acc("prev_stage", "prev_stage", "last")
+    add_acc("stage_since_ts", "stage_since_ts", "last")
+    add_acc("furthest_stage", "furthest_stage", "last")
+    add_acc("regressions", "regressions", "last")
+    for k in range(1, settings.last_k + 1):
+        add_acc(f"last_type_{k}", f"last_type_{k}", "last")
+
+    tenure = _days_between("first_ts__0", "snapshot_ts")
+    add(
+        "tenure_days",
+        "days since the customer's first event",
+        "float64",
+        VIEW_STATE,
+        tenure,
+        ages=True,
+    )
+
+    def since(acc_name: str, what: str) -> None:
+        add(
+            f"days_since_{what}",
+            f"days since the last {what.replace('_', ' ')} (tenure + 1 when never)",
+            "float64",
+            VIEW_STATE,
+            f"COALESCE({_days_between(acc_name + '__0', 'snapshot_ts')}, {tenure} + 1.0)",
+            ages=True,
+        )
+
+    since("last_event_ts", "last_event")
+    since("last_conversion_ts", "last_conversion")
+    since("last_support_ts", "last_support")
+    since("last_complaint_ts", "last_complaint")
+    since("last_action_ts", "last_action")
+
+    def stage_name(index_sql: str) -> str:
+        cases = " ".join(f"WHEN {i} THEN {sql_literal(s)}" for i, s in enumerate(stages))
+        return f"COALESCE(CASE {index_sql} {cases} END, {sql_literal(NONE_LABEL)})"
+
+    add("stage", "current journey stage", "string", VIEW_STATE, stage_name("cur_stage__0"))
+    add(
+        "stage_index",
+        "position of the current stage in the journey (-1 before any)",
+        "int64",
+        VIEW_STATE,
+        "COALESCE(cur_stage__0, -1)",
+    )
+    add(
+        "previous_stage",
+        "journey stage before the current one",
+        "string",
+        VIEW_STATE,
+        stage_name("prev_stage__0"),
+    )
+    add(
+        "furthest_stage",
+        "furthest journey stage ever reached",
+        "string",
+        VIEW_STATE,
+        stage_name("furthest_stage__0"),
+    )
+    add(
+        "furthest_stage_index",
+        "position of the furthest stage reached (-1 before any)",
+        "int64",
+        VIEW_STATE,
+        "COALESCE(furthest_stage__0, -1)",
+    )
+    add(
+        "days_in_stage",
+        "days in the current stage (tenure + 1 before any stage)",
+        "float64",
+        VIEW_STATE,
+        f"COALESCE({_days_between('stage_since_ts__0', 'snapshot_ts')}, {tenure} + 1.0)",
+        ages=True,
+    )
+    add(
+        "stage_regressions",
+        "times the customer moved back to an earlier stage",
+        "int64",
+        VIEW_STATE,
+        "COALESCE(regressions__0, 0)",
+    )
+    for k in range(1, settings.last_k + 1):
+        nth = {1: "latest", 2: "2nd latest", 3: "3rd latest"}.get(k, f"{k}th latest")
+        add(
+            f"last_event_{k}",
+            f"{nth} event type",
+            "string",
+            VIEW_STATE,
+            f"COALESCE(last_type_{k}__0, {sql_literal(NONE_LABEL)})",
+        )
+
+    # -- experience: service, surveys, marketing --------------------------------------------
+    add_acc("c_support", "is_support", "sum", window_lags)
+    add_acc("c_complaints", "is_complaint", "sum", window_lags)
+    add_acc("c_actions", "is_treatment", "sum", window_lags)
+    add_acc("c_responses", "is_response", "sum", window_lags)
+    add_acc("last_nps", "nps_score", "last")
+    add_acc("last_csat", "csat_score", "last")
+    for w in windows:
+        add(
+            f"support_{w}d",
+            f"support contacts in the last {w} days",
+            "int64",
+            VIEW_EXPERIENCE,
+            window_count("c_support", w),
+        )
+        add(
+            f"complaints_{w}d",
+            f"complaints in the last {w} days",
+            "int64",
+            VIEW_EXPERIENCE,
+            window_count("c_complaints", w),
+        )
+        add(
+            f"actions_{w}d",
+            f"marketing actions received in the last {w} days",
+            "int64",
+            VIEW_EXPERIENCE,
+            window_count("c_actions", w),
+        )
+        add(
+            f"responses_{w}d",
+            f"responses to marketing in the last {w} days",
+            "int64",
+            VIEW_EXPERIENCE,
+            window_count("c_responses", w),
+        )
+    w_max = windows[-1]
+    add(
+        f"response_rate_{w_max}d",
+        f"responses per marketing action in the last {w_max} days (0 without actions)",
+        "float64",
+        VIEW_EXPERIENCE,
+        f"CASE WHEN {window_count('c_actions', w_max)} > 0 THEN "
+        f"{window_count('c_responses', w_max)} * 1.0 / {window_count('c_actions', w_max)} "
+        "ELSE 0.0 END",
+    )
+    add(
+        "support_total",
+        "support contacts since the first event",
+        "int64",
+        VIEW_EXPERIENCE,
+        "c_support__0",
+    )
+    add(
+        "complaints_total",
+        "complaints since the first event",
+        "int64",
+        VIEW_EXPERIENCE,
+        "c_complaints__0",
+    )
+    add(
+        "actions_total",
+        "marketing actions received since the first event",
+        "int64",
+        VIEW_EXPERIENCE,
+        "c_actions__0",
+    )
+    add(
+        "last_nps",
+        f"latest NPS answer ({NO_SCORE:g} when never answered)",
+        "float64",
+        VIEW_EXPERIENCE,
+        f"COALESCE(last_nps__0, {NO_SCORE})",
+    )
+    add(
+        "last_csat",
+        f"latest CSAT answer ({NO_SCORE:g} when never answered)",
+        "float64",
+        VIEW_EXPERIENCE,
+        f"COALESCE(last_csat__0, {NO_SCORE})",
+    )
+
+    # -- profile: attributes of the customers table -----------------------------------------
+    for attr in settings.profile_attributes:
+        add(
+            attr,
+            f"customer {attr.replace('_', ' ')} (from the customers table)",
+            "string",
+            VIEW_PROFILE,
+            f"COALESCE(CAST(profile_{attr} AS VARCHAR), 'unknown')",
+        )
+
+    names = [f.name for f in feats]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(
+            "feature names collide (rename an event type or channel in configs): "
+            + ", ".join(dupes)
+        )
+    return FeatureCatalog(tuple(acc), tuple(feats), types, settings)

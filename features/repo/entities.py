@@ -1,0 +1,5 @@
+"""The customer entity."""
+
+from _catalog import objects
+
+customer = objects().customer
