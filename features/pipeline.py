@@ -382,7 +382,7 @@ def build_snapshots(
         first, last = con.execute(
             "SELECT MIN(e.timestamp), MAX(e.timestamp) FROM events e "
             "JOIN roles r ON r.event_type = e.event_type WHERE r.is_activity = 1"
-        ).fetchone() or (None, None)
+        ).fetchall()[0]
         if first is None or last is None:
             raise FeatureBuildError(f"the lake at {lake} has no customer activity events")
         if as_of is not None and as_of <= first:
@@ -401,7 +401,7 @@ def build_snapshots(
         rows, customers, n_snap = con.execute(
             f"SELECT COUNT(*), COUNT(DISTINCT customer_id), COUNT(DISTINCT {TIMESTAMP_FIELD}) "
             f"FROM read_parquet('{_quote(str(tmp / 'part-0.parquet'))}')"
-        ).fetchone() or (0, 0, 0)
+        ).fetchall()[0]
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,174 @@
+"""``journeyml features``: build snapshots, register them in Feast, load the online store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from journeyml.config import CONFIG_DIR, ConfigError
+
+if TYPE_CHECKING:
+    from features.catalog import FeatureCatalog
+    from features.settings import FeatureSettings
+    from journeyml.config import JourneyMap
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+DataDir = typer.Option(Path("data"), "--data-dir", help="Workspace folder (lake, features, feast).")
+FeaturesConfig = typer.Option(CONFIG_DIR / "features.yaml", "--config", help="Feature settings.")
+JourneysConfig = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map.")
+AsOf = typer.Option(
+    None, "--as-of", help="Snapshot time, ISO-8601 (naive = UTC). Default: end of the log."
+)
+
+
+def _parse_as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        err.print(f"[red]--as-of: {value!r} is not an ISO-8601 date or time[/red]")
+        raise typer.Exit(2) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _load(config: Path, journeys: Path) -> tuple[JourneyMap, FeatureSettings, FeatureCatalog]:
+    from features.catalog import build_catalog
+    from features.settings import load_feature_settings
+    from journeyml.config import load_journey_map
+
+    try:
+        journey_map = load_journey_map(journeys)
+        settings = load_feature_settings(str(config))
+        return journey_map, settings, build_catalog(journey_map, settings)
+    except (ConfigError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("build")
+def build(
+    data_dir: Path = DataDir,
+    config: Path = FeaturesConfig,
+    journeys: Path = JourneysConfig,
+    as_of: str | None = AsOf,
+) -> None:
+    """Compute point-in-time journey features at every snapshot from the ingested lake."""
+    from features.pipeline import FeatureBuildError, build_snapshots
+    from features.store import Workspace
+
+    journey_map, _, catalog = _load(config, journeys)
+    ws = Workspace(data_dir)
+    try:
+        report = build_snapshots(ws.lake, ws.snapshots, journey_map, catalog, _parse_as_of(as_of))
+    except FeatureBuildError as exc:
+        err.print(f"[red]features build: {exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title="journey features", show_header=False)
+    table.add_row("snapshot rows", f"{report.rows:,}")
+    table.add_row("customers", f"{report.customers:,}")
+    table.add_row(
+        "snapshots",
+        f"{report.snapshots} (weekly from {report.first_snapshot:%Y-%m-%d})"
+        if report.first_snapshot
+        else str(report.snapshots),
+    )
+    table.add_row("as of", report.as_of.isoformat())
+    table.add_row("features", str(report.features))
+    table.add_row("written to", str(report.path))
+    table.add_row("seconds", f"{report.seconds:.1f}")
+    console.print(table)
+
+
+@app.command("apply")
+def apply(
+    data_dir: Path = DataDir,
+    config: Path = FeaturesConfig,
+    journeys: Path = JourneysConfig,
+) -> None:
+    """Register the entity, source, feature views and feature services in Feast."""
+    from features.store import Workspace, apply_definitions, open_store
+
+    _, settings, catalog = _load(config, journeys)
+    ws = Workspace(data_dir)
+    store = open_store(settings.store, ws)
+    objects = apply_definitions(store, catalog, ws)
+    console.print(
+        f"registered views {', '.join(objects.views)} and services "
+        f"{', '.join(objects.services)} in project [bold]{store.project}[/bold]"
+    )
+
+
+@app.command("materialize")
+def materialize(
+    data_dir: Path = DataDir,
+    config: Path = FeaturesConfig,
+    journeys: Path = JourneysConfig,
+    as_of: str | None = AsOf,
+) -> None:
+    """Load each customer's latest snapshot into the online store (fast bulk path)."""
+    from features.online import load_latest_snapshot
+    from features.store import Workspace, apply_definitions, open_store
+
+    _, settings, catalog = _load(config, journeys)
+    ws = Workspace(data_dir)
+    if not ws.snapshots.exists():
+        err.print(f"[red]no snapshots at {ws.snapshots}: run `journeyml features build`[/red]")
+        raise typer.Exit(2)
+    store = open_store(settings.store, ws)
+    apply_definitions(store, catalog, ws)
+    report = load_latest_snapshot(store, catalog, ws.snapshots, as_of=_parse_as_of(as_of))
+    console.print(report)
+
+
+@app.command("show")
+def show(
+    customer_id: str = typer.Argument(..., help="The customer to read."),
+    data_dir: Path = DataDir,
+    config: Path = FeaturesConfig,
+    journeys: Path = JourneysConfig,
+) -> None:
+    """Read one customer's online features with their age and stale flags."""
+    from features.realtime import read_online
+    from features.store import Workspace, open_store
+
+    _, settings, catalog = _load(config, journeys)
+    store = open_store(settings.store, Workspace(data_dir))
+    row = read_online(store, catalog, [customer_id])[0]
+    if not row.found:
+        err.print("[yellow]no online features for that customer[/yellow]")
+        raise typer.Exit(1)
+    table = Table("feature", "value", "meaning")
+    for spec in catalog.features:
+        table.add_row(spec.name, str(row.values.get(spec.name)), spec.description)
+    console.print(table)
+    for view, age in row.age_seconds.items():
+        flag = "[red]stale[/red]" if row.stale[view] else "fresh"
+        console.print(f"{view}: {flag}, age {age / 3600:.1f} h" if age is not None else view)
+
+
+@app.command("sql")
+def sql(
+    dialect: str = typer.Option("duckdb", help="duckdb or spark"),
+    config: Path = FeaturesConfig,
+    journeys: Path = JourneysConfig,
+) -> None:
+    """Print the feature query (DuckDB, or transpiled to Spark SQL for a cluster)."""
+    from features.pipeline import feature_query, to_spark_sql
+
+    journey_map, _, catalog = _load(config, journeys)
+    query = feature_query(catalog, journey_map.experience.score_property)
+    if dialect == "spark":
+        query = to_spark_sql(query)
+    elif dialect != "duckdb":
+        err.print("[red]--dialect must be duckdb or spark[/red]")
+        raise typer.Exit(2)
+    console.print(query, markup=False, highlight=False)
