@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -73,6 +77,52 @@ def test_feast_plan_apply_materialize_embedded(tmp_path: Path, snapshots) -> Non
     ).to_dict()
     assert online["conversions_total"] == [1]
     assert online["stage"] == ["purchase"]
+    assert_ui_serves(fs_yaml, env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def assert_ui_serves(fs_yaml: Path, env: dict[str, str]) -> None:
+    """`feast ui` starts on loopback and serves the project (polls for at most 90 s)."""
+    port = free_port()
+    ui = subprocess.Popen(
+        [
+            FEAST,
+            "-c",
+            str(REPO),
+            "-f",
+            str(fs_yaml),
+            "ui",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/projects-list.json", timeout=2
+                ) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                assert ui.poll() is None, "feast ui exited"
+                assert time.monotonic() < deadline, "feast ui did not answer within 90 s"
+                time.sleep(1)
+        assert [p["id"] for p in body["projects"]] == ["journeyml"]
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
 
 
 @pytest.mark.redis
