@@ -219,3 +219,38 @@ def test_query_transpiles_to_spark(catalog: FeatureCatalog) -> None:
     assert "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW" in spark
     selected = {e.alias_or_name for e in parsed.expressions}
     assert set(catalog.names) <= selected
+
+
+def test_event_types_unknown_to_the_journey_map(
+    journey_map: JourneyMap, catalog: FeatureCatalog
+) -> None:
+    log = [
+        {"customer_id": "u", "timestamp": day(1), "event_type": "page_view"},
+        {"customer_id": "u", "timestamp": day(2), "event_type": "warranty_claim"},
+    ]
+    row = compute_features(events_table(log), [day(3)], journey_map, catalog).iloc[0]
+    # an unknown event is still customer activity, but moves nobody between stages
+    assert row["events_7d"] == 2
+    assert row["stage"] == "awareness"
+    assert row["last_event_1"] == "warranty_claim"
+
+
+def test_unparseable_survey_score_is_ignored(
+    journey_map: JourneyMap, catalog: FeatureCatalog
+) -> None:
+    log = [
+        {
+            "customer_id": "u",
+            "timestamp": day(1),
+            "event_type": "nps_response",
+            "properties": '{"score": 7}',
+        },
+        {
+            "customer_id": "u",
+            "timestamp": day(2),
+            "event_type": "nps_response",
+            "properties": '{"score": "n/a"}',
+        },
+    ]
+    row = compute_features(events_table(log), [day(3)], journey_map, catalog).iloc[0]
+    assert row["last_nps"] == 7.0
