@@ -28,7 +28,7 @@ import pyarrow as pa
 import sqlglot
 
 from features.catalog import FeatureCatalog
-from journeyml.config import JourneyMap
+from journeyml.config import JourneyMap, matches_any
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,10 @@ def event_roles(journey_map: JourneyMap, event_types: list[str]) -> pa.Table:
             "is_conversion": journey_map.is_conversion(et),
             "is_treatment": journey_map.is_treatment(et),
             "is_response": journey_map.is_response(et),
-            "is_support": _match(et, exp.support),
-            "is_complaint": _match(et, exp.complaints),
-            "is_nps": _match(et, exp.nps),
-            "is_csat": _match(et, exp.csat),
+            "is_support": matches_any(et, exp.support),
+            "is_complaint": matches_any(et, exp.complaints),
+            "is_nps": matches_any(et, exp.nps),
+            "is_csat": matches_any(et, exp.csat),
         }
         for col in ROLE_COLUMNS:
             rows[col].append(int(flags[col]))
@@ -76,12 +76,6 @@ def event_roles(journey_map: JourneyMap, event_types: list[str]) -> pa.Table:
         + [(c, pa.int32()) for c in ROLE_COLUMNS]
     )
     return pa.Table.from_pydict(rows, schema=schema)
-
-
-def _match(event_type: str, patterns: list[str]) -> bool:
-    from journeyml.config import matches_any
-
-    return matches_any(event_type, patterns)
 
 
 def feature_query(catalog: FeatureCatalog, score_property: str = "score") -> str:

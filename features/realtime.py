@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
@@ -40,7 +41,7 @@ from features.pipeline import (
     register_snapshots,
 )
 from journeyml.config import JourneyMap
-from journeyml.events.schema import NORMALISED_EVENT_SCHEMA, events_glob
+from journeyml.events.schema import CUSTOMERS_FILE, NORMALISED_EVENT_SCHEMA, events_glob
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,20 @@ class RealtimeUpdater:
         self.event_store = event_store
         self.lake = Path(lake) if lake is not None else None
         self._query = feature_query(catalog, journey_map.experience.score_property)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        # Registry lookups are slow (protobuf parsing); views change only on `features apply`.
+        self._views = {view: store.get_feature_view(view) for view in VIEWS}
+
+    def refresh_views(self) -> None:
+        """Re-reads the feature views from the registry (after ``journeyml features apply``)."""
+        with self._lock:
+            self._views = {view: self.store.get_feature_view(view) for view in VIEWS}
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = connect(memory_limit="1GB")
+        return self._con
 
     def history(self, customer_ids: Sequence[str]) -> pa.Table:
         """The full event history of some customers: the lake plus the event store."""
@@ -173,43 +187,43 @@ class RealtimeUpdater:
         if self.lake is None or not (self.lake / "events").is_dir():
             return online
         glob = events_glob(self.lake).replace("'", "''")
-        con = connect(memory_limit="1GB")
-        try:
+        cols = ", ".join(_EVENT_COLUMNS)
+        with self._lock:
+            con = self._connection()
             con.register("ids", pa.table({ENTITY: pa.array(list(customer_ids), pa.string())}))
             con.register("online", online)
-            cols = ", ".join(_EVENT_COLUMNS)
             return (
                 con.sql(
                     f"""
-                SELECT {cols} FROM (
-                    SELECT {cols}, ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY src) AS rn
-                    FROM (
-                        SELECT {cols}, 0 AS src
-                        FROM read_parquet('{glob}', hive_partitioning = false)
-                        WHERE customer_id IN (SELECT customer_id FROM ids)
-                        UNION ALL
-                        SELECT {cols}, 1 AS src FROM online
-                    )
-                ) WHERE rn = 1
-                """
+                    SELECT {cols} FROM (
+                        SELECT {cols},
+                            ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY src) AS rn
+                        FROM (
+                            SELECT {cols}, 0 AS src
+                            FROM read_parquet('{glob}', hive_partitioning = false)
+                            WHERE customer_id IN (SELECT customer_id FROM ids)
+                            UNION ALL
+                            SELECT {cols}, 1 AS src FROM online
+                        )
+                    ) WHERE rn = 1
+                    """
                 )
                 .to_arrow_table()
                 .cast(NORMALISED_EVENT_SCHEMA)
             )
-        finally:
-            con.close()
 
     def compute(self, customer_ids: Sequence[str], as_of: datetime) -> pd.DataFrame:
         """Features of some customers as of ``as_of`` from their full history."""
-        history = self.history(customer_ids)
-        con = connect(memory_limit="1GB")
-        try:
+        with self._lock:
+            history = self.history(customer_ids)
+            con = self._connection()
             con.register("history", history)
+            customers = self.lake / CUSTOMERS_FILE if self.lake is not None else None
             register_inputs(
                 con,
                 self.journey_map,
                 "SELECT * FROM history",
-                None,
+                customers,
                 self.catalog.settings.profile_attributes,
             )
             snaps = pa.table(
@@ -220,8 +234,6 @@ class RealtimeUpdater:
             )
             register_snapshots(con, snaps)
             return con.execute(self._query).df()
-        finally:
-            con.close()
 
     def apply(self, events: pa.Table, as_of: datetime | None = None) -> UpdateReport:
         """Stores new events and refreshes the online features of their customers.
@@ -240,9 +252,9 @@ class RealtimeUpdater:
         customers = sorted(set(events.column(ENTITY).to_pylist()))
         latest = pa.compute.max(events.column("timestamp")).as_py()
         with self._lock:
-            stored = read_online_timestamps(self.store, customers)
+            online_ts = self._stored_timestamps(customers)
             newest_stored = max(
-                (ts for per_view in stored.values() for ts in per_view if ts is not None),
+                (ts for per_view in online_ts.values() for ts in per_view if ts is not None),
                 default=None,
             )
             # The snapshot time only moves forward for a customer: a recomputation from the
@@ -266,7 +278,8 @@ class RealtimeUpdater:
         """
         if frame.empty:
             return 0
-        stored_ts = read_online_timestamps(self.store, list(frame[ENTITY]))
+        stored_ts = self._stored_timestamps(list(frame[ENTITY]))
+        provider = self.store._get_provider()
         skipped = 0
         for view in VIEWS:
             newer = [ts is not None and ts > as_of for ts in stored_ts[view]]
@@ -275,8 +288,17 @@ class RealtimeUpdater:
             if keep.empty:
                 continue
             cols = [ENTITY, TIMESTAMP_FIELD, *(f.name for f in self.catalog.view_features(view))]
-            self.store.write_to_online_store(view, keep[cols].reset_index(drop=True))
+            # Feast's write path (what write_to_online_store calls after its registry lookups)
+            provider.ingest_df(self._views[view], keep[cols].reset_index(drop=True))
         return skipped
+
+    def _stored_timestamps(self, customer_ids: Sequence[str]) -> dict[str, list[datetime | None]]:
+        provider = self.store._get_provider()
+        keys = _entity_keys(customer_ids)
+        return {
+            view: [ts for ts, _ in provider.online_read(self.store.config, table, keys)]
+            for view, table in self._views.items()
+        }
 
 
 def _entity_keys(customer_ids: Sequence[str]) -> list[EntityKeyProto]:
@@ -284,19 +306,6 @@ def _entity_keys(customer_ids: Sequence[str]) -> list[EntityKeyProto]:
         EntityKeyProto(join_keys=[ENTITY], entity_values=[ValueProto(string_val=c)])
         for c in customer_ids
     ]
-
-
-def read_online_timestamps(
-    store: FeatureStore, customer_ids: Sequence[str]
-) -> dict[str, list[datetime | None]]:
-    """The event timestamp of each customer's online row, per feature view."""
-    provider = store._get_provider()
-    keys = _entity_keys(customer_ids)
-    out: dict[str, list[datetime | None]] = {}
-    for view in VIEWS:
-        table = store.get_feature_view(view)
-        out[view] = [ts for ts, _ in provider.online_read(store.config, table, keys)]
-    return out
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,14 @@ freshness — on the SQLite and the Redis online store, with SQLite and PostgreS
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 import redis
 import sqlalchemy as sa
@@ -19,7 +22,6 @@ from features.settings import OnlineStoreSettings, StoreSettings
 from features.store import Workspace, apply_definitions, open_store
 from journeyml.config import JourneyMap
 from tests.features.helpers import (
-    compute_features,
     events_table,
     postgres_available,
     redis_available,
@@ -103,7 +105,14 @@ def make_updater(
     tmp_path: Path, online: StoreSettings, journey_map: JourneyMap, catalog: FeatureCatalog
 ) -> RealtimeUpdater:
     ws = Workspace(tmp_path)
-    write_lake(ws.lake, events_table(PAST))
+    customers = pa.table(
+        {
+            "customer_id": ["a", "b", "c"],
+            "segment": ["gold", "silver", "gold"],
+            "plan": ["premium", "basic", "basic"],
+        }
+    )
+    write_lake(ws.lake, events_table(PAST), customers)
     report = build_snapshots(ws.lake, ws.snapshots, journey_map, catalog)
     store = open_store(online, ws)
     apply_definitions(store, catalog, ws)
@@ -113,8 +122,23 @@ def make_updater(
 
 
 def expected(journey_map: JourneyMap, catalog: FeatureCatalog, rows: list[dict[str, object]]):
-    frame = compute_features(events_table(rows), [AS_OF], journey_map, catalog)
-    return frame.set_index("customer_id")
+    """What the batch pipeline computes at AS_OF from the same history."""
+    lake = Path(tempfile.mkdtemp())
+    write_lake(
+        lake,
+        events_table(rows),
+        pa.table(
+            {
+                "customer_id": ["a", "b", "c"],
+                "segment": ["gold", "silver", "gold"],
+                "plan": ["premium", "basic", "basic"],
+            }
+        ),
+    )
+    out = lake.parent / f"{lake.name}-features"
+    build_snapshots(lake, out, journey_map, catalog, as_of=AS_OF)
+    frame = pd.read_parquet(out)
+    return frame[frame["event_timestamp"] == AS_OF].set_index("customer_id")
 
 
 def assert_online_equals_batch(updater: RealtimeUpdater, batch, customers: list[str]) -> None:
@@ -137,6 +161,7 @@ def test_update_equals_the_batch_pipeline(
     report = updater.apply(events_table(NEW), as_of=AS_OF)
     assert report.stored == 3
     assert report.customers == ["a", "c"]
+    assert read_online(updater.store, catalog, ["c"], now=AS_OF)[0].values["segment"] == "gold"
     # a gains two events, c is new; the next decision sees them at once
     assert_online_equals_batch(updater, expected(journey_map, catalog, PAST + NEW), ["a", "c"])
 
