@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 VENV := .venv
 UV := .tools/bin/uv
 BIN := $(VENV)/bin
-DEMO_DIR ?= data/demo
+DATA ?= data
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
@@ -27,10 +27,12 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 install: $(VENV)/.synced ## Create the virtual environment from uv.lock (exact pinned versions)
 
 demo: install ## Simulate a journey log and run every stage end to end on embedded defaults
-	$(BIN)/journeyml simulate --customers 3000 --days 365 --seed 7 --out $(DEMO_DIR)/sim
-	$(BIN)/journeyml events validate $(DEMO_DIR)/sim/events
-	$(BIN)/journeyml events ingest $(DEMO_DIR)/sim/events \
-		--customers $(DEMO_DIR)/sim/customers.parquet --out $(DEMO_DIR)/lake --mode replace
+	$(BIN)/journeyml simulate --customers 3000 --days 365 --seed 7 --out $(DATA)/sim
+	$(BIN)/journeyml events validate $(DATA)/sim/events
+	$(BIN)/journeyml events ingest $(DATA)/sim/events \
+		--customers $(DATA)/sim/customers.parquet --out $(DATA)/lake --mode replace
+	$(BIN)/journeyml features build --data-dir $(DATA)
+	$(BIN)/journeyml features materialize --data-dir $(DATA)
 
 test: install ## Run the whole test suite
 	$(BIN)/pytest
@@ -46,5 +48,5 @@ format: install ## Reformat the code with ruff
 typecheck: install ## Type-check the packages with mypy
 	$(BIN)/mypy
 
-clean: ## Remove the environments, caches and demo outputs
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis data/demo
+clean: ## Remove the environments and caches (never the data folder)
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis
