@@ -1,0 +1,37 @@
+"""The ``journeyml`` command. Each stage package owns its sub-commands; this file mounts them.
+
+Stage CLI modules import their heavy dependencies (Feast, MLflow, BentoML) inside the commands,
+so ``journeyml --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from features.cli import app as features_app
+from journeyml.events.cli import app as events_app
+from journeyml.logs import configure_logging
+from journeyml.simulate.cli import simulate
+
+app = typer.Typer(
+    name="journeyml",
+    help="Predictive next-best-action for customer journeys: events in, decisions out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
+) -> None:
+    """Predictive next-best-action for customer journeys."""
+    configure_logging(verbose)
+
+
+app.command("simulate")(simulate)
+app.add_typer(events_app, name="events", help="Validate and ingest journey event logs.")
+app.add_typer(
+    features_app, name="features", help="Build journey features, load and read the feature store."
+)

@@ -1,0 +1,1 @@
+"""The journey simulator: a multi-channel world with ground truth."""
