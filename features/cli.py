@@ -126,7 +126,14 @@ def materialize(
     store = open_store(settings.store, ws)
     apply_definitions(store, catalog, ws)
     report = load_latest_snapshot(store, catalog, ws.snapshots, as_of=_parse_as_of(as_of))
-    console.print(report)
+    table = Table(title="online store", show_header=False, title_justify="left")
+    table.add_row("store", f"{report.store} (project {store.project})")
+    table.add_row("customers", f"{report.customers:,}")
+    table.add_row("feature values", f"{report.rows:,}")
+    if report.skipped_newer:
+        table.add_row("kept newer rows", f"{report.skipped_newer:,} (real-time updates)")
+    table.add_row("seconds", f"{report.seconds:.1f} ({report.rows_per_second:,.0f} values/s)")
+    console.print(table)
 
 
 @app.command("show")

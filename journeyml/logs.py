@@ -16,5 +16,6 @@ def configure_logging(verbose: bool = False) -> None:
         handlers=[RichHandler(rich_tracebacks=False, show_path=False)],
         force=True,
     )
-    for noisy in ("urllib3", "botocore", "alembic", "numexpr"):
+    # Feast logs every registry refresh at INFO; keep its warnings.
+    for noisy in ("urllib3", "botocore", "alembic", "numexpr", "feast"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -131,3 +131,60 @@ def test_real_time_update_matches_the_batch_pipeline(data: Path, tmp_path: Path)
                 assert (
                     online[c][spec.name] == expected.loc[c, spec.name] == truth.loc[c, spec.name]
                 ), spec.name
+
+
+def test_simulated_csv_with_other_column_names_loads_through_the_mapping(tmp_path: Path) -> None:
+    run(
+        "simulate",
+        "--customers",
+        "60",
+        "--days",
+        "40",
+        "--seed",
+        "2",
+        "--out",
+        str(tmp_path / "sim"),
+        "--format",
+        "csv",
+        "--truth-cutoffs",
+        "0",
+    )
+    frame = pd.read_csv(tmp_path / "sim" / "events.csv")
+    renamed = frame.rename(
+        columns={
+            "customer_id": "user_id",
+            "timestamp": "ts",
+            "event_type": "event",
+            "value": "amount",
+        }
+    )
+    renamed.to_csv(tmp_path / "export.csv", index=False)
+    maps = [
+        "--map",
+        "user_id=customer_id",
+        "--map",
+        "ts=timestamp",
+        "--map",
+        "event=event_type",
+        "--map",
+        "amount=value",
+    ]
+    failed = CliRunner().invoke(
+        app, ["events", "validate", str(tmp_path / "export.csv"), "--now", NOW]
+    )
+    assert failed.exit_code == 2  # without the mapping the required columns are missing
+    run("events", "validate", str(tmp_path / "export.csv"), "--now", NOW, *maps)
+    run(
+        "events",
+        "ingest",
+        str(tmp_path / "export.csv"),
+        "--out",
+        str(tmp_path / "lake"),
+        "--now",
+        NOW,
+        *maps,
+    )
+    lake = pd.read_parquet(tmp_path / "lake" / "events")
+    assert len(lake) == len(frame)
+    assert lake["value"].sum() == pytest.approx(frame["value"].sum())
+    assert set(lake["customer_id"]) == set(frame["customer_id"])
