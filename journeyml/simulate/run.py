@@ -380,6 +380,39 @@ class _Expander:
         return pa.table({k: pa.concat_arrays(v) for k, v in cols.items()}, schema=EVENT_SCHEMA)
 
 
+def advance(
+    world: World,
+    pop: Population,
+    state: State,
+    day: int,
+    u: Uniforms,
+    actions: np.ndarray,
+    incidents: tuple[Incident, ...],
+    start: date,
+) -> tuple[State, DayOutcome]:
+    """One simulated day: today's actions take effect, then every customer lives the day.
+
+    The log and the ground-truth roll-outs both go through here, so truth and log come from
+    the same dynamics.
+    """
+    emails = np.flatnonzero([a.channel == "email" for a in world.actions])
+    discount = next((i for i, a in enumerate(world.actions) if a.id == "discount_offer"), -2)
+    failure = max([i.rate for i in incidents if i.active(day)], default=world.payment_failure_rate)
+    state = apply_actions(pop, state, actions, day, world)
+    return step(
+        pop,
+        state,
+        day,
+        u,
+        actions,
+        np.isin(actions, emails),
+        season(start + timedelta(days=day)),
+        failure,
+        discount,
+        world.noise,
+    )
+
+
 def _truth_days(days: int, horizon: int, options: TruthOptions) -> list[int]:
     grid = list(range(options.warmup_days, days - horizon + 1, options.every_days))
     return grid[-options.last_cutoffs :] if options.last_cutoffs else []
@@ -420,8 +453,6 @@ def _rollout(
     # logging policy in every arm. The value under the logging policy itself is the mix of
     # these arms with the policy's probabilities at the cutoff (exact in expectation).
     arms = [fixed_policy(NONE)] + [fixed_policy(a) for a in range(len(world.actions))]
-    emails = np.array([a.channel == "email" for a in world.actions])
-    discount = next((i for i, a in enumerate(world.actions) if a.id == "discount_offer"), -2)
     churn_p, conv_p = [], []
     for arm in arms:
         rng = np.random.Generator(np.random.PCG64([seed, cutoff, 7]))  # common random numbers
@@ -438,22 +469,7 @@ def _rollout(
                 policy = arm if h == 0 else logging
                 chosen_a, _ = policy(obs, u.policy[obs.customers])
                 actions[obs.customers] = chosen_a
-            st = apply_actions(pop_r, st, actions, d, world)
-            failure = max(
-                [i.rate for i in incidents if i.active(d)], default=world.payment_failure_rate
-            )
-            st, out = step(
-                pop_r,
-                st,
-                d,
-                u,
-                actions,
-                np.isin(actions, np.flatnonzero(emails)),
-                season(start + timedelta(days=d)),
-                failure,
-                discount,
-                world.noise,
-            )
+            st, out = advance(world, pop_r, st, d, u, actions, incidents, start)
             if h < h_churn:
                 active |= out.active
                 cancel |= out.cancelled
@@ -511,8 +527,6 @@ def simulate(
     policy = policy or logging_policy(world)
     writer = _EventWriter(out, fmt)
     expander = _Expander(world, pop, ids, start, seed)
-    emails = np.flatnonzero([a.channel == "email" for a in world.actions])
-    discount = next((i for i, a in enumerate(world.actions) if a.id == "discount_offer"), -2)
     costs = np.array([a.cost for a in world.actions] + [0.0])
     horizon = max(journey.horizons.churn_days, journey.horizons.conversion_days)
     truth_days = set(_truth_days(days, horizon, truth)) if truth and out is not None else set()
@@ -587,22 +601,7 @@ def simulate(
                         }
                     )
                 )
-        state = apply_actions(pop, state, actions, d, world)
-        failure = max(
-            [i.rate for i in incidents if i.active(d)], default=world.payment_failure_rate
-        )
-        state, outcome = step(
-            pop,
-            state,
-            d,
-            u,
-            actions,
-            np.isin(actions, emails),
-            season(start + timedelta(days=d)),
-            failure,
-            discount,
-            world.noise,
-        )
+        state, outcome = advance(world, pop, state, d, u, actions, incidents, start)
         arrivals = np.flatnonzero(pop.arrival == d)
         table = expander.expand(d, outcome, actions, props, decision_ids, arrivals)
         writer.add(table)
