@@ -110,7 +110,9 @@ def sql_literal(value: str) -> str:
 
 
 def _days_between(earlier: str, later: str) -> str:
-    return f"(DATE_DIFF('second', {earlier}, {later}) / 86400.0)"
+    # microseconds, the resolution of event timestamps ('second' would count whole-second
+    # boundaries and be off by up to a second)
+    return f"(DATE_DIFF('microsecond', {earlier}, {later}) / 86400000000.0)"
 
 
 def counted_event_types(journey_map: JourneyMap, settings: FeatureSettings) -> tuple[str, ...]:
