@@ -1,448 +1,909 @@
-"""The simulation engine: one vectorised daily step used for the log and for ground truth.
+"""The simulation engine: one vectorised daily step, used for the log and for ground truth.
 
-Every customer has a latent persona and a latent state (satisfaction, engagement, whether they
-bought before, the action currently acting on them). Each day, :func:`step` turns that state
-and a block of uniform random numbers into counts of what every customer did (sessions and how
-deep each went, purchases, payment failures, logins, support contacts, complaints, surveys,
-responses to actions, churn) and the next state. All randomness enters through the uniform
-block, drawn with a fixed shape per day, so two runs that share the block share their luck:
-ground truth is computed by rolling the **same** step forward from a customer's state at a
-cutoff, K times, once per arm (the logging policy, no action, each action), with common random
-numbers across arms. True probabilities are the share of roll-outs in which the label event
-happens, and true effects are differences between arms on the same random numbers.
+Every customer has static attributes (persona, plan, opt-out, arrival day) and a latent state:
+journey stage, engagement and satisfaction (slow, noisy, mean-reverting), alive or churned, and
+the marketing action currently acting on them. :func:`advance` turns the state of all customers
+(or all roll-out lanes), the day's calendar and one block of random numbers into what every
+customer did that day (:class:`DayOutcome`) and their state the next morning.
+
+A day, per customer (the parameters live in ``configs/simulator.yaml``):
+
+- today's marketing action arrives (00:30 UTC) and starts its effect window; an email may be
+  opened and clicked (a click brings a web visit);
+- up to two visits (web, app or store) with probability from the persona's base rate × the
+  stage's multiplier × exp(engagement) × weekday, month and daily noise × the action's
+  ``activity`` effect; a visit may start from an ad, log in, view products, add to cart,
+  check out and pay. Adding to cart scales with the purchase intent: persona propensity ×
+  season × exp(satisfaction) × the action's ``convert`` effect. Payments fail (more during a
+  ``payment`` incident) and may be retried; a ``checkout`` incident breaks the checkout step;
+- support contacts, complaints (more when unhappy, many more after a failure), CSAT after
+  support and NPS answers whose scores follow satisfaction, referrals and reviews from
+  advocates;
+- engagement and satisfaction revert towards the persona's means with noise, pushed by visits,
+  clicks, purchases (+), failures and complaints (−); the latent stage moves along the journey
+  (awareness → consideration → purchase, a purchase leads to retention, satisfied customers
+  become advocates) and back (a retained customer starts browsing again, interest fades);
+- the churn hazard (persona × exp(−satisfaction, −engagement) × the action's ``churn``
+  effect, higher on a day with a failure) decides who leaves: explicitly with
+  ``cancel_subscription`` (``cancel_share``) or silently, never to be seen again.
+
+All randomness of a day enters through :class:`Uniforms`, drawn with a fixed shape per customer
+whatever the state, so two runs that share the block share their luck: the log of two policies
+run with the same seed differ only where the policies differ, and ground-truth roll-outs of
+different arms (no action, each action) use common random numbers. Timestamps, page counts and
+the other details that no label depends on are drawn later, when events are rendered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import date, timedelta
+from typing import Any, Literal
 
 import numpy as np
-from scipy.special import expit, ndtri
+import numpy.typing as npt
 
-from journeyml.simulate.world import World
+from journeyml.config import JourneyMap
+from journeyml.simulate.world import STAGES, World
 
-MAX_SESSIONS = 4
-FUNNEL_STEPS = 5  # product view, cart, checkout intent, payment failure draw, channel
-MISC = 18
-NONE = -1
+Array = npt.NDArray[Any]
 
-FloatArray = np.ndarray
-IntArray = np.ndarray
-BoolArray = np.ndarray
+NONE = -1  # "no action" in action arrays; actions are indices into World.actions
+NEVER = -(10**6)  # day of an event that never happened
+SLOTS = 2  # visits per customer and day
+AWARENESS, CONSIDERATION, PURCHASE, RETENTION, ADVOCACY = range(5)
+WEB, APP, STORE = 0, 1, 2
+DAY_US = 86_400_000_000
+# Latent state and rates are float32: roll-outs are bound by memory traffic, and the precision
+# is far beyond what the world's parameters mean. Money and probabilities reported stay float64.
+REAL = np.float32
+
+# Rows of the uniform block: per visit slot, then per customer.
+(OCC, CHANNEL, AD, LOGIN, VIEW, CART, CHECKOUT, CHECKOUT_FAIL, FAIL1, RETRY, FAIL2, REDEEM) = range(
+    12
+)
+SLOT_ROWS = 12
+(
+    STAGE_MOVE,
+    CHURN,
+    CANCEL,
+    OPEN,
+    CLICK,
+    SUPPORT,
+    COMPLAINT,
+    CSAT,
+    NPS,
+    REFERRAL,
+    REVIEW,
+    POLICY,
+) = (SLOTS * SLOT_ROWS + k for k in range(12))
+UNIFORM_ROWS = SLOTS * SLOT_ROWS + 12
+VALUE, Z_ENGAGEMENT, Z_SATISFACTION, Z_NPS, Z_CSAT = 0, SLOTS, SLOTS + 1, SLOTS + 2, SLOTS + 3
+NORMAL_ROWS = SLOTS + 4
+
+# Customer event types the engine produces (marketing actions add ``action_<id>``).
+CUSTOMER_EVENT_TYPES: tuple[str, ...] = (
+    "ad_click",
+    "page_view",
+    "login",
+    "signup",
+    "product_view",
+    "add_to_cart",
+    "checkout_start",
+    "payment_failed",
+    "purchase",
+    "offer_redeemed",
+    "email_open",
+    "email_click",
+    "support_contact",
+    "complaint",
+    "csat_response",
+    "nps_response",
+    "referral",
+    "review_posted",
+    "cancel_subscription",
+)
+
+
+def seconds_to_us(seconds: Array) -> Array:
+    """Seconds (float) to whole microseconds, rounded: the one conversion every timestamp uses."""
+    return np.asarray(np.rint(np.asarray(seconds) * 1e6), dtype=np.int64)
+
+
+class SimulationError(ValueError):
+    """Options or inputs that cannot be simulated; the message names the option."""
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A journey step that fails for a while.
+
+    ``payment``: a checkout ends in ``payment_failed`` with probability ``rate``; ``checkout``:
+    the checkout page fails to load after ``add_to_cart`` (no event, the visit just ends).
+    Either way the customer is frustrated: support contacts, complaints and churn go up.
+    """
+
+    step: Literal["payment", "checkout"]
+    start_day: int
+    duration_days: int
+    rate: float
+
+    STEPS = ("payment", "checkout")
+    SPEC = "STEP:START_DAY:DURATION_DAYS:FAILURE_RATE"
+
+    @staticmethod
+    def parse(spec: str) -> Incident:
+        """Parses ``payment:START_DAY:DURATION_DAYS:FAILURE_RATE`` (or ``checkout:...``)."""
+        parts = spec.split(":")
+        example = "e.g. payment:30:7:0.4"
+        if len(parts) != 4:
+            raise SimulationError(f"--incident {spec!r}: expected {Incident.SPEC}, {example}")
+        if parts[0] not in Incident.STEPS:
+            raise SimulationError(
+                f"--incident {spec!r}: unknown step {parts[0]!r}; steps: "
+                f"{', '.join(Incident.STEPS)} ({Incident.SPEC}, {example})"
+            )
+        try:
+            start, duration, rate = int(parts[1]), int(parts[2]), float(parts[3])
+        except ValueError:
+            raise SimulationError(
+                f"--incident {spec!r}: START_DAY and DURATION_DAYS must be integers and "
+                f"FAILURE_RATE a number ({Incident.SPEC})"
+            ) from None
+        if start < 0 or duration <= 0 or not 0 < rate <= 1:
+            raise SimulationError(
+                f"--incident {spec!r}: needs START_DAY >= 0, DURATION_DAYS > 0 and "
+                "0 < FAILURE_RATE <= 1"
+            )
+        return Incident(parts[0], start, duration, rate)  # type: ignore[arg-type]
+
+    def active(self, day: int) -> bool:
+        return self.start_day <= day < self.start_day + self.duration_days
+
+
+@dataclass(frozen=True)
+class Params:
+    """The world as arrays: per persona (P,), per stage (5,), per action and persona (A, P)."""
+
+    world: World
+    persona_names: tuple[str, ...]
+    segment_names: tuple[str, ...]
+    region_names: tuple[str, ...]
+    persona: dict[str, Array]
+    segment_cdf: Array  # (P, segments)
+    stage: dict[str, Array]
+    effect: dict[str, Array]  # (A, P)
+    action_email: Array  # (A,) bool
+    action_marketing: Array
+    action_redeemable: Array
+    action_window: Array
+    action_tenure_scale: Array  # nan: no fading
+    action_cost: Array
+
+
+PERSONA_FIELDS = (
+    "sessions_per_day",
+    "app_share",
+    "store_share",
+    "purchase",
+    "order_value_median",
+    "order_value_spread",
+    "email_open",
+    "email_click",
+    "support_rate",
+    "complaint_rate",
+    "churn_hazard",
+    "cancel_share",
+    "engagement",
+    "satisfaction",
+    "repurchase",
+    "referral_rate",
+    "review_rate",
+    "survey_rate",
+    "premium_share",
+    "opt_out_share",
+)
+EFFECT_FIELDS = ("convert", "churn", "churn_by_satisfaction", "activity", "value", "satisfaction")
+
+
+def compile_world(world: World) -> Params:
+    """Gathers the world's parameters into arrays once, for the vectorised step."""
+    personas = world.personas
+    segments = sorted({s for p in personas for s in p.segments})
+    weights = np.array([[p.segments.get(s, 0.0) for s in segments] for p in personas])
+    cdf = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+    cdf[:, -1] = 1.0
+    behaviour = [world.stages[s] for s in STAGES]
+    effect = {
+        f: np.array([[getattr(a.effect_for(p.name), f) for p in personas] for a in world.actions])
+        .reshape(len(world.actions), len(personas))
+        .astype(REAL)
+        for f in EFFECT_FIELDS
+    }
+    return Params(
+        world=world,
+        persona_names=tuple(p.name for p in personas),
+        segment_names=tuple(segments),
+        region_names=tuple(world.population.regions),
+        persona={
+            f: np.array([getattr(p, f) for p in personas], dtype=REAL) for f in PERSONA_FIELDS
+        },
+        segment_cdf=cdf,
+        stage={
+            f: np.array([getattr(b, f) for b in behaviour], dtype=REAL)
+            for f in ("activity", "ad_click", "product_view", "add_to_cart", "checkout")
+        },
+        effect=effect,
+        action_email=np.array([a.channel == "email" for a in world.actions], dtype=bool),
+        action_marketing=np.array([a.marketing for a in world.actions], dtype=bool),
+        action_redeemable=np.array([a.redeemable for a in world.actions], dtype=bool),
+        action_window=np.array([a.window_days for a in world.actions], dtype=np.int64),
+        action_tenure_scale=np.array(
+            [a.tenure_scale_days or np.nan for a in world.actions], dtype=np.float64
+        ),
+        action_cost=np.array([a.cost for a in world.actions], dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which of the engine's event types are activity, conversions and explicit churn events,
+    resolved once from the journey map (so truth follows the labels' definitions)."""
+
+    activity: tuple[str, ...]
+    conversion: tuple[str, ...]
+    churn: tuple[str, ...]
+
+    @staticmethod
+    def from_journey(journey: JourneyMap) -> Roles:
+        unknown = [t for t in CUSTOMER_EVENT_TYPES if not _known_to(journey, t)]
+        if unknown:
+            raise SimulationError(
+                f"the journey map does not know the event types {unknown}: map them to a stage "
+                "or a role in journeys.yaml"
+            )
+        if list(journey.stages) != list(STAGES):
+            raise SimulationError(
+                f"the simulator models the stages {', '.join(STAGES)}; the journey map has "
+                f"{', '.join(journey.stages)}"
+            )
+        if not journey.is_treatment("action_x"):
+            raise SimulationError("the journey map's treatments must match action_* events")
+        return Roles(
+            activity=tuple(t for t in CUSTOMER_EVENT_TYPES if journey.is_activity(t)),
+            conversion=tuple(t for t in CUSTOMER_EVENT_TYPES if journey.is_conversion(t)),
+            churn=tuple(t for t in CUSTOMER_EVENT_TYPES if journey.is_churn_event(t)),
+        )
+
+
+def _known_to(journey: JourneyMap, event_type: str) -> bool:
+    exp = journey.experience
+    return bool(
+        journey.stage_of(event_type)
+        or journey.is_response(event_type)
+        or journey.is_conversion(event_type)
+        or journey.is_churn_event(event_type)
+        or any(event_type in group for group in (exp.support, exp.complaints, exp.nps, exp.csat))
+    )
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """Per-day multipliers and failure rates of a run (the same for log and roll-outs)."""
+
+    start: date
+    weekday: Array
+    activity: Array
+    purchase: Array
+    payment_failure: Array
+    checkout_failure: Array
+
+    def day_start_us(self, day: int) -> int:
+        """Microseconds since the epoch of midnight UTC starting ``day``."""
+        epoch = date(1970, 1, 1)
+        return ((self.start - epoch).days + day) * DAY_US
+
+
+def build_calendar(
+    world: World, start: date, days: int, incidents: tuple[Incident, ...], rng: np.random.Generator
+) -> Calendar:
+    """Weekly and yearly seasonality with day-to-day noise, and incident failure rates."""
+    season = world.season
+    dates = [start + timedelta(days=d) for d in range(days)]
+    weekday = np.array([d.weekday() for d in dates])
+    month = np.array([d.month - 1 for d in dates])
+    noise = np.exp(season.daily_noise * rng.standard_normal(days))
+    activity = np.array(season.weekday_activity)[weekday] * np.array(season.monthly_activity)[month]
+    purchase = np.array(season.weekday_purchase)[weekday] * np.array(season.monthly_purchase)[month]
+    payment = np.full(days, world.funnel.payment_failure)
+    checkout = np.zeros(days)
+    for incident in incidents:
+        window = slice(incident.start_day, incident.start_day + incident.duration_days)
+        if incident.step == "payment":
+            payment[window] = 1 - (1 - payment[window]) * (1 - incident.rate)
+        else:
+            checkout[window] = 1 - (1 - checkout[window]) * (1 - incident.rate)
+    return Calendar(start, weekday, activity * noise, purchase, payment, checkout)
 
 
 @dataclass(frozen=True)
 class Population:
-    """Fixed attributes of each customer, gathered from their persona."""
+    """Static attributes of each customer (or roll-out lane), with persona parameters gathered.
 
-    persona: IntArray
-    arrival: IntArray
-    premium: BoolArray
-    sessions_per_day: FloatArray
-    browse_depth: FloatArray
-    purchase_logit: FloatArray
-    app_share: FloatArray
-    email_engagement: FloatArray
-    support_rate: FloatArray
-    complaint_rate: FloatArray
-    churn_hazard: FloatArray
-    cancel_share: FloatArray
-    # effects[action, customer]
-    eff_convert: FloatArray
-    eff_churn: FloatArray
-    eff_churn_unhappy: FloatArray
-    eff_churn_happy: FloatArray
-    eff_prospects_only: BoolArray
+    ``number`` is the customer's row in the customers table (``C%07d``); roll-outs repeat it.
+    """
 
-    def take(self, idx: IntArray) -> Population:
-        values = {}
-        for f in fields(self):
-            arr = getattr(self, f.name)
-            values[f.name] = arr[:, idx] if arr.ndim == 2 else arr[idx]
-        return Population(**values)
+    number: Array
+    persona: Array
+    arrival: Array  # day of signup; negative for customers who signed up before the start
+    signup_second: Array  # second of the day of signup
+    premium: Array
+    opt_out: Array
+    segment: Array
+    region: Array
+    p: dict[str, Array]  # persona parameters per customer
+    id_width: int = 7  # digits of customer ids (C%0{id_width}d)
+
+    def take(self, idx: Array) -> Population:
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        arrays = {k: v[idx] for k, v in arrays.items() if isinstance(v, np.ndarray)}
+        p = {k: v[idx] for k, v in self.p.items()}
+        return Population(**arrays, p=p, id_width=self.id_width)
+
+    def __len__(self) -> int:
+        return len(self.number)
 
 
 @dataclass(frozen=True)
 class State:
-    """The latent state of each customer on a day."""
+    """The state of each customer in the morning: latent variables and what the log shows.
 
-    alive: BoolArray
-    satisfaction: FloatArray
-    engagement: FloatArray
-    customer: BoolArray
-    boost: FloatArray
-    churn_mult: FloatArray
-    active_action: IntArray
-    effect_until: IntArray
-    recent_fail: FloatArray
-    recent_complaints: FloatArray
-    last_activity: IntArray
+    ``stage``, ``engagement``, ``satisfaction``, ``alive`` and the ``effect_*`` arrays are
+    latent. The rest is observable from the log (recency of events, counts, cancellation),
+    which is what policies may see.
+    """
 
-    def take(self, idx: IntArray) -> State:
-        return State(**{f.name: getattr(self, f.name)[idx].copy() for f in fields(self)})
+    alive: Array
+    stage: Array
+    engagement: Array
+    satisfaction: Array
+    effect_action: Array
+    effect_until: Array  # first day the effect no longer acts
+    effect_convert: Array
+    effect_churn: Array
+    effect_activity: Array
+    effect_value: Array
+    cancelled: Array
+    last_activity: Array
+    last_purchase: Array
+    last_complaint: Array
+    last_failure: Array
+    last_action: Array
+    purchases: Array
+    recent_complaints: Array
+    recent_failures: Array
+    recent_sessions: Array
+
+    def take(self, idx: Array) -> State:
+        return State(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
 
-@dataclass(frozen=True)
-class DayOutcome:
-    """What every customer did on one day (counts and per-session detail)."""
+def draw_population(
+    params: Params, n: int, days: int, calendar: Calendar, rng: np.random.Generator
+) -> tuple[Population, State]:
+    """Draws ``n`` customers (persona, attributes, signup day) and their initial state.
 
-    sessions: IntArray
-    product: BoolArray  # (n, MAX_SESSIONS)
-    cart: BoolArray
-    checkout: BoolArray
-    purchase: BoolArray
-    failed: BoolArray
-    app: BoolArray
-    login: BoolArray
-    email_open: BoolArray
-    email_click: BoolArray
-    redeemed: BoolArray
-    support: BoolArray
-    complaint: BoolArray
-    nps: BoolArray
-    csat: BoolArray
-    referral: BoolArray
-    review: BoolArray
-    churned: BoolArray
-    cancelled: BoolArray
-    nps_score: IntArray
-    csat_score: IntArray
-    active: BoolArray
-
-    @property
-    def purchases(self) -> IntArray:
-        return np.asarray(self.purchase.sum(axis=1))
+    A share of customers signed up before the start (tenure up to ``max_tenure_days``); the
+    others arrive during the run, more in busy months, with a persona mix of their own.
+    """
+    world = params.world
+    pw = params.persona
+    share = np.array([p.share for p in world.personas])
+    arrival_share = np.array(
+        [p.arrival_share if p.arrival_share is not None else p.share for p in world.personas]
+    )
+    existing = rng.random(n) < world.population.existing_share
+    persona = np.where(
+        existing,
+        rng.choice(len(share), size=n, p=share / share.sum()),
+        rng.choice(len(share), size=n, p=arrival_share / arrival_share.sum()),
+    )
+    busy = calendar.activity / calendar.activity.sum()
+    arrival = np.where(
+        existing,
+        -rng.integers(1, world.population.max_tenure_days + 1, n),
+        rng.choice(days, size=n, p=busy),
+    )
+    signup_second = rng.uniform(2 * 3600, 22 * 3600, n)
+    regions = np.array(list(world.population.regions.values()))
+    segment = (rng.random(n)[:, None] > params.segment_cdf[persona]).sum(axis=1)
+    region = rng.choice(len(regions), size=n, p=regions / regions.sum())
+    premium = rng.random(n) < pw["premium_share"][persona]
+    opt_out = rng.random(n) < pw["opt_out_share"][persona]
+    pop = Population(
+        number=np.arange(n),
+        persona=persona,
+        arrival=arrival,
+        signup_second=signup_second,
+        premium=premium,
+        opt_out=opt_out,
+        segment=np.minimum(segment, len(params.segment_names) - 1),
+        region=region,
+        p={k: v[persona] for k, v in pw.items()},
+        id_width=max(7, len(str(n - 1))),
+    )
+    # Customers of the base are spread over the journey; newcomers have just signed up.
+    base_stage = rng.choice(5, size=n, p=[0.1, 0.17, 0.05, 0.53, 0.15])
+    stage = np.where(existing, base_stage, CONSIDERATION)
+    engagement = (pop.p["engagement"] + 0.4 * rng.standard_normal(n) + 0.2 * ~existing).astype(REAL)
+    satisfaction = (pop.p["satisfaction"] + 0.4 * rng.standard_normal(n)).astype(REAL)
+    never = np.full(n, NEVER)
+    state = State(
+        alive=np.ones(n, dtype=bool),
+        stage=stage.astype(np.int64),
+        engagement=engagement,
+        satisfaction=satisfaction,
+        effect_action=np.full(n, NONE),
+        effect_until=np.full(n, NEVER),
+        effect_convert=np.zeros(n, dtype=REAL),
+        effect_churn=np.zeros(n, dtype=REAL),
+        effect_activity=np.zeros(n, dtype=REAL),
+        effect_value=np.zeros(n, dtype=REAL),
+        cancelled=np.zeros(n, dtype=bool),
+        # the log starts at day 0: nothing before it is observable
+        last_activity=never.copy(),
+        last_purchase=never.copy(),
+        last_complaint=never.copy(),
+        last_failure=never.copy(),
+        last_action=never.copy(),
+        purchases=np.zeros(n, dtype=np.int64),
+        recent_complaints=np.zeros(n, dtype=REAL),
+        recent_failures=np.zeros(n, dtype=REAL),
+        recent_sessions=np.zeros(n, dtype=REAL),
+    )
+    return pop, state
 
 
 @dataclass(frozen=True)
 class Uniforms:
-    """The random numbers of one day, with a fixed shape per customer."""
+    """The random numbers of one day, with a fixed shape per customer (rows × customers)."""
 
-    sessions: FloatArray  # (n,)
-    funnel: FloatArray  # (n, MAX_SESSIONS, FUNNEL_STEPS)
-    misc: FloatArray  # (n, MISC)
-    policy: FloatArray  # (n,)
+    u: Array  # (UNIFORM_ROWS, n) float32 in [0, 1)
+    z: Array  # (NORMAL_ROWS, n) float32 standard normal
 
     @staticmethod
     def draw(rng: np.random.Generator, n: int) -> Uniforms:
-        f32 = np.float32
         return Uniforms(
-            rng.random(n, dtype=f32),
-            rng.random((n, MAX_SESSIONS, FUNNEL_STEPS), dtype=f32),
-            rng.random((n, MISC), dtype=f32),
-            rng.random(n, dtype=f32),
+            rng.random((UNIFORM_ROWS, n), dtype=np.float32),
+            rng.standard_normal((NORMAL_ROWS, n), dtype=np.float32),
         )
 
-
-def build_population(world: World, n: int, days: int, rng: np.random.Generator) -> Population:
-    """Draws personas and arrival days, and gathers persona parameters per customer."""
-    shares = np.array([p.share for p in world.personas])
-    persona = rng.choice(len(world.personas), size=n, p=shares / shares.sum())
-    existing = rng.random(n) < world.existing_share
-    arrival = np.where(existing, -rng.integers(1, 720, n), rng.integers(0, max(days - 30, 1), n))
-
-    def gather(attr: str) -> FloatArray:
-        return np.array([getattr(p, attr) for p in world.personas], dtype=float)[persona]
-
-    premium = rng.random(n) < gather("premium_share")
-    n_actions = len(world.actions)
-    names = [p.name for p in world.personas]
-    table = {k: np.zeros((n_actions, len(names))) for k in ("c", "ch", "chu", "chh")}
-    prospects = np.zeros((n_actions, len(names)), dtype=bool)
-    for a, action in enumerate(world.actions):
-        for j, name in enumerate(names):
-            eff = action.effects.get(name)
-            if eff is None:
-                table["ch"][a, j] = table["chu"][a, j] = table["chh"][a, j] = 1.0
-                continue
-            table["c"][a, j] = eff.convert
-            table["ch"][a, j] = eff.churn
-            table["chu"][a, j] = eff.churn_if_unhappy or eff.churn
-            table["chh"][a, j] = eff.churn_if_happy or eff.churn
-            prospects[a, j] = eff.prospects_only
-    return Population(
-        persona=persona,
-        arrival=arrival,
-        premium=premium,
-        sessions_per_day=gather("sessions_per_day") * np.where(premium, 1.15, 1.0),
-        browse_depth=gather("browse_depth"),
-        purchase_logit=gather("purchase_logit"),
-        app_share=gather("app_share"),
-        email_engagement=gather("email_engagement"),
-        support_rate=gather("support_rate"),
-        complaint_rate=gather("complaint_rate"),
-        churn_hazard=gather("churn_hazard"),
-        cancel_share=gather("cancel_share"),
-        eff_convert=table["c"][:, persona],
-        eff_churn=table["ch"][:, persona],
-        eff_churn_unhappy=table["chu"][:, persona],
-        eff_churn_happy=table["chh"][:, persona],
-        eff_prospects_only=prospects[:, persona],
-    )
+    @property
+    def policy(self) -> Array:
+        """One uniform per customer for randomised policies."""
+        return self.u[POLICY]
 
 
-def initial_state(pop: Population, rng: np.random.Generator) -> State:
-    n = len(pop.persona)
-    existing = pop.arrival < 0
-    return State(
-        alive=np.ones(n, dtype=bool),
-        satisfaction=rng.normal(0.1, 0.5, n),
-        engagement=rng.normal(0.0, 0.4, n),
-        customer=existing & (rng.random(n) < 0.65),
-        boost=np.zeros(n),
-        churn_mult=np.ones(n),
-        active_action=np.full(n, NONE),
-        effect_until=np.full(n, -1),
-        recent_fail=np.zeros(n),
-        recent_complaints=np.zeros(n),
-        last_activity=np.where(existing, -1, pop.arrival),
-    )
+@dataclass(frozen=True)
+class DayOutcome:
+    """What every customer did on one day. Visit arrays are (SLOTS, n)."""
+
+    live: Array
+    arriving: Array
+    arrival_ad: Array
+    arrival_view: Array
+    arrival_app: Array
+    visit: Array
+    channel: Array
+    ad: Array
+    login: Array
+    view: Array
+    cart: Array
+    checkout: Array
+    failed: Array  # first payment attempt failed
+    retried: Array
+    failed_again: Array
+    purchase: Array
+    redeemed: Array
+    value: Array
+    email_open: Array
+    email_click: Array
+    support: Array
+    complaint: Array
+    csat: Array
+    csat_score: Array
+    nps: Array
+    nps_score: Array
+    referral: Array
+    review: Array
+    churned: Array
+    cancelled: Array
+    active: Array  # any activity event (journey map's definition)
+    converted: Array  # any conversion event
+    churn_event: Array  # any explicit churn event
+
+    @property
+    def purchases(self) -> Array:
+        return self.purchase.sum(axis=0)
+
+    @property
+    def revenue(self) -> Array:
+        return np.where(self.purchase, self.value, 0.0).sum(axis=0)
 
 
-def season(day_dates: date) -> float:
-    """Weekends and the end-of-year shopping season bring more sessions."""
-    factor = 1.2 if day_dates.weekday() >= 5 else 1.0
-    if day_dates.month in (11, 12):
-        factor *= 1.3
-    return factor
+def apply_actions(params: Params, pop: Population, state: State, actions: Array, day: int) -> State:
+    """Starts the effect window of the actions arriving today (NONE changes nothing).
 
-
-def apply_actions(
-    pop: Population, state: State, actions: IntArray, day: int, world: World
-) -> State:
-    """Starts the effect window of the actions sent today (NONE leaves a customer as is)."""
-    sent = actions != NONE
-    if not sent.any():
+    A new action replaces the one still acting. Effects are fixed at arrival: persona's effect,
+    scaled down with tenure for fading actions, churn shifted by satisfaction at that moment.
+    """
+    idx = np.flatnonzero(actions != NONE)
+    if len(idx) == 0:
         return state
-    idx = np.flatnonzero(sent)
-    a = actions[idx]
-    convert = pop.eff_convert[a, idx]
-    convert = np.where(pop.eff_prospects_only[a, idx] & state.customer[idx], 0.0, convert)
+    a, persona = actions[idx], pop.persona[idx]
+    scale_days = params.action_tenure_scale[a]
+    tenure = np.maximum(day - pop.arrival[idx], 0)
+    scale = np.where(np.isnan(scale_days), 1.0, np.exp(-tenure / np.nan_to_num(scale_days, nan=1)))
+    eff = {k: v[a, persona] * scale for k, v in params.effect.items()}
     s = state.satisfaction[idx]
-    churn = np.where(
-        s < -0.3,
-        pop.eff_churn_unhappy[a, idx],
-        np.where(s > 0.3, pop.eff_churn_happy[a, idx], pop.eff_churn[a, idx]),
+    new = {
+        name: getattr(state, name).copy()
+        for name in (
+            "effect_action",
+            "effect_until",
+            "effect_convert",
+            "effect_churn",
+            "effect_activity",
+            "effect_value",
+            "satisfaction",
+            "last_action",
+        )
+    }
+    new["effect_action"][idx] = a
+    new["effect_until"][idx] = day + params.action_window[a]
+    new["effect_convert"][idx] = eff["convert"]
+    new["effect_churn"][idx] = eff["churn"] + eff["churn_by_satisfaction"] * s
+    new["effect_activity"][idx] = eff["activity"]
+    new["effect_value"][idx] = eff["value"]
+    new["satisfaction"][idx] = s + eff["satisfaction"]
+    new["last_action"][idx] = day
+    return replace(state, **new)
+
+
+_MOVE_TARGETS = np.array(
+    [
+        # first, second and third possible move out of each stage
+        [CONSIDERATION, PURCHASE, CONSIDERATION, CONSIDERATION, RETENTION],
+        [AWARENESS, AWARENESS, PURCHASE, ADVOCACY, CONSIDERATION],
+        [AWARENESS, CONSIDERATION, PURCHASE, AWARENESS, ADVOCACY],
+    ]
+)
+
+
+def _stage_moves(
+    params: Params, pop: Population, state: State, intent: Array, visits: Array, u: Array
+) -> Array:
+    """Tomorrow's latent stage before purchases: up to three possible moves per stage.
+
+    awareness → consideration (more likely on a visit, with engagement); consideration →
+    purchase (with purchase intent) or back to awareness; purchase → consideration (cooling
+    off); retention → consideration (considering a new purchase: the journey regresses),
+    advocacy (when satisfied) or awareness (drifting away); advocacy → retention (when
+    dissatisfied) or consideration.
+    """
+    t = params.world.transitions
+    stage, e, s = state.stage, state.engagement, state.satisfaction
+    exp_e, exp_s = np.exp(e), np.exp(s)
+    repurchase = pop.p["repurchase"] * intent
+    first = np.empty((5, len(stage)), dtype=REAL)
+    first[AWARENESS] = t.awareness_to_consideration * exp_e * visits
+    first[CONSIDERATION] = t.consideration_to_purchase * intent
+    first[PURCHASE] = t.purchase_to_consideration
+    first[RETENTION] = repurchase
+    first[ADVOCACY] = t.advocacy_to_retention / exp_s
+    second = np.zeros((5, len(stage)), dtype=REAL)
+    second[CONSIDERATION] = t.consideration_to_awareness / exp_e
+    second[RETENTION] = t.retention_to_advocacy * exp_s
+    second[ADVOCACY] = 0.7 * repurchase
+    p1, p2 = np.choose(stage, first), np.choose(stage, second)
+    p3 = np.where(stage == RETENTION, t.retention_to_awareness / exp_e, 0.0)
+    # keep some chance of staying where one is
+    shrink = np.minimum(1.0, 0.9 / np.maximum(p1 + p2 + p3, 1e-12))
+    c1 = p1 * shrink
+    c2 = c1 + p2 * shrink
+    c3 = c2 + p3 * shrink
+    return np.where(
+        u < c1,
+        _MOVE_TARGETS[0][stage],
+        np.where(u < c2, _MOVE_TARGETS[1][stage], np.where(u < c3, _MOVE_TARGETS[2][stage], stage)),
     )
-    churn = np.where(pop.eff_prospects_only[a, idx] & state.customer[idx], 1.0, churn)
-    durations = np.array([act.duration_days for act in world.actions])[a]
-    boost = state.boost.copy()
-    mult = state.churn_mult.copy()
-    active = state.active_action.copy()
-    until = state.effect_until.copy()
-    boost[idx], mult[idx], active[idx], until[idx] = convert, churn, a, day + durations - 1
-    return replace(state, boost=boost, churn_mult=mult, active_action=active, effect_until=until)
 
 
-def step(
+def advance(
+    params: Params,
     pop: Population,
     state: State,
     day: int,
-    u: Uniforms,
-    sent: IntArray,
-    email_actions: BoolArray,
-    season_factor: float,
-    failure_rate: float,
-    discount: int,
-    noise: float,
+    calendar: Calendar,
+    draws: Uniforms,
+    actions: Array,
+    roles: Roles,
 ) -> tuple[State, DayOutcome]:
-    """One day for every customer: what they do, and their state the next morning."""
-    present = state.alive & (pop.arrival <= day)
-    effect_on = state.effect_until >= day
-    boost = np.where(effect_on, state.boost, 0.0)
-    churn_mult = np.where(effect_on, state.churn_mult, 1.0)
-    s, e = state.satisfaction, state.engagement
+    """One simulated day for every customer: today's actions arrive, then customers live it.
 
-    # sessions: Poisson by inversion, capped at MAX_SESSIONS, on the day's uniform
-    lam = pop.sessions_per_day * np.exp(0.6 * e) * season_factor * present
-    pk = np.exp(-lam)
-    cdf = pk.copy()
-    sessions = np.zeros(len(lam), dtype=np.int64)
-    for k in range(1, MAX_SESSIONS + 1):
-        sessions += u.sessions > cdf
-        pk = pk * lam / k
-        cdf = cdf + pk
-    slot = np.arange(MAX_SESSIONS)[None, :] < sessions[:, None]
-    depth = pop.browse_depth[:, None]
-    f = u.funnel
-    product = slot & (f[:, :, 0] < depth * 1.4)
-    cart = product & (f[:, :, 1] < depth)
-    intent = expit(pop.purchase_logit + 1.0 + 0.5 * e + 0.6 * s + boost + 0.3 * state.customer)[
-        :, None
-    ]
-    checkout = cart & (f[:, :, 2] < intent)
-    failed = checkout & (f[:, :, 3] < failure_rate)
-    purchase = checkout & ~failed
-    app = slot & (f[:, :, 4] < pop.app_share[:, None])
+    The log and the ground-truth roll-outs both go through here, so truth and log come from the
+    same dynamics by construction.
 
-    m = u.misc
-    bought = purchase.any(axis=1)
-    n_failed = failed.sum(axis=1)
-    emailed = present & email_actions
-    login = present & state.customer & (m[:, 0] < 0.04 * np.exp(e))
-    email_open = emailed & (m[:, 1] < np.clip(pop.email_engagement * np.exp(0.5 * e), 0, 0.95))
-    email_click = email_open & (m[:, 2] < 0.35)
-    redeemed = bought & effect_on & (state.active_action == discount) & (m[:, 3] < 0.8)
-    support = present & (m[:, 4] < pop.support_rate * (1 + 2 * state.recent_fail + 2 * n_failed))
-    complaint = present & (
-        m[:, 5]
-        < pop.complaint_rate * (1 + 4 * state.recent_fail + 6 * n_failed + 3 * np.maximum(-s, 0))
-    )
-    nps = bought & (m[:, 6] < 0.15)
-    csat = support & (m[:, 7] < 0.5)
-    referral = present & state.customer & (s > 0.5) & (m[:, 8] < 0.006)
-    review = bought & (m[:, 9] < 0.05)
-    hazard = (
-        pop.churn_hazard
-        * np.exp(-0.9 * s - 0.6 * e)
-        * churn_mult
-        * (1 + 1.5 * state.recent_complaints + 0.5 * state.recent_fail)
-    )
-    churned = present & (m[:, 10] < np.clip(hazard, 0, 1))
-    cancelled = churned & (m[:, 11] < pop.cancel_share)
-    nps_score = np.zeros(len(s), dtype=np.int64)
-    where = np.flatnonzero(nps)
-    nps_score[where] = np.clip(np.rint(7 + 2.5 * s[where] + 1.2 * ndtri(m[where, 12])), 0, 10)
-    csat_score = np.zeros(len(s), dtype=np.int64)
-    where = np.flatnonzero(csat)
-    csat_score[where] = np.clip(np.rint(3.6 + 1.2 * s[where] + 0.6 * ndtri(m[where, 13])), 1, 5)
-    active = (sessions > 0) | login | email_open | support | complaint | referral | cancelled
+    Args:
+        actions: per customer, the action sent this morning (``NONE`` for none or no decision).
 
-    # clip away 0 so the normal quantile stays finite in float32
-    z_s, z_e = ndtri(np.clip(m[:, 14:16], 1e-7, 1 - 1e-7)).T
-    satisfaction = np.clip(
-        0.985 * s
-        + noise * z_s
-        - 0.35 * complaint
-        - 0.12 * n_failed
-        + 0.05 * bought
-        + 0.05 * (csat & (csat_score >= 4)),
-        -3,
-        3,
+    Returns:
+        The state the next morning and what everyone did.
+    """
+    world = params.world
+    dyn, funnel = world.dynamics, world.funnel
+    u, z = draws.u, draws.z
+    pp = pop.p
+    state = apply_actions(params, pop, state, actions, day)
+    present = pop.arrival < day
+    arriving = pop.arrival == day
+    live = present & state.alive
+    effect_on = live & (state.effect_until > day)
+    e, s, stage = state.engagement, state.satisfaction, state.stage
+
+    # responses to today's emails
+    emailed = live & (actions != NONE) & params.action_email[np.maximum(actions, 0)]
+    email_open = emailed & (u[OPEN] < np.minimum(pp["email_open"] * np.exp(0.4 * e), 0.95))
+    email_click = email_open & (u[CLICK] < pp["email_click"])
+
+    # visits and their funnel
+    activity = np.exp(dyn.activity_engagement * e + np.where(effect_on, state.effect_activity, 0))
+    rate = pp["sessions_per_day"] * float(calendar.activity[day]) * params.stage["activity"][stage]
+    rate = np.minimum(rate * activity, 0.9)
+    intent = (
+        pp["purchase"]
+        * float(calendar.purchase[day])
+        * np.exp(dyn.purchase_satisfaction * s + np.where(effect_on, state.effect_convert, 0))
     )
-    engagement = np.clip(0.98 * e + noise * z_e + 0.04 * email_click + 0.02 * bought, -3, 3)
+    cart_p = np.minimum(params.stage["add_to_cart"][stage] * intent, 0.9)
+    pay_fail = float(calendar.payment_failure[day])
+    slot_rate = np.stack([rate, rate * funnel.second_session])
+    per_slot = u[: SLOTS * SLOT_ROWS].reshape(SLOTS, SLOT_ROWS, -1)
+
+    def row(k: int) -> Array:
+        return per_slot[:, k]
+
+    visit = live & (row(OCC) < slot_rate)
+    visit[0] |= email_click
+    ch = row(CHANNEL)
+    store_p, app_p = pp["store_share"], pp["app_share"]
+    channel = np.where(ch < store_p, STORE, np.where(ch < store_p + app_p, APP, WEB))
+    channel[0] = np.where(email_click, WEB, channel[0])
+    online = channel != STORE
+    ad = visit & online & (row(AD) < params.stage["ad_click"][stage])
+    login = (
+        visit & online & (row(LOGIN) < np.where(channel == APP, funnel.login_app, funnel.login_web))
+    )
+    view = visit & (row(VIEW) < params.stage["product_view"][stage])
+    cart = view & (row(CART) < cart_p)
+    checkout_try = cart & (row(CHECKOUT) < params.stage["checkout"][stage])
+    checkout_broken = (
+        checkout_try & online & (row(CHECKOUT_FAIL) < float(calendar.checkout_failure[day]))
+    )
+    checkout = checkout_try & ~checkout_broken
+    failed = checkout & online & (row(FAIL1) < pay_fail)
+    retried = failed & (row(RETRY) < funnel.retry_after_failure)
+    failed_again = retried & (row(FAIL2) < pay_fail)
+    purchase = checkout & (~failed | (retried & ~failed_again))
+    log_value = np.log(pp["order_value_median"]) + np.where(effect_on, state.effect_value, 0)
+    # money in float64, rounded to cents
+    value = np.round(
+        np.exp((log_value + pp["order_value_spread"] * z[:SLOTS]).astype(np.float64)), 2
+    )
+    value = np.maximum(value, 0.01)
+    redeemable = params.action_redeemable[np.maximum(state.effect_action, 0)] & (
+        state.effect_action != NONE
+    )
+    redeemed = purchase & effect_on & redeemable & (row(REDEEM) < funnel.redeem)
+    failures = (checkout_broken.astype(np.int64) + failed + failed_again).sum(axis=0)
+    frustrated = failures > 0
+
+    # newcomers: an acquisition visit ending in signup
+    arrival_ad = arriving & (u[AD] < 0.6)
+    arrival_view = arriving & (u[VIEW] < 0.5)
+    arrival_app = arriving & (u[CHANNEL] < pp["app_share"])
+
+    # service, surveys, advocacy
+    support = live & (u[SUPPORT] < pp["support_rate"] + dyn.support_after_failure * frustrated)
+    complaint = live & (
+        u[COMPLAINT]
+        < pp["complaint_rate"] * np.exp(-dyn.complaint_satisfaction * s)
+        + dyn.complaint_after_failure * frustrated
+    )
+    sv = world.surveys
+    csat = support & (u[CSAT] < sv.csat_after_support)
+    csat_score = np.clip(np.rint(sv.csat_mid + sv.csat_slope * s + sv.csat_noise * z[Z_CSAT]), 1, 5)
+    bought_before = state.purchases > 0
+    nps = live & bought_before & (u[NPS] < pp["survey_rate"])
+    nps_score = np.clip(np.rint(sv.nps_mid + sv.nps_slope * s + sv.nps_noise * z[Z_NPS]), 0, 10)
+    advocate = live & (stage == ADVOCACY)
+    referral = advocate & (u[REFERRAL] < pp["referral_rate"] * np.exp(0.5 * s))
+    review = advocate & (u[REVIEW] < pp["review_rate"])
+
+    # the state tomorrow
+    visits = visit.sum(axis=0)
+    bought = purchase.sum(axis=0)
+    # counts and flags as REAL so the float32 state stays float32
+    n_visits, n_bought, n_failures = (x.astype(REAL) for x in (visits, bought, failures))
+    r = dyn.reversion
+    e_next = (
+        e
+        + r * (pp["engagement"] - e)
+        + dyn.engagement_noise * z[Z_ENGAGEMENT]
+        + dyn.engagement_per_session * n_visits
+        + dyn.engagement_per_click * email_click.astype(REAL)
+        + dyn.engagement_per_purchase * n_bought
+    )
+    s_next = (
+        s
+        + r * (pp["satisfaction"] - s)
+        + dyn.satisfaction_noise * z[Z_SATISFACTION]
+        + dyn.satisfaction_per_purchase * n_bought
+        + dyn.satisfaction_per_failure * n_failures
+        + dyn.satisfaction_per_complaint * complaint.astype(REAL)
+        + dyn.satisfaction_per_support * support.astype(REAL)
+    )
+    e_next = np.clip(np.where(live, e_next, e), -3, 3)
+    s_next = np.clip(np.where(live, s_next, s), -3, 3)
+    moved = _stage_moves(
+        params, pop, state, intent, np.minimum(n_visits, 1) + REAL(0.5), u[STAGE_MOVE]
+    )
+    stage_next = np.where(live, moved, stage)
+    stage_next = np.where(bought > 0, np.maximum(stage_next, RETENTION), stage_next)
+    hazard = pp["churn_hazard"] * np.exp(
+        -dyn.churn_satisfaction * s_next
+        - dyn.churn_engagement * e_next
+        + np.where(effect_on, state.effect_churn, 0)
+        + dyn.churn_after_failure * frustrated.astype(REAL)
+    )
+    churned = live & (u[CHURN] < hazard)
+    cancelled = churned & (u[CANCEL] < pp["cancel_share"])
+
+    flags = _type_flags(
+        arriving,
+        arrival_ad,
+        arrival_view,
+        visit & online,
+        ad,
+        login,
+        view & online,
+        cart & online,
+        checkout & online,
+        failed,
+        purchase,
+        redeemed,
+        email_open,
+        email_click,
+        support,
+        complaint,
+        csat,
+        nps,
+        referral,
+        review,
+        cancelled,
+    )
+    active = _any(flags, roles.activity, len(live))
+    converted = _any(flags, roles.conversion, len(live))
+    churn_event = _any(flags, roles.churn, len(live))
+    failed_visible = flags["payment_failed"]
     nxt = replace(
         state,
         alive=state.alive & ~churned,
-        satisfaction=np.where(present, satisfaction, s),
-        engagement=np.where(present, engagement, e),
-        customer=state.customer | bought,
-        recent_fail=0.9 * state.recent_fail + n_failed,
-        recent_complaints=0.95 * state.recent_complaints + complaint,
+        stage=stage_next,
+        engagement=e_next,
+        satisfaction=s_next,
+        cancelled=state.cancelled | churn_event,
         last_activity=np.where(active, day, state.last_activity),
+        last_purchase=np.where(bought > 0, day, state.last_purchase),
+        last_complaint=np.where(complaint, day, state.last_complaint),
+        last_failure=np.where(failed_visible, day, state.last_failure),
+        purchases=state.purchases + bought,
+        recent_complaints=0.95 * state.recent_complaints + complaint,
+        recent_failures=0.9 * state.recent_failures + failed_visible,
+        recent_sessions=0.9 * state.recent_sessions + (visit & online).sum(axis=0, dtype=REAL),
     )
     outcome = DayOutcome(
-        sessions=sessions,
-        product=product,
+        live=live,
+        arriving=arriving,
+        arrival_ad=arrival_ad,
+        arrival_view=arrival_view,
+        arrival_app=arrival_app,
+        visit=visit,
+        channel=channel,
+        ad=ad,
+        login=login,
+        view=view,
         cart=cart,
         checkout=checkout,
-        purchase=purchase,
         failed=failed,
-        app=app,
-        login=login,
+        retried=retried,
+        failed_again=failed_again,
+        purchase=purchase,
+        redeemed=redeemed,
+        value=value,
         email_open=email_open,
         email_click=email_click,
-        redeemed=redeemed,
         support=support,
         complaint=complaint,
-        nps=nps,
         csat=csat,
+        csat_score=csat_score.astype(np.int64),
+        nps=nps,
+        nps_score=nps_score.astype(np.int64),
         referral=referral,
         review=review,
         churned=churned,
         cancelled=cancelled,
-        nps_score=nps_score,
-        csat_score=csat_score,
         active=active,
+        converted=converted,
+        churn_event=churn_event,
     )
     return nxt, outcome
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What a policy may see about the customers it decides for (observable, not latent)."""
-
-    day: int
-    customers: IntArray  # indices into the population
-    bought_before: BoolArray
-    recent_complaints: FloatArray
-    days_since_activity: IntArray
-    premium: BoolArray
-
-    def _take(self, customers: IntArray) -> Observation:
-        """The observation restricted to some customers (indices into the population)."""
-        pos = np.searchsorted(self.customers, customers)
-        return Observation(
-            self.day,
-            customers,
-            self.bought_before[pos],
-            self.recent_complaints[pos],
-            self.days_since_activity[pos],
-            self.premium[pos],
-        )
-
-
-# A policy returns, for each observed customer, an action index (NONE for no action) and the
-# probability with which it chose it; ``u`` is a uniform per customer for randomised policies.
-Policy = Callable[[Observation, FloatArray], tuple[IntArray, FloatArray]]
-
-
-def logging_probabilities(world: World, obs: Observation) -> FloatArray:
-    """The logging policy's probabilities, (customers, 1 + actions); column 0 is no action.
-
-    More retention calls after complaints, more onboarding help before a first purchase, more
-    upsell to premium customers; every option keeps at least ``policy_floor`` probability so
-    off-policy evaluation works.
-    """
-    ids = [a.id for a in world.actions]
-    k = len(ids) + 1
-    w = np.ones((len(obs.customers), k))
-    w[:, 0] = world.policy_none_weight
-    if "retention_call" in ids:
-        w[:, 1 + ids.index("retention_call")] += 3.0 * (obs.recent_complaints > 0.3)
-    if "onboarding_help" in ids:
-        w[:, 1 + ids.index("onboarding_help")] += 1.5 * ~obs.bought_before
-    if "upsell_offer" in ids:
-        w[:, 1 + ids.index("upsell_offer")] += 1.0 * obs.premium
-    p = w / w.sum(axis=1, keepdims=True)
-    return world.policy_floor + (1 - k * world.policy_floor) * p
+def _type_flags(
+    arriving: Array,
+    arrival_ad: Array,
+    arrival_view: Array,
+    page: Array,
+    ad: Array,
+    login: Array,
+    view: Array,
+    cart: Array,
+    checkout: Array,
+    failed: Array,
+    purchase: Array,
+    redeemed: Array,
+    email_open: Array,
+    email_click: Array,
+    support: Array,
+    complaint: Array,
+    csat: Array,
+    nps: Array,
+    referral: Array,
+    review: Array,
+    cancelled: Array,
+) -> dict[str, Array]:
+    """Per event type, whether each customer has at least one such event today."""
+    return {
+        "ad_click": _either(ad) | arrival_ad,
+        "page_view": _either(page) | arriving,
+        "login": _either(login),
+        "signup": arriving,
+        "product_view": _either(view) | arrival_view,
+        "add_to_cart": _either(cart),
+        "checkout_start": _either(checkout),
+        "payment_failed": _either(failed),
+        "purchase": _either(purchase),
+        "offer_redeemed": _either(redeemed),
+        "email_open": email_open,
+        "email_click": email_click,
+        "support_contact": support,
+        "complaint": complaint,
+        "csat_response": csat,
+        "nps_response": nps,
+        "referral": referral,
+        "review_posted": review,
+        "cancel_subscription": cancelled,
+    }
 
 
-def logging_policy(world: World) -> Policy:
-    """The randomised policy that sends the logged actions, with recorded propensities."""
-
-    def decide(obs: Observation, u: FloatArray) -> tuple[IntArray, FloatArray]:
-        p = logging_probabilities(world, obs)
-        cdf = np.cumsum(p, axis=1)
-        choice = np.minimum((u[:, None] > cdf).sum(axis=1), p.shape[1] - 1)
-        return choice - 1, p[np.arange(len(choice)), choice]
-
-    return decide
+def _either(slots: Array) -> Array:
+    """Per customer, whether any visit slot has the flag."""
+    return np.asarray(slots.any(axis=0))
 
 
-def fixed_policy(action: int) -> Policy:
-    """Always the same action (NONE for no action), chosen with probability 1."""
-
-    def decide(obs: Observation, u: FloatArray) -> tuple[IntArray, FloatArray]:
-        n = len(obs.customers)
-        return np.full(n, action), np.ones(n)
-
-    return decide
-
-
-def observe(pop: Population, state: State, day: int) -> Observation:
-    present = np.flatnonzero(state.alive & (pop.arrival <= day))
-    return Observation(
-        day=day,
-        customers=present,
-        bought_before=state.customer[present],
-        recent_complaints=state.recent_complaints[present],
-        days_since_activity=day - state.last_activity[present],
-        premium=pop.premium[present],
-    )
-
-
-def start_date_of(start: date, day: int) -> date:
-    return start + timedelta(days=day)
+def _any(flags: dict[str, Array], types: tuple[str, ...], n: int) -> Array:
+    out = np.zeros(n, dtype=bool)
+    for t in types:
+        out |= flags[t]
+    return out
