@@ -33,6 +33,9 @@ demo: install ## Simulate a journey log and run every stage end to end on embedd
 		--customers $(DATA)/sim/customers.parquet --out $(DATA)/lake --mode replace
 	$(BIN)/journeyml features build --data-dir $(DATA)
 	$(BIN)/journeyml features materialize --data-dir $(DATA)
+	$(BIN)/journeyml train --model all --data-dir $(DATA)
+	@# The gates may refuse a challenger (the command says why); the demo goes on either way.
+	-$(BIN)/journeyml promote --data-dir $(DATA)
 
 test: install ## Run the whole test suite
 	$(BIN)/pytest

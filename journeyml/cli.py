@@ -12,6 +12,7 @@ from features.cli import app as features_app
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
+from training.cli import promote, train
 
 app = typer.Typer(
     name="journeyml",
@@ -35,3 +36,5 @@ app.add_typer(events_app, name="events", help="Validate and ingest journey event
 app.add_typer(
     features_app, name="features", help="Build journey features, load and read the feature store."
 )
+app.command("train")(train)
+app.command("promote")(promote)

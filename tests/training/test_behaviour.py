@@ -1,0 +1,86 @@
+"""Model behaviour tests on the trained churn and conversion models (loaded from the registry
+as serving loads them): directional expectations, invariance, minimum functionality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.training.conftest import Trained
+from training.bundle import ModelBundle, load_model_bundle
+from training.pipeline import TrainedModel
+from training.tracking import CHALLENGER, resolve_tracking, use_tracking
+
+
+@pytest.fixture(scope="module")
+def churn(trained: Trained) -> ModelBundle:
+    use_tracking(resolve_tracking(trained.config.tracking, trained.ws.root))
+    return load_model_bundle(f"models:/{trained.config.registered_name('churn')}@{CHALLENGER}")
+
+
+@pytest.fixture(scope="module")
+def rows(trained: Trained) -> pd.DataFrame:
+    snaps = pd.read_parquet(trained.ws.root / "features" / "journey_features")
+    return snaps.sample(n=400, random_state=1).reset_index(drop=True)
+
+
+def columns(frame: pd.DataFrame, *prefixes: str) -> list[str]:
+    return [c for c in frame.columns if c.startswith(prefixes)]
+
+
+@pytest.mark.parametrize("extra", [1, 3, 10])
+def test_more_complaints_never_lower_churn_risk(
+    churn: ModelBundle, rows: pd.DataFrame, extra: int
+) -> None:
+    more = rows.copy()
+    for c in columns(rows, "complaints_", "n_complaint_"):
+        more[c] = more[c] + extra
+    more["days_since_last_complaint"] = np.minimum(more["days_since_last_complaint"], 1.0)
+    before, after = churn.predict_proba(rows), churn.predict_proba(more)
+    assert np.all(after >= before - 1e-12)
+
+
+def test_a_conversion_yesterday_does_not_raise_churn_risk(
+    churn: ModelBundle, rows: pd.DataFrame
+) -> None:
+    bought = rows.copy()
+    for c in columns(rows, "conversions_", "n_purchase_"):
+        bought[c] = bought[c] + 1
+    for c in ("days_since_last_conversion", "days_since_last_event"):
+        bought[c] = np.minimum(bought[c], 1.0)
+    before, after = churn.predict_proba(rows), churn.predict_proba(bought)
+    assert np.all(after <= before + 1e-12)
+
+
+def test_predictions_do_not_depend_on_the_customer_id_or_row_order(
+    churn: ModelBundle, rows: pd.DataFrame
+) -> None:
+    renamed = rows.assign(customer_id=[f"X{i}" for i in range(len(rows))])
+    np.testing.assert_array_equal(churn.predict_proba(rows), churn.predict_proba(renamed))
+    shuffled = rows.sample(frac=1.0, random_state=3)
+    np.testing.assert_array_equal(
+        churn.predict_proba(shuffled), churn.predict_proba(rows)[shuffled.index.to_numpy()]
+    )
+
+
+def test_unknown_categories_and_missing_values_still_score(
+    churn: ModelBundle, rows: pd.DataFrame
+) -> None:
+    odd = rows.head(20).copy()
+    odd["stage"] = "a_stage_never_seen"
+    odd["segment"] = None
+    odd["events_7d"] = np.nan
+    p = churn.predict_proba(odd)
+    assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
+
+
+@pytest.mark.parametrize("model", ["churn", "conversion"])
+def test_minimum_functionality(trained: Trained, model: str) -> None:
+    r = trained.results[model]
+    assert isinstance(r, TrainedModel)
+    m = r.metrics
+    assert m["auc"] > 0.6
+    assert m["auc"] > m["baseline_recency_frequency_auc"] - 0.02
+    assert m["ece"] < 0.1
+    assert m["top_decile_lift"] > 1.0

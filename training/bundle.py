@@ -1,0 +1,446 @@
+"""The model bundle: what a registered model version contains and how to load it safely.
+
+This module is the **contract between training and serving**. It imports nothing from the rest
+of ``training`` (a test enforces it), only numpy, pandas and LightGBM, so serving can import
+it without pulling in training code; nothing in a bundle is unpickled or executed.
+
+A bundle is a folder (inside a registered version it is the ``extra_files/`` folder of the
+MLflow model, next to MLflow's own ``MLmodel`` and ``model.lgb``)::
+
+    manifest.json      format, model kind, feature service, input features in order,
+                       classes or actions, the names of the files below, and their sha256
+    model.txt          LightGBM text model (uplift: effect_convert.txt, effect_churn.txt)
+    encoders.json      vocabulary of every string feature: code = position in the list,
+                       unseen values get the code len(vocabulary), missing values stay NaN
+    calibrator.json    the probability calibrator (binary: isotonic / platt / none;
+                       multiclass: vector scaling; uplift: none)
+
+An uplift manifest also lists ``actions``, ``outcomes`` and ``base_effects`` (per outcome, each
+action's average effect, the starting point the effect trees add to); its models read the
+features followed by ``__action``, the action's position in ``actions``.
+
+Scoring a frame of raw features (as ``get_online_features`` or ``get_historical_features``
+return them for the bundle's feature service)::
+
+    bundle = load_model_bundle("models:/churn@champion")   # or a local folder
+    p = bundle.predict_proba(frame)          # binary: P(label = 1), shape (n,)
+                                             # multiclass: shape (n, len(bundle.classes))
+    effects = bundle.predict_effects(frame)  # uplift: {"convert": (n, actions), "churn": ...}
+
+Loading verifies every file's sha256 against the manifest before LightGBM reads it, and the
+manifest's own sha256 against ``expected_manifest_sha256`` when given (the registered version
+carries it as the tag ``bundle_manifest_sha256``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+BUNDLE_FORMAT = "journeyml-bundle/1"
+MANIFEST_FILE = "manifest.json"
+ENCODERS_FILE = "encoders.json"
+CALIBRATOR_FILE = "calibrator.json"
+MODEL_FILE = "model.txt"
+ACTION_FEATURE = "__action"
+"""Extra categorical input of the uplift effect models: the code of the action."""
+MANIFEST_TAG = "bundle_manifest_sha256"
+TIME_COLUMN = "event_timestamp"
+"""The snapshot time column of feature frames (Feast's event timestamp)."""
+CALENDAR_FEATURES = {
+    "calendar_month": "month of the year at decision time (seasonality)",
+}
+"""Features of the decision time itself: training takes them from the cutoff, serving from the
+time of the request. A manifest lists the ones its model reads under ``calendar_features``."""
+
+_EPS = 1e-6
+
+
+class BundleError(ValueError):
+    """A bundle is missing a file, has the wrong format, or fails its checksum."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def encode_frame(
+    frame: pd.DataFrame, features: Sequence[str], vocabularies: Mapping[str, Sequence[str]]
+) -> np.ndarray:
+    """Raw features → the float matrix the LightGBM model reads, columns in ``features`` order.
+
+    String features become their code in the vocabulary (``len(vocabulary)`` when unseen,
+    NaN when missing); numbers become float64 with missing values NaN.
+
+    Raises:
+        BundleError: a feature is missing from ``frame``.
+    """
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise BundleError(f"input is missing features: {', '.join(missing[:10])}")
+    out = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        col = frame[name]
+        vocab = vocabularies.get(name)
+        if vocab is None:
+            out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+            continue
+        values = pd.Series(col.to_numpy(dtype=object), dtype=object)
+        absent = values.isna().to_numpy()
+        strings = values.where(~absent, None).map(lambda v: v if v is None else str(v))
+        codes = pd.Categorical(strings, categories=list(vocab)).codes.astype(np.float64)
+        codes[(codes < 0) & ~absent] = float(len(vocab))
+        codes[absent] = np.nan
+        out[:, j] = codes
+    return out
+
+
+def calendar_values(names: Sequence[str], times: pd.Series | datetime) -> dict[str, Any]:
+    """The calendar features ``names`` of one time or a series of times (UTC).
+
+    Raises:
+        BundleError: an unknown calendar feature.
+    """
+    unknown = [n for n in names if n not in CALENDAR_FEATURES]
+    if unknown:
+        raise BundleError(f"unknown calendar features: {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == "calendar_month":
+            if isinstance(times, pd.Series):
+                out[name] = pd.to_datetime(times, utc=True).dt.month.astype(np.float64)
+            else:
+                out[name] = float(times.month)
+    return out
+
+
+# -- calibration ---------------------------------------------------------------------------
+
+
+def apply_binary_calibrator(spec: Mapping[str, Any], p: np.ndarray) -> np.ndarray:
+    """Maps raw positive-class probabilities through a calibrator stored as JSON.
+
+    Every method is non-decreasing, so a model's directional guarantees (monotone
+    constraints) hold for the calibrated probability too.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    method = spec.get("method", "none")
+    if method == "none":
+        return p
+    if method == "isotonic":
+        x = np.asarray(spec["x"], dtype=np.float64)
+        y = np.asarray(spec["y"], dtype=np.float64)
+        return np.interp(p, x, y)
+    if method == "platt":
+        z = np.log(np.clip(p, _EPS, 1 - _EPS) / np.clip(1 - p, _EPS, 1))
+        return 1.0 / (1.0 + np.exp(-(float(spec["a"]) * z + float(spec["b"]))))
+    raise BundleError(f"unknown binary calibration method {method!r}")
+
+
+def apply_multiclass_calibrator(spec: Mapping[str, Any], p: np.ndarray) -> np.ndarray:
+    """Vector scaling of class probabilities: softmax(log p / temperature + bias)."""
+    p = np.asarray(p, dtype=np.float64)
+    method = spec.get("method", "none")
+    if method == "none":
+        return p
+    if method != "vector_scaling":
+        raise BundleError(f"unknown multiclass calibration method {method!r}")
+    z = np.log(np.clip(p, 1e-12, 1)) / float(spec["temperature"]) + np.asarray(
+        spec["bias"], dtype=np.float64
+    )
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# -- the bundle ----------------------------------------------------------------------------
+
+
+@dataclass
+class ModelBundle:
+    """A loaded, verified model version: everything needed to score raw features.
+
+    Attributes:
+        manifest: the parsed ``manifest.json``.
+        boosters: LightGBM boosters by role (``model``; uplift: ``effect_convert``,
+            ``effect_churn``).
+        vocabularies: string feature → vocabulary (``encoders.json``).
+        calibrator: the calibrator spec (``calibrator.json``).
+    """
+
+    manifest: dict[str, Any]
+    boosters: dict[str, Any]
+    vocabularies: dict[str, list[str]]
+    calibrator: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def model(self) -> str:
+        return str(self.manifest["model"])
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.manifest["features"])
+
+    @property
+    def feature_service(self) -> str:
+        return str(self.manifest["feature_service"])
+
+    @property
+    def calendar_features(self) -> list[str]:
+        """Features of the decision time (see :data:`CALENDAR_FEATURES`) the model reads."""
+        return list(self.manifest.get("calendar_features", []))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.get("classes", []))
+
+    @property
+    def actions(self) -> list[str]:
+        return list(self.manifest.get("actions", []))
+
+    def encode(self, frame: pd.DataFrame, as_of: datetime | None = None) -> np.ndarray:
+        """Raw features → model matrix; calendar features absent from ``frame`` are taken
+        from ``as_of`` or else from the frame's ``event_timestamp`` (the snapshot time).
+
+        Raises:
+            BundleError: a feature is missing, or a calendar feature has no time to come from.
+        """
+        missing = [c for c in self.calendar_features if c not in frame.columns]
+        if missing:
+            if as_of is not None:
+                frame = frame.assign(**calendar_values(missing, as_of))
+            elif TIME_COLUMN in frame.columns:
+                frame = frame.assign(**calendar_values(missing, frame[TIME_COLUMN]))
+            else:
+                raise BundleError(
+                    f"the model reads {', '.join(missing)} of the decision time: pass as_of "
+                    f"or give the frame an {TIME_COLUMN} column"
+                )
+        return encode_frame(frame, self.features, self.vocabularies)
+
+    def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Feature dicts (as the online store returns them) → the model's float matrix.
+
+        The same encoding as :meth:`encode` without building a pandas frame: a one-row
+        frame costs ~0.1 ms per column to encode, this a dictionary lookup per value, which
+        is what a real-time decision can afford. A missing key is an error, a missing value
+        (None, NaN) stays NaN, an unseen string gets the code ``len(vocabulary)``.
+        """
+        index = self._vocabulary_index()
+        out = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            try:
+                values = [row[name] for name in self.features]
+            except KeyError as exc:
+                raise BundleError(f"input is missing feature {exc.args[0]}") from None
+            for j, (name, value) in enumerate(zip(self.features, values, strict=True)):
+                codes = index.get(name)
+                if value is None:
+                    out[i, j] = np.nan
+                elif codes is None:
+                    try:
+                        out[i, j] = float(value)
+                    except (TypeError, ValueError):
+                        out[i, j] = np.nan
+                elif isinstance(value, float) and value != value:
+                    out[i, j] = np.nan
+                else:
+                    out[i, j] = codes.get(str(value), len(codes))
+        return out
+
+    def _vocabulary_index(self) -> dict[str, dict[str, int]]:
+        cached: dict[str, dict[str, int]] | None = getattr(self, "_index", None)
+        if cached is None:
+            cached = {k: {v: i for i, v in enumerate(vs)} for k, vs in self.vocabularies.items()}
+            self._index = cached
+        return cached
+
+    def predict_raw(self, frame: pd.DataFrame, as_of: datetime | None = None) -> np.ndarray:
+        """Uncalibrated LightGBM probabilities."""
+        return self.predict_raw_matrix(self.encode(frame, as_of))
+
+    def predict_raw_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Uncalibrated LightGBM probabilities of an encoded matrix."""
+        if self.kind == "uplift":
+            raise BundleError("an uplift bundle predicts effects: use predict_effects")
+        return np.asarray(self.boosters["model"].predict(x))
+
+    def predict_proba(self, frame: pd.DataFrame, as_of: datetime | None = None) -> np.ndarray:
+        """Calibrated probabilities: (n,) for binary models, (n, classes) for multiclass."""
+        return self.predict_proba_matrix(self.encode(frame, as_of))
+
+    def predict_proba_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of an encoded matrix (see :meth:`encode_rows`)."""
+        raw = self.predict_raw_matrix(x)
+        if self.kind == "multiclass":
+            return apply_multiclass_calibrator(self.calibrator, raw)
+        return apply_binary_calibrator(self.calibrator, raw)
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """Per-feature contributions (TreeSHAP, log-odds) of a binary model; last column = bias.
+
+        These explain the uncalibrated score; the calibrators are monotone, so the ranking
+        of reasons holds for the calibrated probability too.
+        """
+        if self.kind != "binary":
+            raise BundleError(f"contributions are defined for binary models, not {self.kind}")
+        return np.asarray(self.boosters["model"].predict(x, pred_contrib=True))
+
+    def predict_effects(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Uplift: each action's effect on each outcome versus no action, per row.
+
+        Returns:
+            ``{"convert": frame, "churn": frame}``, each with one column per action and the
+            input's index; values are differences in probability (action minus no action).
+        """
+        if self.kind != "uplift":
+            raise BundleError(f"a {self.kind} bundle has no effects")
+        return {
+            outcome: pd.DataFrame(values, columns=self.actions, index=frame.index)
+            for outcome, values in self.predict_effects_matrix(self.encode(frame)).items()
+        }
+
+    def predict_effects_matrix(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Uplift effects of an encoded matrix: outcome → (n, actions) array."""
+        if self.kind != "uplift":
+            raise BundleError(f"a {self.kind} bundle has no effects")
+        n, k = len(x), len(self.actions)
+        stacked = np.repeat(x, k, axis=0)
+        codes = np.tile(np.arange(k, dtype=np.float64), n)[:, None]
+        stacked = np.hstack([stacked, codes])
+        out: dict[str, np.ndarray] = {}
+        base = self.manifest.get("base_effects", {})
+        for outcome in self.manifest["outcomes"]:
+            pred = np.asarray(self.boosters[f"effect_{outcome}"].predict(stacked))
+            out[outcome] = pred.reshape(n, k) + np.asarray(
+                base.get(outcome, np.zeros(k)), dtype=float
+            )
+        return out
+
+
+def find_manifest(root: str | Path) -> Path:
+    """The manifest inside a bundle folder or an MLflow model folder."""
+    root = Path(root)
+    for candidate in (root / MANIFEST_FILE, root / "extra_files" / MANIFEST_FILE):
+        if candidate.is_file():
+            return candidate
+    raise BundleError(f"no {MANIFEST_FILE} under {root} (not a journeyml model bundle)")
+
+
+def load_model_bundle(
+    source: str | Path,
+    expected_manifest_sha256: str | None = None,
+    dst_path: str | Path | None = None,
+) -> ModelBundle:
+    """Loads a bundle from a folder or an MLflow URI, verifying every checksum first.
+
+    Args:
+        source: a local folder, or an MLflow model URI such as ``models:/churn@champion``
+            (downloaded with ``mlflow.artifacts.download_artifacts``; needs the tracking and
+            registry URIs set, as serving sets them from its config).
+        expected_manifest_sha256: the manifest's checksum recorded at training time (the
+            registered version's ``bundle_manifest_sha256`` tag); checked when given.
+        dst_path: where to download a URI to (default: a temporary folder).
+
+    Raises:
+        BundleError: a file is missing, has been altered, or the format is unknown.
+    """
+    import lightgbm as lgb
+
+    text = str(source)
+    if "://" in text or text.startswith("models:/"):
+        import mlflow
+
+        text = mlflow.artifacts.download_artifacts(
+            artifact_uri=text, dst_path=None if dst_path is None else str(dst_path)
+        )
+    manifest_path = find_manifest(text)
+    if expected_manifest_sha256 is not None:
+        actual = sha256_file(manifest_path)
+        if actual != expected_manifest_sha256:
+            raise BundleError(
+                f"{manifest_path}: sha256 {actual} does not match the recorded "
+                f"{expected_manifest_sha256}"
+            )
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{manifest_path}: unknown bundle format {manifest.get('format')!r}")
+    folder = manifest_path.parent
+    for name, digest in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise BundleError(f"bundle file {name} is missing from {folder}")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise BundleError(f"bundle file {name}: sha256 {actual} does not match {digest}")
+    boosters = {
+        role: lgb.Booster(model_str=(folder / name).read_text(encoding="utf-8"))
+        for role, name in manifest["boosters"].items()
+    }
+    vocab = json.loads((folder / manifest["encoders"]).read_text(encoding="utf-8"))
+    calibrator = json.loads((folder / manifest["calibrator"]).read_text(encoding="utf-8"))
+    return ModelBundle(manifest, boosters, vocab, calibrator)
+
+
+def write_bundle(
+    folder: str | Path,
+    manifest: dict[str, Any],
+    model_texts: Mapping[str, str],
+    vocabularies: Mapping[str, Sequence[str]],
+    calibrator: Mapping[str, Any],
+) -> Path:
+    """Writes a bundle folder and returns the manifest path (checksums filled in).
+
+    Args:
+        folder: the (new or empty) folder to write into.
+        manifest: model, kind, feature_service, features, and classes/actions/outcomes.
+        model_texts: role → LightGBM text model (``Booster.model_to_string()``).
+        vocabularies: string feature → vocabulary.
+        calibrator: calibrator spec.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    boosters = {}
+    for role, text in model_texts.items():
+        name = MODEL_FILE if role == "model" else f"{role}.txt"
+        (folder / name).write_text(text, encoding="utf-8")
+        boosters[role] = name
+    (folder / ENCODERS_FILE).write_text(
+        json.dumps({k: list(v) for k, v in vocabularies.items()}, indent=1, sort_keys=True),
+        encoding="utf-8",
+    )
+    (folder / CALIBRATOR_FILE).write_text(
+        json.dumps(dict(calibrator), indent=1, sort_keys=True), encoding="utf-8"
+    )
+    files = [*boosters.values(), ENCODERS_FILE, CALIBRATOR_FILE]
+    full = {
+        **manifest,
+        "format": BUNDLE_FORMAT,
+        "boosters": boosters,
+        "encoders": ENCODERS_FILE,
+        "calibrator": CALIBRATOR_FILE,
+        "files": {name: sha256_file(folder / name) for name in files},
+    }
+    path = folder / MANIFEST_FILE
+    path.write_text(json.dumps(full, indent=1, sort_keys=True, default=str), encoding="utf-8")
+    return path

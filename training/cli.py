@@ -1,0 +1,194 @@
+"""``journeyml train`` and ``journeyml promote``.
+
+The root CLI mounts the plain functions :func:`train` and :func:`promote` as top-level commands
+(``app.command("train")(train)``); :data:`app` also offers them as a sub-app. Heavy libraries
+(LightGBM, MLflow, Feast) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from journeyml.config import CONFIG_DIR, ConfigError
+
+if TYPE_CHECKING:
+    from features.settings import FeatureSettings
+    from journeyml.config import JourneyMap
+    from training.config import TrainingConfig
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+MODEL_CHOICES = ("all", "churn", "conversion", "next_step", "uplift")
+SHOWN = {
+    "binary": ("auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"),
+    "next_step": ("top1_accuracy", "top3_accuracy", "log_loss", "macro_f1"),
+    "uplift": ("qini_convert", "qini_churn", "auuc_convert"),
+}
+
+DataDir = typer.Option(Path("data"), "--data-dir", help="Workspace folder (lake, features, feast).")
+ModelsConfig = typer.Option(CONFIG_DIR / "models.yaml", "--config", help="Training settings.")
+
+
+def _models(model: str) -> list[str]:
+    if model not in MODEL_CHOICES:
+        err.print(f"[red]--model must be one of {', '.join(MODEL_CHOICES)}[/red]")
+        raise typer.Exit(2)
+    return list(MODEL_CHOICES[1:]) if model == "all" else [model]
+
+
+def _load(
+    config: Path, features_config: Path, journeys: Path
+) -> tuple[TrainingConfig, FeatureSettings, JourneyMap]:
+    from features.settings import load_feature_settings
+    from journeyml.config import load_journey_map
+    from training.config import load_training_config
+
+    try:
+        return (
+            load_training_config(config),
+            load_feature_settings(str(features_config)),
+            load_journey_map(journeys),
+        )
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def train(
+    model: str = typer.Option("all", "--model", help="all, churn, conversion, next_step, uplift."),
+    data_dir: Path = DataDir,
+    config: Path = ModelsConfig,
+    features_config: Path = typer.Option(
+        CONFIG_DIR / "features.yaml", "--features-config", help="Feature settings."
+    ),
+    journeys: Path = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map."),
+    truth: Path | None = typer.Option(
+        None,
+        "--truth",
+        help="Simulator ground truth to score against (default: <data-dir>/sim/truth if any).",
+    ),
+    decisions: Path | None = typer.Option(
+        None,
+        "--decisions",
+        help="Decision log (every decision incl. 'none', with propensities) for the uplift "
+        "model (default: decisions.parquet of the truth folder if any; else the event log).",
+    ),
+) -> None:
+    """Train models with baselines, log them to MLflow and register each as challenger."""
+    from training.labels import LabelError
+    from training.pipeline import TrainingError, train_models
+    from training.tracking import resolve_tracking
+
+    names = _models(model)
+    cfg, feature_settings, journey_map = _load(config, features_config, journeys)
+    if truth is None and (data_dir / "sim" / "truth").is_dir():
+        truth = data_dir / "sim" / "truth"
+    if decisions is None and truth is not None and (truth / "decisions.parquet").is_file():
+        decisions = truth / "decisions.parquet"
+    target = resolve_tracking(cfg.tracking, data_dir)
+    if truth is not None:
+        console.print(f"scoring against simulator truth in {truth}")
+    if decisions is not None and "uplift" in names:
+        console.print(f"uplift units from the decision log {decisions}")
+    try:
+        results = train_models(
+            data_dir,
+            names,
+            journey_map,
+            feature_settings,
+            cfg,
+            target,
+            truth,
+            decisions,
+            skip_without_actions=model == "all",
+        )
+    except (TrainingError, LabelError) as exc:
+        err.print(f"[red]train: {exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title=f"trained (MLflow: {target.tracking_uri})", title_justify="left")
+    for col in ("model", "version", "metric", "model value", "best baseline", "champion", "fit s"):
+        table.add_column(col)
+    for r in results:
+        kind = "binary" if r.model in ("churn", "conversion") else r.model
+        for i, metric in enumerate(SHOWN[kind]):
+            value = r.metrics.get(metric)
+            bases = {
+                k.removeprefix("baseline_").removesuffix(f"_{metric}"): v
+                for k, v in r.metrics.items()
+                if k.startswith("baseline_") and k.endswith(f"_{metric}")
+            }
+            best = ""
+            if bases:
+                name, v = max(bases.items(), key=lambda kv: kv[1])
+                best = f"{v:.4f} ({name})"
+            champ = r.metrics.get(f"champion_{metric}")
+            table.add_row(
+                r.registered_name if i == 0 else "",
+                f"v{r.version} challenger" if i == 0 else "",
+                metric,
+                "" if value is None else f"{value:.4f}",
+                best,
+                "" if champ is None else f"{champ:.4f} (v{r.champion_version})",
+                f"{r.fit_seconds:.1f}" if i == 0 else "",
+            )
+        for metric in ("auc_truth", "auc_gap_to_truth", "policy_value_ratio_convert"):
+            if metric in r.metrics:
+                table.add_row("", "", metric, f"{r.metrics[metric]:.4f}", "", "", "")
+    console.print(table)
+    console.print("promote with [bold]journeyml promote[/bold] (gates in configs/models.yaml)")
+
+
+def promote(
+    model: str = typer.Option("all", "--model", help="all, churn, conversion, next_step, uplift."),
+    to: str | None = typer.Option(
+        None, "--to", help="Move champion to this version (rollback; needs one --model)."
+    ),
+    data_dir: Path = DataDir,
+    config: Path = ModelsConfig,
+) -> None:
+    """Move the champion alias to the challenger if it passes the gates (or to --to VERSION)."""
+    from training.config import load_training_config
+    from training.registry import move_champion, promote_challenger
+    from training.tracking import resolve_tracking, use_tracking
+
+    names = _models(model)
+    if to is not None and len(names) != 1:
+        err.print("[red]--to needs a single --model (e.g. --model churn --to 3)[/red]")
+        raise typer.Exit(2)
+    try:
+        cfg = load_training_config(config)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    client = use_tracking(resolve_tracking(cfg.tracking, data_dir))
+    refused = False
+    for name in names:
+        registered = cfg.registered_name(name)
+        if to is not None:
+            decision = move_champion(client, name, registered, to.removeprefix("v"))
+        else:
+            decision = promote_challenger(client, name, registered, cfg.gate(name))
+        before = f"v{decision.champion_before}" if decision.champion_before else "none"
+        after = f"v{decision.champion_after}" if decision.champion_after else "none"
+        if decision.promote:
+            console.print(f"[green]{registered}: champion {before} → {after}[/green]")
+        else:
+            refused = True
+            console.print(f"[yellow]{registered}: champion stays {before}[/yellow]")
+        for line in decision.reasons:
+            console.print(f"  [red]✗[/red] {line}")
+        for line in decision.checks:
+            console.print(f"  [green]✓[/green] {line}")
+    if refused:
+        raise typer.Exit(1)
+
+
+app.command("train")(train)
+app.command("promote")(promote)

@@ -1,0 +1,155 @@
+"""Settings of the training stage (``configs/models.yaml``), validated once at the entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveInt, field_validator
+
+from journeyml.config import CONFIG_DIR, StrictModel, load_config
+
+ModelName = Literal["churn", "conversion", "next_step", "uplift"]
+MODEL_NAMES: tuple[ModelName, ...] = ("churn", "conversion", "next_step", "uplift")
+
+LOWER_IS_BETTER = frozenset({"ece", "log_loss", "brier", "ece_truth", "auc_gap_to_truth"})
+"""Metrics whose floor is a ceiling and whose improvement is a decrease."""
+
+
+class SplitSettings(StrictModel):
+    """Time-based train / validation / test periods over the labelled cutoffs."""
+
+    test_days: PositiveInt = 84
+    validation_days: PositiveInt = 56
+    purge: bool = True
+
+
+class FeatureReadSettings(StrictModel):
+    """How training reads features from the feature store."""
+
+    engine: Literal["duckdb", "feast"] = "duckdb"
+    # Features of the decision time (training: the cutoff; serving: the request time) added to
+    # the churn, conversion and next-step models' inputs, e.g. seasonality by month.
+    calendar: tuple[Literal["calendar_month"], ...] = ("calendar_month",)
+
+
+class TrackingSettings(StrictModel):
+    """MLflow tracking; unset URIs mean the embedded SQLite store under the data folder."""
+
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    experiment: str = "journeyml"
+
+
+class RegistrySettings(StrictModel):
+    """Registered model names are ``<prefix><model>``."""
+
+    prefix: str = ""
+
+
+class BinaryModelSettings(StrictModel):
+    """A binary journey model (churn, conversion)."""
+
+    feature_service: str
+    imbalance: Literal["none", "balanced", "sqrt"] = "balanced"
+    calibration: Literal["auto", "isotonic", "platt", "none"] = "auto"
+    monotone_increasing: list[str] = Field(default_factory=list)
+    monotone_decreasing: list[str] = Field(default_factory=list)
+    max_train_rows: PositiveInt | None = None
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    num_boost_round: PositiveInt = 1000
+    early_stopping_rounds: PositiveInt = 50
+
+
+class NextStepSettings(StrictModel):
+    """The multiclass next-step model."""
+
+    feature_service: str = "next_step_v1"
+    target: Literal["event_type", "stage"] = "event_type"
+    max_classes: int = Field(default=12, ge=2)
+    imbalance: Literal["none", "balanced", "sqrt"] = "sqrt"
+    calibration: Literal["auto", "none"] = "auto"
+    max_train_rows: PositiveInt | None = 150_000
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    num_boost_round: PositiveInt = 300
+    early_stopping_rounds: PositiveInt = 30
+
+
+class UpliftSettings(StrictModel):
+    """The action-uplift (doubly-robust learner) model."""
+
+    feature_service: str = "conversion_v1"
+    treatment_window_days: PositiveInt = 7
+    max_train_rows: PositiveInt | None = 100_000
+    max_eval_rows: PositiveInt | None = 100_000
+    propensity_floor: float = Field(default=0.02, gt=0, lt=0.5)
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    num_boost_round: PositiveInt = 300
+    early_stopping_rounds: PositiveInt = 30
+
+
+class ModelsSettings(StrictModel):
+    churn: BinaryModelSettings = Field(
+        default_factory=lambda: BinaryModelSettings(feature_service="churn_v1")
+    )
+    conversion: BinaryModelSettings = Field(
+        default_factory=lambda: BinaryModelSettings(feature_service="conversion_v1")
+    )
+    next_step: NextStepSettings = Field(default_factory=NextStepSettings)
+    uplift: UpliftSettings = Field(default_factory=UpliftSettings)
+
+
+class GateSettings(StrictModel):
+    """When a challenger may replace the champion.
+
+    ``floors`` are absolute minimums (maximums for lower-is-better metrics such as ``ece``);
+    ``metric`` is the primary metric the challenger must improve by ``champion_margin`` over the
+    champion and by ``baseline_margin`` over every baseline of its own run.
+    """
+
+    metric: str
+    champion_margin: float = Field(default=0.0, ge=0)
+    baseline_margin: float = 0.0
+    floors: dict[str, float] = Field(default_factory=dict)
+
+
+def _default_gates() -> dict[str, GateSettings]:
+    return {
+        "churn": GateSettings(metric="auc", floors={"auc": 0.6}),
+        "conversion": GateSettings(metric="auc", floors={"auc": 0.6}),
+        "next_step": GateSettings(metric="top1_accuracy"),
+        "uplift": GateSettings(metric="qini_convert"),
+    }
+
+
+class TrainingConfig(StrictModel):
+    """Everything ``journeyml train`` and ``journeyml promote`` need besides the data."""
+
+    seed: int = 42
+    num_threads: PositiveInt = 2
+    split: SplitSettings = Field(default_factory=SplitSettings)
+    features: FeatureReadSettings = Field(default_factory=FeatureReadSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    gates: dict[str, GateSettings] = Field(default_factory=_default_gates)
+
+    @field_validator("gates")
+    @classmethod
+    def _known_models(cls, gates: dict[str, GateSettings]) -> dict[str, GateSettings]:
+        unknown = sorted(set(gates) - set(MODEL_NAMES))
+        if unknown:
+            raise ValueError(f"gates for unknown models: {', '.join(unknown)}")
+        return gates
+
+    def registered_name(self, model: str) -> str:
+        """The registered model name of ``model`` (``churn`` → ``<prefix>churn``)."""
+        return f"{self.registry.prefix}{model}"
+
+    def gate(self, model: str) -> GateSettings:
+        return self.gates.get(model) or _default_gates()[model]
+
+
+def load_training_config(path: str | Path | None = None) -> TrainingConfig:
+    """Loads ``configs/models.yaml`` (or ``path``)."""
+    return load_config(path or CONFIG_DIR / "models.yaml", TrainingConfig)

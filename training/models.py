@@ -1,0 +1,475 @@
+"""The journey models and their baselines, with scikit-learn conventions.
+
+Hyperparameters go to ``__init__`` (no logic there), learned state ends with ``_``, ``fit``
+returns ``self`` and every source of randomness takes ``random_state``. The LightGBM models
+are trained through ``lightgbm.train`` on a Booster, so they save as LightGBM's text model
+(never a pickle), with string features as integer codes of a JSON vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from training.bundle import (
+    apply_binary_calibrator,
+    apply_multiclass_calibrator,
+    encode_frame,
+)
+from training.calibration import fit_binary_calibrator, fit_vector_scaling
+
+logger = logging.getLogger(__name__)
+
+OTHER_CLASS = "other"
+
+
+def fit_vocabularies(frame: pd.DataFrame, categorical: Sequence[str]) -> dict[str, list[str]]:
+    """Vocabulary of each string feature: values by descending frequency, then by name."""
+    vocab = {}
+    for name in categorical:
+        counts = frame[name].dropna().astype(str).value_counts()
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        vocab[name] = [str(value) for value, _ in ordered]
+    return vocab
+
+
+def monotone_vector(
+    features: Sequence[str],
+    increasing: Sequence[str],
+    decreasing: Sequence[str],
+    categorical: Sequence[str] = (),
+) -> list[int]:
+    """LightGBM monotone constraints (+1, -1, 0) for features matching the patterns."""
+    cats = set(categorical)
+    out = []
+    for f in features:
+        if f in cats:
+            out.append(0)
+        elif any(fnmatchcase(f, p) for p in increasing):
+            out.append(1)
+        elif any(fnmatchcase(f, p) for p in decreasing):
+            out.append(-1)
+        else:
+            out.append(0)
+    return out
+
+
+def lightgbm_params(
+    objective: str, random_state: int, num_threads: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Defaults for journey data (deterministic for a seed and thread count), then overrides."""
+    params: dict[str, Any] = {
+        "objective": objective,
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_data_in_leaf": 100,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "max_bin": 127,
+        "cat_smooth": 10.0,
+        "verbose": -1,
+        "seed": random_state,
+        "deterministic": True,
+        "force_col_wise": True,
+        "num_threads": num_threads,
+    }
+    params.update(overrides)
+    return params
+
+
+def class_weights(counts: np.ndarray, imbalance: str) -> np.ndarray:
+    """Per-class training weights (mean 1 over rows) for ``none``, ``balanced`` or ``sqrt``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if imbalance == "none":
+        return np.ones_like(counts)
+    safe = np.maximum(counts, 1.0)
+    w = counts.sum() / (len(counts) * safe)
+    if imbalance == "sqrt":
+        w = np.sqrt(w)
+    return w / (w * counts).sum() * counts.sum()
+
+
+class BinaryJourneyModel:
+    """LightGBM binary classifier with native categoricals, imbalance weights and calibration.
+
+    Early stopping watches the validation period; the calibrator is then fitted on the
+    validation period's raw scores. Class imbalance is handled with a positive-class weight
+    during training only: boosting then spends its splits on the rare class, and the
+    calibrator maps the shifted scores back to probabilities.
+
+    Args:
+        features: input feature names, in order.
+        categorical: the string features among them.
+        imbalance: ``none``, ``balanced`` (positive weight = negatives / positives) or
+            ``sqrt`` (its square root).
+        calibration: ``auto``, ``isotonic``, ``platt`` or ``none``.
+        monotone_increasing: feature patterns the probability may only rise with.
+        monotone_decreasing: feature patterns the probability may only fall with.
+        params: LightGBM parameter overrides.
+        num_boost_round: maximum boosting rounds.
+        early_stopping_rounds: rounds without validation improvement before stopping.
+        random_state: seed of LightGBM and of the calibrator selection.
+        num_threads: LightGBM threads (part of the reproducibility contract).
+    """
+
+    kind = "binary"
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        categorical: Sequence[str] = (),
+        imbalance: str = "balanced",
+        calibration: str = "auto",
+        monotone_increasing: Sequence[str] = (),
+        monotone_decreasing: Sequence[str] = (),
+        params: dict[str, Any] | None = None,
+        num_boost_round: int = 1000,
+        early_stopping_rounds: int = 50,
+        random_state: int = 42,
+        num_threads: int = 2,
+    ):
+        self.features = features
+        self.categorical = categorical
+        self.imbalance = imbalance
+        self.calibration = calibration
+        self.monotone_increasing = monotone_increasing
+        self.monotone_decreasing = monotone_decreasing
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    def _weights(self, y: np.ndarray) -> np.ndarray:
+        counts = np.bincount(y.astype(np.int64), minlength=2)
+        return class_weights(counts, self.imbalance)[y.astype(np.int64)]
+
+    def fit(
+        self,
+        x: pd.DataFrame,
+        y: np.ndarray,
+        eval_set: tuple[pd.DataFrame, np.ndarray],
+    ) -> BinaryJourneyModel:
+        """Trains on (x, y), early-stops and calibrates on ``eval_set`` (the validation period)."""
+        features = list(self.features)
+        y = np.asarray(y, dtype=np.int64)
+        frame_val, y_val = eval_set[0], np.asarray(eval_set[1], dtype=np.int64)
+        self.vocabularies_ = fit_vocabularies(x, self.categorical)
+        self.monotone_constraints_ = monotone_vector(
+            features, self.monotone_increasing, self.monotone_decreasing, self.categorical
+        )
+        params = lightgbm_params("binary", self.random_state, self.num_threads, self.params or {})
+        params["metric"] = "binary_logloss"
+        if any(self.monotone_constraints_):
+            params["monotone_constraints"] = self.monotone_constraints_
+            params.setdefault("monotone_constraints_method", "intermediate")
+        cats = [f for f in features if f in set(self.categorical)]
+        train = lgb.Dataset(
+            encode_frame(x, features, self.vocabularies_),
+            label=y,
+            weight=self._weights(y),
+            feature_name=features,
+            categorical_feature=cats or "auto",
+            free_raw_data=True,
+        )
+        x_val = encode_frame(frame_val, features, self.vocabularies_)
+        valid = lgb.Dataset(x_val, label=y_val, weight=self._weights(y_val), reference=train)
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=self.num_boost_round,
+            valid_sets=[valid],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        # The in-memory model is the text model serving loads, byte for byte.
+        self.model_text_ = booster.model_to_string(num_iteration=self.best_iteration_)
+        self.booster_ = lgb.Booster(model_str=self.model_text_)
+        self.params_ = params
+        raw_val = np.asarray(self.booster_.predict(x_val))
+        self.calibrator_ = fit_binary_calibrator(
+            raw_val, y_val, self.calibration, self.random_state
+        )
+        return self
+
+    def predict_raw(self, x: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated scores."""
+        return np.asarray(
+            self.booster_.predict(encode_frame(x, list(self.features), self.vocabularies_))
+        )
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability of the positive label, shape (n,)."""
+        return apply_binary_calibrator(self.calibrator_, self.predict_raw(x))
+
+    def feature_importance(self) -> pd.Series:
+        """Total gain of each feature's splits, largest first."""
+        gain = self.booster_.feature_importance(importance_type="gain")
+        return pd.Series(gain, index=list(self.features)).sort_values(ascending=False)
+
+
+class NextStepModel:
+    """LightGBM multiclass model of the next step (event type or stage) after a cutoff.
+
+    Classes are the ``max_classes - 1`` most frequent next steps in training plus ``other``
+    (when training has rarer ones); ``none`` (nothing within the horizon) is a class like any
+    other. Class weights handle imbalance; vector scaling on the validation period calibrates.
+    """
+
+    kind = "multiclass"
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        categorical: Sequence[str] = (),
+        max_classes: int = 12,
+        imbalance: str = "sqrt",
+        calibration: str = "auto",
+        params: dict[str, Any] | None = None,
+        num_boost_round: int = 300,
+        early_stopping_rounds: int = 30,
+        random_state: int = 42,
+        num_threads: int = 2,
+    ):
+        self.features = features
+        self.categorical = categorical
+        self.max_classes = max_classes
+        self.imbalance = imbalance
+        self.calibration = calibration
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.early_stopping_rounds = early_stopping_rounds
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    def encode_labels(self, y: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Class index of each label; rare labels are ``other``, -1 when there is no ``other``."""
+        index = {c: i for i, c in enumerate(self.classes_)}
+        fallback = index.get(OTHER_CLASS, -1)
+        return np.array([index.get(str(v), fallback) for v in y], dtype=np.int64)
+
+    def fit(
+        self,
+        x: pd.DataFrame,
+        y: Sequence[str] | np.ndarray,
+        eval_set: tuple[pd.DataFrame, Sequence[str] | np.ndarray],
+    ) -> NextStepModel:
+        features = list(self.features)
+        counts = pd.Series(np.asarray(y, dtype=object)).astype(str).value_counts()
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        keep = [str(c) for c, _ in ordered[: self.max_classes - 1]]
+        if len(ordered) > len(keep):
+            keep.append(OTHER_CLASS)
+        self.classes_: list[str] = keep
+        codes = self.encode_labels(y)
+        frame_val, y_val = eval_set
+        val_codes = self.encode_labels(y_val)
+        val_mask = val_codes >= 0
+        self.vocabularies_ = fit_vocabularies(x, self.categorical)
+        k = len(self.classes_)
+        weights = class_weights(np.bincount(codes, minlength=k), self.imbalance)
+        params = lightgbm_params(
+            "multiclass", self.random_state, self.num_threads, self.params or {}
+        )
+        params.update({"num_class": k, "metric": "multi_logloss"})
+        cats = [f for f in features if f in set(self.categorical)]
+        train = lgb.Dataset(
+            encode_frame(x, features, self.vocabularies_),
+            label=codes,
+            weight=weights[codes],
+            feature_name=features,
+            categorical_feature=cats or "auto",
+            free_raw_data=True,
+        )
+        x_val = encode_frame(frame_val, features, self.vocabularies_)[val_mask]
+        valid = lgb.Dataset(
+            x_val,
+            label=val_codes[val_mask],
+            weight=weights[val_codes[val_mask]],
+            reference=train,
+        )
+        booster = lgb.train(
+            params,
+            train,
+            num_boost_round=self.num_boost_round,
+            valid_sets=[valid],
+            valid_names=["validation"],
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        )
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        self.model_text_ = booster.model_to_string(num_iteration=self.best_iteration_)
+        self.booster_ = lgb.Booster(model_str=self.model_text_)
+        self.params_ = params
+        if self.calibration == "none":
+            self.calibrator_: dict[str, Any] = {"method": "none"}
+        else:
+            self.calibrator_ = fit_vector_scaling(
+                np.asarray(self.booster_.predict(x_val)), val_codes[val_mask]
+            )
+        return self
+
+    def predict_raw(self, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(
+            self.booster_.predict(encode_frame(x, list(self.features), self.vocabularies_))
+        )
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        """Calibrated class probabilities, shape (n, len(classes_))."""
+        return apply_multiclass_calibrator(self.calibrator_, self.predict_raw(x))
+
+    def feature_importance(self) -> pd.Series:
+        gain = self.booster_.feature_importance(importance_type="gain")
+        return pd.Series(gain, index=list(self.features)).sort_values(ascending=False)
+
+
+# -- baselines -------------------------------------------------------------------------------
+
+
+def _signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+class LogisticBaseline:
+    """Logistic regression on signed-log, standardised numbers and one-hot categories.
+
+    Args:
+        features: input features.
+        categorical: the string features among them.
+        max_rows: fit on at most this many training rows (a seeded sample).
+        c: inverse regularisation strength.
+        random_state: seed of the sample.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        categorical: Sequence[str] = (),
+        max_rows: int = 50_000,
+        c: float = 1.0,
+        random_state: int = 42,
+    ):
+        self.features = features
+        self.categorical = categorical
+        self.max_rows = max_rows
+        self.c = c
+        self.random_state = random_state
+
+    def fit(self, x: pd.DataFrame, y: np.ndarray) -> LogisticBaseline:
+        cats = [f for f in self.features if f in set(self.categorical)]
+        nums = [f for f in self.features if f not in set(self.categorical)]
+        numeric = make_pipeline(
+            SimpleImputer(strategy="median", keep_empty_features=True),
+            FunctionTransformer(_signed_log1p),
+            StandardScaler(),
+        )
+        categories = make_pipeline(
+            SimpleImputer(strategy="constant", fill_value="missing", keep_empty_features=True),
+            OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20),
+        )
+        self.pipeline_ = Pipeline(
+            [
+                (
+                    "columns",
+                    ColumnTransformer([("num", numeric, nums), ("cat", categories, cats)]),
+                ),
+                ("model", LogisticRegression(C=self.c, max_iter=300)),
+            ]
+        )
+        y = np.asarray(y, dtype=np.int64)
+        if len(x) > self.max_rows:
+            rng = np.random.default_rng(self.random_state)
+            take = np.sort(rng.choice(len(x), self.max_rows, replace=False))
+            x, y = x.iloc[take], y[take]
+        frame = x[list(self.features)].copy()
+        for c in cats:
+            frame[c] = frame[c].astype(object).where(frame[c].notna(), "missing").astype(str)
+        self.pipeline_.fit(frame, y)
+        return self
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        frame = x[list(self.features)].copy()
+        for c in self.categorical:
+            frame[c] = frame[c].astype(object).where(frame[c].notna(), "missing").astype(str)
+        return np.asarray(self.pipeline_.predict_proba(frame)[:, 1])
+
+
+class RecencyFrequencyBaseline:
+    """The observed label rate in each cell of a recency × frequency grid (RFM-style).
+
+    Cells are quantile bins of the training data; each cell's rate is shrunk towards the
+    overall rate with ``prior_strength`` pseudo-observations.
+    """
+
+    def __init__(self, recency: str, frequency: str, bins: int = 10, prior_strength: float = 20.0):
+        self.recency = recency
+        self.frequency = frequency
+        self.bins = bins
+        self.prior_strength = prior_strength
+
+    def _cells(self, x: pd.DataFrame) -> np.ndarray:
+        r = np.digitize(x[self.recency].fillna(np.inf).to_numpy(), self.recency_edges_)
+        f = np.digitize(x[self.frequency].fillna(0).to_numpy(), self.frequency_edges_)
+        return np.asarray(r * (len(self.frequency_edges_) + 1) + f)
+
+    def fit(self, x: pd.DataFrame, y: np.ndarray) -> RecencyFrequencyBaseline:
+        q = np.linspace(0, 1, self.bins + 1)[1:-1]
+        self.recency_edges_ = np.unique(np.nanquantile(x[self.recency].to_numpy(), q))
+        self.frequency_edges_ = np.unique(np.nanquantile(x[self.frequency].to_numpy(), q))
+        y = np.asarray(y, dtype=np.float64)
+        self.prior_ = float(y.mean())
+        cells = self._cells(x)
+        size = (len(self.recency_edges_) + 1) * (len(self.frequency_edges_) + 1)
+        n = np.bincount(cells, minlength=size)
+        pos = np.bincount(cells, weights=y, minlength=size)
+        self.rates_ = (pos + self.prior_strength * self.prior_) / (n + self.prior_strength)
+        return self
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.rates_[self._cells(x)])
+
+
+class MarkovBaseline:
+    """First-order Markov model of the next step: P(next | latest event type), smoothed.
+
+    ``alpha`` pseudo-counts spread the overall class distribution into every row, so an
+    unseen latest event type predicts the overall distribution.
+    """
+
+    def __init__(self, state: str = "last_event_1", alpha: float = 1.0):
+        self.state = state
+        self.alpha = alpha
+
+    def fit(self, x: pd.DataFrame, codes: np.ndarray, n_classes: int) -> MarkovBaseline:
+        states = x[self.state].astype(str).to_numpy()
+        codes = np.asarray(codes, dtype=np.int64)
+        keep = codes >= 0
+        self.marginal_ = np.bincount(codes[keep], minlength=n_classes) + self.alpha
+        self.marginal_ = self.marginal_ / self.marginal_.sum()
+        frame = pd.DataFrame({"s": states[keep], "c": codes[keep]})
+        counts = frame.groupby(["s", "c"]).size().unstack(fill_value=0)
+        counts = counts.reindex(columns=range(n_classes), fill_value=0)
+        table = counts.to_numpy(dtype=np.float64) + self.alpha * n_classes * self.marginal_
+        self.states_ = {s: i for i, s in enumerate(counts.index)}
+        self.table_ = table / table.sum(axis=1, keepdims=True)
+        return self
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        idx = np.array([self.states_.get(s, -1) for s in x[self.state].astype(str)], dtype=np.int64)
+        out = np.tile(self.marginal_, (len(idx), 1))
+        known = idx >= 0
+        out[known] = self.table_[idx[known]]
+        return out

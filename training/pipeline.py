@@ -1,0 +1,926 @@
+"""The training pipeline: labels → features (Feast) → models and baselines → MLflow → registry.
+
+:func:`train_models` is what ``journeyml train`` runs. Each model gets one MLflow run with its
+parameters, data window, row counts, feature service, git commit, test-period metrics of the
+model and of every baseline (and of the current champion, scored on the same test period),
+plots, and the model version (LightGBM text model + JSON bundle) registered as ``challenger``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from features.settings import FeatureSettings
+from journeyml.config import JourneyMap
+from training import plots
+from training.bundle import (
+    ACTION_FEATURE,
+    CALENDAR_FEATURES,
+    MANIFEST_TAG,
+    calendar_values,
+    encode_frame,
+    load_model_bundle,
+)
+from training.config import BinaryModelSettings, TrainingConfig
+from training.dataset import ServiceSpec, describe_service, entity_frame, read_features
+from training.labels import (
+    LabelSet,
+    SplitPlan,
+    assign_splits,
+    build_labels,
+    compute_labels,
+    max_horizon_days,
+    open_lake,
+    plan_splits,
+)
+from training.metrics import binary_metrics, multiclass_metrics, uplift_curve
+from training.models import (
+    BinaryJourneyModel,
+    LogisticBaseline,
+    MarkovBaseline,
+    NextStepModel,
+    RecencyFrequencyBaseline,
+)
+from training.tracking import (
+    CHAMPION,
+    LoggedVersion,
+    TrackingTarget,
+    current_version,
+    ensure_experiment,
+    git_commit,
+    log_and_register,
+    use_tracking,
+)
+from training.truth import Truth, compare_effects_with_truth, compare_with_truth, load_truth
+from training.uplift import (
+    CONTROL,
+    OUTCOMES,
+    DoublyRobustUplift,
+    UpliftData,
+    assign_treatments,
+    evaluate_uplift,
+)
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+LABEL_OF = {"churn": "churn", "conversion": "conversion"}
+SPLITS = ("train", "validation", "test")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot run on this input; the message says why and what to do."""
+
+
+class NoActionsError(TrainingError):
+    """The log has no marketing actions to learn uplift from."""
+
+
+@dataclass
+class TaskResult:
+    """A fitted model with its evaluation, ready to be logged."""
+
+    model: str
+    kind: str
+    fitted: Any
+    spec: ServiceSpec
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    manifest: dict[str, Any]
+    model_texts: dict[str, str]
+    primary_booster: Any
+    input_example: pd.DataFrame
+    output_example: np.ndarray
+    plot_data: dict[str, Any]
+    champion_scorer: Callable[[Any], dict[str, float]]
+    fit_seconds: float
+    extra_artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What ``journeyml train`` reports for one model."""
+
+    model: str
+    registered_name: str
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    fit_seconds: float
+    log_seconds: float
+    champion_version: str | None
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Labels split by time, plus the feature store to read features from."""
+
+    labels: LabelSet
+    plan: SplitPlan
+    rows: pd.DataFrame  # active customers at cutoffs of a split, with a ``split`` column
+    store: FeatureStore
+    prepare_seconds: float
+
+
+def prepare_data(
+    data_dir: str | Path,
+    journey_map: JourneyMap,
+    feature_settings: FeatureSettings,
+    config: TrainingConfig,
+) -> PreparedData:
+    """Labels the lake, splits by time and opens the feature store of the workspace."""
+    from features.store import Workspace, open_store
+
+    started = time.perf_counter()
+    ws = Workspace(data_dir)
+    labels = build_labels(ws.lake, journey_map, feature_settings)
+    plan = plan_splits(list(labels.cutoffs), config.split, max_horizon_days(journey_map))
+    frame = labels.frame.copy()
+    frame["split"] = assign_splits(frame, plan)
+    rows = frame[frame["split"].notna() & frame["active"]].reset_index(drop=True)
+    if rows.empty:
+        raise TrainingError("no active customers at the labelled cutoffs")
+    store = open_store(feature_settings.store, ws)
+    return PreparedData(labels, plan, rows, store, time.perf_counter() - started)
+
+
+def read_model_features(
+    data: PreparedData, service: str, config: TrainingConfig, cache: dict[str, pd.DataFrame]
+) -> tuple[ServiceSpec, pd.DataFrame]:
+    """The service's features for every row (read once per service)."""
+    try:
+        spec = describe_service(data.store, service)
+    except Exception as exc:
+        raise TrainingError(
+            f"feature service {service!r} is not in the Feast registry ({exc}); run "
+            "`journeyml features build` and `journeyml features apply` first"
+        ) from None
+    # services with the same views and features (churn_v1, conversion_v1) are read once
+    key = repr((spec.features, [(v.name, v.source_path, v.ttl) for v in spec.views]))
+    if key not in cache:
+        started = time.perf_counter()
+        cache[key] = read_features(
+            data.store, spec, entity_frame(data.rows), config.features.engine
+        )
+        logger.info(
+            "read %d rows of %s with the %s engine in %.1f s",
+            len(data.rows),
+            service,
+            config.features.engine,
+            time.perf_counter() - started,
+        )
+    return spec, cache[key]
+
+
+def with_calendar(
+    spec: ServiceSpec, x: pd.DataFrame, rows: pd.DataFrame, names: Sequence[str]
+) -> tuple[ServiceSpec, pd.DataFrame]:
+    """Adds the calendar features of each row's cutoff to the model's inputs."""
+    if not names:
+        return spec, x
+    values = calendar_values(list(names), rows["cutoff"].reset_index(drop=True))
+    x = x.reset_index(drop=True).assign(**values)
+    return replace(spec, features=(*spec.features, *names)), x
+
+
+def _split_masks(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {s: (rows["split"] == s).to_numpy() for s in SPLITS}
+
+
+def _subsample(mask: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    if max_rows is None or mask.sum() <= max_rows:
+        return mask
+    idx = np.flatnonzero(mask)
+    keep = np.random.default_rng(seed).choice(idx, max_rows, replace=False)
+    out = np.zeros_like(mask)
+    out[keep] = True
+    return out
+
+
+def _window_params(rows: pd.DataFrame, masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for s in SPLITS:
+        cut = pd.to_datetime(rows.loc[masks[s], "cutoff"], utc=True)
+        params[f"{s}_cutoffs"] = int(cut.nunique())
+        params[f"{s}_from"] = cut.min().isoformat() if len(cut) else ""
+        params[f"{s}_to"] = cut.max().isoformat() if len(cut) else ""
+    return params
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def _importance_frame(series: pd.Series) -> dict[str, float]:
+    return {str(k): float(v) for k, v in series.items()}
+
+
+def fit_binary_task(
+    name: str,
+    data: PreparedData,
+    spec: ServiceSpec,
+    x: pd.DataFrame,
+    settings: BinaryModelSettings,
+    config: TrainingConfig,
+    feature_settings: FeatureSettings,
+    truth: Truth | None,
+) -> TaskResult:
+    """Churn or conversion: LightGBM with baselines, evaluated on the test period."""
+    started = time.perf_counter()
+    rows = data.rows
+    label = LABEL_OF[name]
+    y = rows[label].to_numpy(dtype=np.int64)
+    masks = _split_masks(rows)
+    tr = _subsample(masks["train"], settings.max_train_rows, config.seed)
+    va, te = masks["validation"], masks["test"]
+    for s, m in (("train", tr), ("validation", va), ("test", te)):
+        if len(np.unique(y[m])) < 2:
+            raise TrainingError(f"{name}: the {s} period has only one label value")
+    features = list(spec.features)
+    model = BinaryJourneyModel(
+        features,
+        spec.categorical,
+        imbalance=settings.imbalance,
+        calibration=settings.calibration,
+        monotone_increasing=settings.monotone_increasing,
+        monotone_decreasing=settings.monotone_decreasing,
+        params=settings.lightgbm,
+        num_boost_round=settings.num_boost_round,
+        early_stopping_rounds=settings.early_stopping_rounds,
+        random_state=config.seed,
+        num_threads=config.num_threads,
+    ).fit(x[tr], y[tr], eval_set=(x[va], y[va]))
+    p_test = model.predict_proba(x[te])
+    metrics = binary_metrics(y[te], p_test)
+    metrics.update(_prefixed("validation_", binary_metrics(y[va], model.predict_proba(x[va]))))
+    scores = {"lightgbm": p_test}
+
+    logreg = LogisticBaseline(features, spec.categorical, random_state=config.seed)
+    scores["logreg"] = logreg.fit(x[tr], y[tr]).predict_proba(x[te])
+    w = max(feature_settings.windows_days)
+    recency, frequency = (
+        ("days_since_last_event", f"events_{w}d")
+        if name == "churn"
+        else ("days_since_last_conversion", f"conversions_{w}d")
+    )
+    if recency in features and frequency in features:
+        rf = RecencyFrequencyBaseline(recency, frequency).fit(x[tr], y[tr])
+        scores["recency_frequency"] = rf.predict_proba(x[te])
+    for base in ("logreg", "recency_frequency"):
+        if base in scores:
+            metrics.update(_prefixed(f"baseline_{base}_", binary_metrics(y[te], scores[base])))
+    if truth is not None:
+        metrics.update(compare_with_truth(rows[te], p_test, y[te], truth, label))
+
+    x_example = pd.DataFrame(
+        encode_frame(x[te].head(5), features, model.vocabularies_), columns=features
+    )
+    manifest = _manifest(name, "binary", spec, data, config, model.best_iteration_)
+    manifest["label"] = label
+    manifest["positive_class"] = 1
+    manifest["monotone_constraints"] = dict(zip(features, model.monotone_constraints_, strict=True))
+    params = {
+        **_window_params(rows, {"train": tr, "validation": va, "test": te}),
+        "label": label,
+        "imbalance": settings.imbalance,
+        "calibration": model.calibrator_["method"],
+        "best_iteration": model.best_iteration_,
+        "monotone_features": sum(1 for c in model.monotone_constraints_ if c),
+        **{f"lgb_{k}": v for k, v in model.params_.items() if k != "monotone_constraints"},
+    }
+    for s, m in (("train", tr), ("validation", va), ("test", te)):
+        metrics[f"{s}_rows"] = float(m.sum())
+        metrics[f"{s}_positive_rate"] = float(y[m].mean())
+
+    def champion_scorer(bundle: Any) -> dict[str, float]:
+        return binary_metrics(y[te], bundle.predict_proba(x[te]))
+
+    return TaskResult(
+        model=name,
+        kind="binary",
+        fitted=model,
+        spec=spec,
+        metrics=metrics,
+        params=params,
+        manifest=manifest,
+        model_texts={"model": model.model_text_},
+        primary_booster=model.booster_,
+        input_example=x_example,
+        output_example=np.asarray(model.booster_.predict(x_example.to_numpy())),
+        plot_data={"y": y[te], "scores": scores, "importance": model.feature_importance()},
+        champion_scorer=champion_scorer,
+        fit_seconds=time.perf_counter() - started,
+        extra_artifacts={
+            "vocabularies": model.vocabularies_,
+            "calibrator": model.calibrator_,
+        },
+    )
+
+
+def fit_next_step_task(
+    data: PreparedData,
+    spec: ServiceSpec,
+    x: pd.DataFrame,
+    config: TrainingConfig,
+) -> TaskResult:
+    """Next step (event type or stage): multiclass LightGBM against a first-order Markov model."""
+    started = time.perf_counter()
+    settings = config.models.next_step
+    rows = data.rows
+    target = "next_event_type" if settings.target == "event_type" else "next_stage"
+    y = rows[target].astype(str).to_numpy()
+    masks = _split_masks(rows)
+    tr = _subsample(masks["train"], settings.max_train_rows, config.seed)
+    va, te = masks["validation"], masks["test"]
+    features = list(spec.features)
+    model = NextStepModel(
+        features,
+        spec.categorical,
+        max_classes=settings.max_classes,
+        imbalance=settings.imbalance,
+        calibration=settings.calibration,
+        params=settings.lightgbm,
+        num_boost_round=settings.num_boost_round,
+        early_stopping_rounds=settings.early_stopping_rounds,
+        random_state=config.seed,
+        num_threads=config.num_threads,
+    ).fit(x[tr], y[tr], eval_set=(x[va], y[va]))
+    codes = model.encode_labels(y)
+    te_known = te & (codes >= 0)
+    proba = model.predict_proba(x[te_known])
+    metrics = multiclass_metrics(codes[te_known], proba)
+    va_known = va & (codes >= 0)
+    metrics.update(
+        _prefixed(
+            "validation_", multiclass_metrics(codes[va_known], model.predict_proba(x[va_known]))
+        )
+    )
+    k = len(model.classes_)
+    if "last_event_1" in features:
+        markov = MarkovBaseline("last_event_1").fit(x[tr], codes[tr], k)
+        metrics.update(
+            _prefixed(
+                "baseline_markov_",
+                multiclass_metrics(codes[te_known], markov.predict_proba(x[te_known])),
+            )
+        )
+    prior = np.bincount(codes[tr][codes[tr] >= 0], minlength=k) + 1.0
+    metrics.update(
+        _prefixed(
+            "baseline_prior_",
+            multiclass_metrics(codes[te_known], np.tile(prior / prior.sum(), (te_known.sum(), 1))),
+        )
+    )
+    for s, m in (("train", tr), ("validation", va), ("test", te)):
+        metrics[f"{s}_rows"] = float(m.sum())
+    metrics["test_unmapped_share"] = float(1 - te_known.sum() / max(te.sum(), 1))
+    x_example = pd.DataFrame(
+        encode_frame(x[te].head(5), features, model.vocabularies_), columns=features
+    )
+    manifest = _manifest("next_step", "multiclass", spec, data, config, model.best_iteration_)
+    manifest["classes"] = list(model.classes_)
+    manifest["target"] = target
+    params = {
+        **_window_params(rows, {"train": tr, "validation": va, "test": te}),
+        "target": target,
+        "classes": ",".join(model.classes_),
+        "imbalance": settings.imbalance,
+        "calibration": model.calibrator_["method"],
+        "best_iteration": model.best_iteration_,
+        **{f"lgb_{k_}": v for k_, v in model.params_.items()},
+    }
+    y_test_labels = y[te]
+
+    def champion_scorer(bundle: Any) -> dict[str, float]:
+        index = {c: i for i, c in enumerate(bundle.classes)}
+        other = index.get("other", -1)
+        champ_codes = np.array([index.get(v, other) for v in y_test_labels])
+        ok = champ_codes >= 0
+        p = bundle.predict_proba(x[te][ok])
+        return multiclass_metrics(champ_codes[ok], p)
+
+    return TaskResult(
+        model="next_step",
+        kind="multiclass",
+        fitted=model,
+        spec=spec,
+        metrics=metrics,
+        params=params,
+        manifest=manifest,
+        model_texts={"model": model.model_text_},
+        primary_booster=model.booster_,
+        input_example=x_example,
+        output_example=np.asarray(model.booster_.predict(x_example.to_numpy())),
+        plot_data={
+            "codes": codes[te_known],
+            "predicted": proba.argmax(axis=1),
+            "classes": model.classes_,
+            "importance": model.feature_importance(),
+        },
+        champion_scorer=champion_scorer,
+        fit_seconds=time.perf_counter() - started,
+        extra_artifacts={"vocabularies": model.vocabularies_, "calibrator": model.calibrator_},
+    )
+
+
+def uplift_units_from_events(
+    data: PreparedData, x: pd.DataFrame, journey_map: JourneyMap, window_days: int, lake: Path
+) -> tuple[UpliftData, np.ndarray]:
+    """Every labelled active customer-cutoff is a unit; its arm is the first action after.
+
+    Returns:
+        The units and the split of each.
+    """
+    con = open_lake(lake, journey_map)
+    try:
+        arms = assign_treatments(con, journey_map, data.rows, window_days)
+    finally:
+        con.close()
+    arms["cutoff"] = pd.to_datetime(arms["cutoff"], utc=True)
+    keys = data.rows[["customer_id", "cutoff"]].copy()
+    keys["cutoff"] = pd.to_datetime(keys["cutoff"], utc=True)
+    merged = keys.merge(arms, on=["customer_id", "cutoff"], how="left", validate="one_to_one")
+    units = UpliftData(
+        frame=x,
+        arm=merged["arm"].fillna(CONTROL).astype(str).to_numpy(),
+        propensity=merged["propensity"].to_numpy(dtype=np.float64),
+        outcomes={
+            "convert": data.rows["conversion"].to_numpy(dtype=np.int64),
+            "churn": data.rows["churn"].to_numpy(dtype=np.int64),
+        },
+        customers=data.rows["customer_id"].astype(str).to_numpy(),
+    )
+    return units, data.rows["split"].to_numpy()
+
+
+def read_decision_log(path: str | Path) -> pd.DataFrame:
+    """A decision log: customer_id, timestamp, action_id (``none`` for no action), propensity.
+
+    Raises:
+        TrainingError: the file is missing or lacks a column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TrainingError(f"decision log {path} not found")
+    log = pd.read_parquet(path)
+    missing = {"customer_id", "timestamp", "action_id", "propensity"} - set(log.columns)
+    if missing:
+        raise TrainingError(f"decision log {path} lacks columns: {', '.join(sorted(missing))}")
+    log = log[["customer_id", "timestamp", "action_id", "propensity"]].copy()
+    log["customer_id"] = log["customer_id"].astype(str)
+    log["timestamp"] = pd.to_datetime(log["timestamp"], utc=True).astype("datetime64[us, UTC]")
+    return log
+
+
+def uplift_units_from_decisions(
+    data: PreparedData,
+    spec: ServiceSpec,
+    decisions: pd.DataFrame,
+    journey_map: JourneyMap,
+    config: TrainingConfig,
+    lake: Path,
+) -> tuple[UpliftData, np.ndarray]:
+    """Every logged decision of an active customer is a unit, with its arm and propensity.
+
+    A decision belongs to the split of the latest labelled cutoff at or before it; its
+    features are read as of the decision (Feast point-in-time), its outcomes are the labels
+    computed at the decision time.
+    """
+    grid = pd.DataFrame(
+        {
+            "cutoff": pd.to_datetime(
+                [*data.plan.train, *data.plan.validation, *data.plan.test], utc=True
+            )
+        }
+    )
+    grid["split"] = (
+        ["train"] * len(data.plan.train)
+        + ["validation"] * len(data.plan.validation)
+        + ["test"] * len(data.plan.test)
+    )
+    grid["cutoff"] = grid["cutoff"].astype("datetime64[us, UTC]")
+    grid = grid.sort_values("cutoff")
+    cadence = pd.Timedelta(days=7)
+    if len(grid) > 1:
+        cadence = grid["cutoff"].diff().dropna().min()
+    log = decisions.sort_values("timestamp")
+    log = log[
+        (log["timestamp"] >= grid["cutoff"].iloc[0])
+        & (log["timestamp"] < grid["cutoff"].iloc[-1] + cadence)
+    ]
+    log = pd.merge_asof(log, grid, left_on="timestamp", right_on="cutoff", direction="backward")
+    log = log[log["split"].notna() & (log["timestamp"] - log["cutoff"] < cadence)]
+    settings = config.models.uplift
+    caps = {
+        "train": settings.max_train_rows,
+        "validation": settings.max_eval_rows,
+        "test": settings.max_eval_rows,
+    }
+    parts = []
+    for split_name, part in log.groupby("split", sort=True):
+        cap = caps[str(split_name)]
+        parts.append(
+            part.sample(n=cap, random_state=config.seed)
+            if cap is not None and len(part) > cap
+            else part
+        )
+    log = pd.concat(parts)
+    con = open_lake(lake, journey_map)
+    try:
+        labels = compute_labels(
+            con,
+            journey_map,
+            pd.DataFrame({"customer_id": log["customer_id"], "cutoff": log["timestamp"]}),
+        )
+    finally:
+        con.close()
+    labels["cutoff"] = pd.to_datetime(labels["cutoff"], utc=True).astype("datetime64[us, UTC]")
+    log = log.merge(
+        labels.rename(columns={"cutoff": "timestamp"}),
+        on=["customer_id", "timestamp"],
+        how="inner",
+        validate="many_to_one",
+    )
+    log = log[log["active"]].sort_values(["timestamp", "customer_id"]).reset_index(drop=True)
+    if log.empty:
+        raise TrainingError("no decision of the log falls on an active customer in the periods")
+    x = read_features(
+        data.store, spec, entity_frame(log, time_column="timestamp"), config.features.engine
+    )
+    units = UpliftData(
+        frame=x,
+        arm=log["action_id"].astype(str).to_numpy(),
+        propensity=log["propensity"].to_numpy(dtype=np.float64),
+        outcomes={
+            "convert": log["conversion"].to_numpy(dtype=np.int64),
+            "churn": log["churn"].to_numpy(dtype=np.int64),
+        },
+        customers=log["customer_id"].to_numpy(),
+    )
+    return units, log["split"].to_numpy()
+
+
+def fit_uplift_task(
+    data: PreparedData,
+    spec: ServiceSpec,
+    x: pd.DataFrame,
+    journey_map: JourneyMap,
+    config: TrainingConfig,
+    lake: Path,
+    truth: Truth | None,
+    decisions: pd.DataFrame | None = None,
+) -> TaskResult:
+    """Action uplift with the DR-learner; Qini/AUUC on the test period, effects vs truth.
+
+    Units come from the decision log when one is given, else from the event log's actions.
+    """
+    started = time.perf_counter()
+    settings = config.models.uplift
+    if decisions is not None:
+        units, split = uplift_units_from_decisions(data, spec, decisions, journey_map, config, lake)
+    else:
+        units, split = uplift_units_from_events(
+            data, x, journey_map, settings.treatment_window_days, lake
+        )
+    masks = {s: split == s for s in SPLITS}
+    masks["validation"] = _subsample(masks["validation"], settings.max_eval_rows, config.seed)
+    masks["test"] = _subsample(masks["test"], settings.max_eval_rows, config.seed)
+    if not (units.arm[masks["train"]] != CONTROL).any():
+        raise NoActionsError(
+            "uplift: the training period has no marketing actions (treatments in the journey "
+            "map); nothing to learn uplift from"
+        )
+    tr = _subsample(masks["train"], settings.max_train_rows, config.seed)
+    va, te = masks["validation"], masks["test"]
+    features = list(spec.features)
+    model = DoublyRobustUplift(
+        features,
+        spec.categorical,
+        propensity_floor=settings.propensity_floor,
+        params=settings.lightgbm,
+        num_boost_round=settings.num_boost_round,
+        early_stopping_rounds=settings.early_stopping_rounds,
+        random_state=config.seed,
+        num_threads=config.num_threads,
+    ).fit(units.take(tr), units.take(va))
+    test = units.take(te)
+    effects = model.predict_effects(test.frame)
+    metrics = evaluate_uplift(model, test, effects)
+    metrics["baseline_random_qini_convert"] = 0.0
+    metrics["baseline_random_qini_churn"] = 0.0
+    recorded = np.isfinite(units.propensity) & (units.arm != CONTROL)
+    metrics["recorded_propensity_share"] = float(
+        recorded.sum() / max((units.arm != CONTROL).sum(), 1)
+    )
+    for s, m in (("train", tr), ("validation", va), ("test", te)):
+        metrics[f"{s}_rows"] = float(m.sum())
+        metrics[f"{s}_treated_share"] = float((units.arm[m] != CONTROL).mean())
+    if truth is not None and truth.effects is not None:
+        test_cutoffs = {pd.Timestamp(t) for t in data.plan.test}
+        keys = truth.effects[["customer_id", "cutoff"]].drop_duplicates()
+        keys = keys[keys["cutoff"].isin(test_cutoffs)].reset_index(drop=True)
+        if not keys.empty:
+            tx = read_features(data.store, spec, entity_frame(keys), config.features.engine)
+            metrics.update(
+                compare_effects_with_truth(
+                    keys, model.predict_effects(tx), list(model.actions_), truth
+                )
+            )
+    curves = {}
+    x_codes = model._arm_codes(test.arm)
+    known = x_codes >= 0
+    x_test = encode_frame(test.frame, features, model.vocabularies_)
+    e = np.full(len(x_codes), np.nan)
+    e[known] = model.propensities(x_test[known], x_codes[known], test.propensity[known])
+    for j, action in enumerate(model.actions_):
+        rows = known & ((x_codes == j + 1) | (x_codes == 0))
+        if rows.sum() >= 20:
+            curves[action] = uplift_curve(
+                effects["convert"][rows, j],
+                x_codes[rows] == j + 1,
+                test.outcomes["convert"][rows],
+                1 / e[rows],
+            )
+    stacked_example = np.hstack(
+        [
+            encode_frame(test.frame.head(5), features, model.vocabularies_),
+            np.zeros((min(5, len(test.frame)), 1)),
+        ]
+    )
+    x_example = pd.DataFrame(stacked_example, columns=[*features, ACTION_FEATURE])
+    manifest = _manifest("uplift", "uplift", spec, data, config, 0)
+    manifest["actions"] = list(model.actions_)
+    manifest["outcomes"] = list(OUTCOMES)
+    manifest["meta_learner"] = "doubly-robust (DR) learner, cross-fitted, LightGBM"
+    manifest["base_effects"] = model.base_effects_
+    params = {
+        "units": "decision log" if decisions is not None else "event log",
+        "meta_learner": "dr_learner",
+        "actions": ",".join(model.actions_),
+        "treatment_window_days": settings.treatment_window_days,
+        "propensity_floor": settings.propensity_floor,
+        "cross_fitting_folds": model.n_folds,
+        **{f"best_iteration_{o}": m.current_iteration() for o, m in model.effect_models_.items()},
+    }
+
+    def champion_scorer(bundle: Any) -> dict[str, float]:
+        champ = bundle.predict_effects(test.frame)
+        aligned = {
+            o: np.column_stack(
+                [
+                    champ[o][a].to_numpy() if a in champ[o].columns else np.zeros(len(test.frame))
+                    for a in model.actions_
+                ]
+            )
+            for o in OUTCOMES
+        }
+        return evaluate_uplift(model, test, aligned)
+
+    return TaskResult(
+        model="uplift",
+        kind="uplift",
+        fitted=model,
+        spec=spec,
+        metrics=metrics,
+        params=params,
+        manifest=manifest,
+        model_texts=model.model_texts(),
+        primary_booster=model.effect_models_["convert"],
+        input_example=x_example,
+        output_example=np.asarray(model.effect_models_["convert"].predict(x_example.to_numpy())),
+        plot_data={"curves": curves, "importance": model.feature_importance()},
+        champion_scorer=champion_scorer,
+        fit_seconds=time.perf_counter() - started,
+        extra_artifacts={"vocabularies": model.vocabularies_, "calibrator": {"method": "none"}},
+    )
+
+
+def _manifest(
+    name: str,
+    kind: str,
+    spec: ServiceSpec,
+    data: PreparedData,
+    config: TrainingConfig,
+    best_iteration: int,
+) -> dict[str, Any]:
+    return {
+        "model": name,
+        "kind": kind,
+        "feature_service": spec.name,
+        "feature_service_version": spec.version,
+        "features": list(spec.features),
+        "categorical_features": list(spec.categorical),
+        "calendar_features": [f for f in spec.features if f in CALENDAR_FEATURES],
+        "best_iteration": best_iteration,
+        "seed": config.seed,
+        "test_period": [data.plan.test[0].isoformat(), data.plan.test[-1].isoformat()],
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_plots(result: TaskResult, folder: Path) -> list[Path]:
+    """The run's evaluation plots (PNG)."""
+    d = result.plot_data
+    title = result.model
+    out = [plots.plot_importance(d["importance"], folder / "feature_importance.png", title)]
+    if result.kind == "binary":
+        y = d["y"]
+        out.append(plots.plot_roc(y, d["scores"], folder / "roc.png", title))
+        out.append(plots.plot_calibration(y, d["scores"], folder / "calibration.png", title))
+        out.append(plots.plot_gains(y, d["scores"], folder / "gains.png", title))
+    elif result.kind == "multiclass":
+        out.append(
+            plots.plot_confusion(
+                d["codes"], d["predicted"], d["classes"], folder / "confusion.png", title
+            )
+        )
+    elif d["curves"]:
+        out.append(plots.plot_qini(d["curves"], folder / "qini_convert.png", title))
+    return out
+
+
+def score_champion(
+    client: MlflowClient, registered_name: str, result: TaskResult
+) -> tuple[dict[str, float], str | None]:
+    """The current champion's metrics on this run's test period (empty when there is none)."""
+    version = current_version(client, registered_name, CHAMPION)
+    if version is None:
+        return {}, None
+    try:
+        with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+            bundle = load_model_bundle(
+                f"models:/{registered_name}@{CHAMPION}",
+                expected_manifest_sha256=version.tags.get(MANIFEST_TAG),
+                dst_path=tmp,
+            )
+        missing = [f for f in bundle.features if f not in result.spec.features]
+        if missing:
+            logger.warning(
+                "champion v%s needs features this run does not read (%s): not compared",
+                version.version,
+                ", ".join(missing[:5]),
+            )
+            return {}, str(version.version)
+        return _prefixed("champion_", result.champion_scorer(bundle)), str(version.version)
+    except Exception as exc:  # a broken champion must not stop training a challenger
+        logger.warning("could not score champion v%s: %s", version.version, exc)
+        return {}, str(version.version)
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+
+
+def log_task(
+    client: MlflowClient,
+    experiment_id: str,
+    config: TrainingConfig,
+    result: TaskResult,
+    data: PreparedData,
+    batch: str,
+) -> tuple[LoggedVersion, dict[str, float], str | None, float]:
+    """One MLflow run for a fitted model: params, metrics, plots, bundle, challenger alias."""
+    import mlflow
+
+    started = time.perf_counter()
+    name = config.registered_name(result.model)
+    champion_metrics, champion_version = score_champion(client, name, result)
+    commit, dirty = git_commit()
+    metrics = _clean({**result.metrics, **champion_metrics})
+    metrics["fit_seconds"] = result.fit_seconds
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{result.model}-{batch}"):
+        mlflow.set_tags(
+            {
+                "model": result.model,
+                "registered_model": name,
+                "feature_service": result.spec.name,
+                "feature_service_version": result.spec.version,
+                "git_commit": commit,
+                "git_dirty": str(dirty).lower(),
+                "train_batch": batch,
+                "champion_version_compared": champion_version or "",
+                "mlflow.source.git.commit": commit,
+            }
+        )
+        params = {
+            **result.params,
+            "feature_service": result.spec.name,
+            "feature_count": len(result.spec.features),
+            "seed": config.seed,
+            "num_threads": config.num_threads,
+            "feature_engine": config.features.engine,
+            "log_end": data.labels.log_end.isoformat(),
+            "split_test_days": config.split.test_days,
+            "split_validation_days": config.split.validation_days,
+            "split_purge": config.split.purge,
+        }
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        with tempfile.TemporaryDirectory(prefix="plots-") as tmp:
+            write_plots(result, Path(tmp))
+            mlflow.log_artifacts(tmp, "plots")
+        mlflow.log_dict(
+            _importance_frame(result.plot_data["importance"]), "feature_importance.json"
+        )
+        mlflow.log_dict(
+            {"features": list(result.spec.features), "categorical": list(result.spec.categorical)},
+            "features.json",
+        )
+        logged = log_and_register(
+            client,
+            name,
+            result.primary_booster,
+            result.input_example,
+            np.asarray(result.output_example),
+            result.manifest,
+            result.model_texts,
+            result.extra_artifacts["vocabularies"],
+            result.extra_artifacts["calibrator"],
+        )
+        log_seconds = time.perf_counter() - started
+        metrics["log_seconds"] = log_seconds
+        mlflow.log_metrics(metrics)
+    return logged, metrics, champion_version, log_seconds
+
+
+def train_models(
+    data_dir: str | Path,
+    models: Sequence[str],
+    journey_map: JourneyMap,
+    feature_settings: FeatureSettings,
+    config: TrainingConfig,
+    target: TrackingTarget,
+    truth_dir: str | Path | None = None,
+    decisions_path: str | Path | None = None,
+    skip_without_actions: bool = False,
+) -> list[TrainedModel]:
+    """Trains, evaluates, logs and registers (as ``challenger``) each requested model.
+
+    Raises:
+        TrainingError: the data cannot train a model (the message says why). With
+            ``skip_without_actions``, a log without marketing actions skips the uplift model.
+        LabelError: the log is too short for the configured horizons and periods.
+    """
+    from features.store import Workspace
+
+    data = prepare_data(data_dir, journey_map, feature_settings, config)
+    truth = load_truth(truth_dir) if truth_dir is not None else None
+    client = use_tracking(target)
+    experiment_id = ensure_experiment(client, target)
+    batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    cache: dict[str, pd.DataFrame] = {}
+    out = []
+    for name in models:
+        if name in ("churn", "conversion"):
+            settings = getattr(config.models, name)
+            spec, x = read_model_features(data, settings.feature_service, config, cache)
+            spec, x = with_calendar(spec, x, data.rows, config.features.calendar)
+            result = fit_binary_task(name, data, spec, x, settings, config, feature_settings, truth)
+        elif name == "next_step":
+            spec, x = read_model_features(
+                data, config.models.next_step.feature_service, config, cache
+            )
+            spec, x = with_calendar(spec, x, data.rows, config.features.calendar)
+            result = fit_next_step_task(data, spec, x, config)
+        elif name == "uplift":
+            spec, x = read_model_features(data, config.models.uplift.feature_service, config, cache)
+            decisions = read_decision_log(decisions_path) if decisions_path else None
+            try:
+                result = fit_uplift_task(
+                    data, spec, x, journey_map, config, Workspace(data_dir).lake, truth, decisions
+                )
+            except NoActionsError as exc:
+                if not skip_without_actions:
+                    raise
+                logger.warning("%s: skipped", exc)
+                continue
+        else:
+            raise TrainingError(f"unknown model {name!r}")
+        logged, metrics, champion, log_seconds = log_task(
+            client, experiment_id, config, result, data, batch
+        )
+        out.append(
+            TrainedModel(
+                model=name,
+                registered_name=logged.registered_name,
+                version=logged.version,
+                run_id=logged.run_id,
+                metrics=metrics,
+                fit_seconds=result.fit_seconds,
+                log_seconds=log_seconds,
+                champion_version=champion,
+            )
+        )
+    return out
