@@ -12,6 +12,7 @@ from features.cli import app as features_app
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
+from serving.cli import keygen, serve
 from training.cli import promote, train
 
 app = typer.Typer(
@@ -38,3 +39,5 @@ app.add_typer(
 )
 app.command("train")(train)
 app.command("promote")(promote)
+app.command("serve")(serve)
+app.command("serve-keygen")(keygen)

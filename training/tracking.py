@@ -76,6 +76,11 @@ def use_tracking(target: TrackingTarget) -> MlflowClient:
     return MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
 
 
+def use_tracking_uri(uri: str) -> MlflowClient:
+    """A client for the tracking and registry at ``uri`` (serving only reads the registry)."""
+    return use_tracking(TrackingTarget(uri, "", ""))
+
+
 def ensure_experiment(client: MlflowClient, target: TrackingTarget) -> str:
     """The experiment id, creating the experiment with the artifact location if needed."""
     exp = client.get_experiment_by_name(target.experiment)

@@ -1,0 +1,314 @@
+"""The actions catalog and the contact policy (``configs/actions.yaml``).
+
+The catalog lists what the decision engine may do for a customer: each action's channel, cost,
+the value of the outcome it targets (``retain`` lowers churn, ``convert`` raises conversion),
+a business lever, context weights, and three lists of rules (:mod:`serving.rules`) that run in
+the order decisioning products use:
+
+* **eligibility**: may we contact this customer with this action at all (consent, status)?
+* **applicability**: does the action fit the customer's situation (stage, history)?
+* **suitability**: is it in the customer's interest (risk, satisfaction, propensity)?
+
+Each stage is reported separately, so a removed action says which stage removed it and why.
+"No action" is always a candidate. The catalog's ``version`` is recorded with every decision.
+
+:func:`load_actions` validates the file once: structure by pydantic (unknown keys, negative
+costs), then what pydantic cannot see: duplicate ids, unknown channels, rules that do not
+parse, names that are neither features, scores nor context (with close matches), and
+comparisons that mix text and numbers. Every problem is reported with the file and the key
+path, e.g. ``configs/actions.yaml: actions[2].suitability[0]: ...``. Action ids equal the
+simulator's marketing actions (``configs/simulator.yaml``), because the uplift model is trained
+per logged action and the engine joins its effects to the catalog by id.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, PrivateAttr
+
+from journeyml.config import CONFIG_DIR, ConfigError, StrictModel, load_config, validate_config
+from serving.rules import Rule, RuleError
+
+NO_ACTION = "none"
+"""Id of the "no action" candidate; no catalog action may use it."""
+ANY_CHANNEL = "any"
+"""Channel of a contact cap that counts contacts on every channel."""
+
+Stage = Literal["eligibility", "applicability", "suitability"]
+STAGES: tuple[Stage, ...] = ("eligibility", "applicability", "suitability")
+"""Rule stages in the order they run."""
+
+SCORE_NAMES: dict[str, str] = {
+    "churn_risk": "number",
+    "conversion_propensity": "number",
+    "next_step": "string",
+    "next_step_probability": "number",
+    "uplift_convert": "number",
+    "uplift_churn": "number",
+}
+"""Model scores a rule may read, with their kinds (see :meth:`serving.rules.Rule.check_types`)."""
+CONTEXT_NAMES: dict[str, str] = {
+    "context.channel": "string",
+    "context.event_type": "string",
+    "context.page": "string",
+    "context.hour": "number",
+    "context.weekday": "number",
+}
+"""Request context a rule may read (hour and weekday of the decision, UTC, Monday = 0)."""
+
+_ID = r"^[a-z][a-z0-9_]{0,63}$"
+_NAME = r"^[a-z][a-z0-9_]*$"
+_DTYPE_KINDS = {
+    "int64": "number",
+    "int32": "number",
+    "float64": "number",
+    "float32": "number",
+    "number": "number",
+    "string": "string",
+    "str": "string",
+    "object": "string",
+    "bool": "bool",
+}
+
+Money = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class NoAction(StrictModel):
+    """The "no action" candidate: always ranked, priority 0."""
+
+    id: Literal["none"] = "none"
+    value: float = Field(default=0.0, allow_inf_nan=False)
+
+
+class Action(StrictModel):
+    """One action the engine may choose."""
+
+    id: str = Field(pattern=_ID)
+    description: str = ""
+    channel: str = Field(pattern=_NAME)
+    cost: Money
+    value: Money
+    objective: Literal["retain", "convert"]
+    eligibility: list[str] = Field(default_factory=list)
+    applicability: list[str] = Field(default_factory=list)
+    suitability: list[str] = Field(default_factory=list)
+    lever: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    context_weights: dict[Literal["channel", "event_type", "page"], dict[str, Weight]] = Field(
+        default_factory=dict
+    )
+
+    def rules(self, stage: Stage) -> list[str]:
+        """The rule texts of one stage."""
+        texts: list[str] = getattr(self, stage)
+        return texts
+
+
+class ContactCap(StrictModel):
+    """At most ``max`` contacts on ``channel`` (or on ``any`` channel) per ``window_days``."""
+
+    channel: str = Field(pattern=_NAME)
+    max: NonNegativeInt
+    window_days: PositiveInt
+
+
+class ContactPolicy(StrictModel):
+    """Caps, cooldowns and suppressions, enforced by the state store at decision time."""
+
+    channels: list[Annotated[str, Field(pattern=_NAME)]] = Field(min_length=1)
+    caps: list[ContactCap] = Field(default_factory=list)
+    cooldown_hours: NonNegativeFloat = 24.0
+    suppress_after_ignored: PositiveInt = 3
+    suppress_days: PositiveInt = 30
+
+
+class ActionsCatalog(StrictModel):
+    """The validated catalog; build it with :func:`load_actions` (rules compiled, names
+    checked). A catalog built directly compiles its rules on first use, unchecked."""
+
+    version: str = Field(min_length=1)
+    default_action: str = NO_ACTION
+    no_action: NoAction = NoAction()  # frozen: safe to share
+    actions: list[Action] = Field(min_length=1)
+    contact_policy: ContactPolicy
+
+    _stages: dict[str, list[tuple[Stage, Rule]]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        """Action ids in catalog order (the order ties are broken in)."""
+        return [a.id for a in self.actions]
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels the catalog's actions use, in catalog order."""
+        return list(dict.fromkeys(a.channel for a in self.actions))
+
+    def action(self, action_id: str) -> Action:
+        """The action with this id.
+
+        Raises:
+            KeyError: no such action (the message lists the ids).
+        """
+        for a in self.actions:
+            if a.id == action_id:
+                return a
+        raise KeyError(f"no action {action_id!r} in the catalog (actions: {', '.join(self.ids)})")
+
+    def rule_stages(self, action: Action | str) -> list[tuple[Stage, Rule]]:
+        """The action's compiled rules in order: eligibility, applicability, suitability."""
+        action = self.action(action) if isinstance(action, str) else action
+        if action.id not in self._stages:
+            self._stages[action.id] = [
+                (stage, Rule(text)) for stage in STAGES for text in action.rules(stage)
+            ]
+        return list(self._stages[action.id])
+
+
+def _known_kinds(known_names: Iterable[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """Names a rule may read with their kinds ("any" when unknown)."""
+    if known_names is None:
+        from features.catalog import build_catalog
+        from features.settings import load_feature_settings
+        from journeyml.config import load_journey_map
+
+        catalog = build_catalog(load_journey_map(), load_feature_settings())
+        known: dict[str, str] = {f.name: f.dtype for f in catalog.features}
+    elif isinstance(known_names, Mapping):
+        known = {str(k): str(v) for k, v in known_names.items()}
+    else:
+        known = dict.fromkeys(known_names, "any")
+    kinds = {name: _DTYPE_KINDS.get(dtype, "any") for name, dtype in known.items()}
+    return {**kinds, **SCORE_NAMES, **CONTEXT_NAMES}
+
+
+def _unknown(kind: str, value: str, known: Iterable[str]) -> str:
+    pool = sorted(set(known))
+    close = difflib.get_close_matches(value, pool, n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {value!r} (known: {', '.join(pool)}{hint})"
+
+
+def _problems(
+    catalog: ActionsCatalog, kinds: Mapping[str, str], extra_channels: Iterable[str]
+) -> tuple[list[str], dict[str, list[tuple[Stage, Rule]]]]:
+    problems: list[str] = []
+    policy = catalog.contact_policy
+    channels = set(policy.channels) | set(extra_channels)
+    if len(set(policy.channels)) != len(policy.channels):
+        problems.append("contact_policy.channels: channels must be unique")
+    for k, cap in enumerate(policy.caps):
+        if cap.channel != ANY_CHANNEL and cap.channel not in channels:
+            problems.append(
+                f"contact_policy.caps[{k}].channel: "
+                + _unknown("channel", cap.channel, [*channels, ANY_CHANNEL])
+            )
+    seen: dict[str, int] = {}
+    stages: dict[str, list[tuple[Stage, Rule]]] = {}
+    names = set(kinds)
+    for i, action in enumerate(catalog.actions):
+        where = f"actions[{i}]"
+        if action.id == NO_ACTION:
+            problems.append(f"{where}.id: {NO_ACTION!r} is reserved for the no-action candidate")
+        elif action.id in seen:
+            problems.append(
+                f"{where}.id: duplicate action id {action.id!r} (also actions[{seen[action.id]}])"
+            )
+        else:
+            seen[action.id] = i
+        if action.channel not in channels:
+            problems.append(f"{where}.channel: " + _unknown("channel", action.channel, channels))
+        compiled: list[tuple[Stage, Rule]] = []
+        for stage in STAGES:
+            for j, text in enumerate(action.rules(stage)):
+                try:
+                    rule = Rule(text)
+                    rule.check_names(names)
+                    rule.check_types(kinds)
+                except RuleError as exc:
+                    problems.append(f"{where}.{stage}[{j}]: {exc}")
+                    continue
+                compiled.append((stage, rule))
+        stages[action.id] = compiled
+    if catalog.default_action != NO_ACTION and catalog.default_action not in seen:
+        problems.append(
+            "default_action: "
+            + _unknown("action", catalog.default_action, [NO_ACTION, *catalog.ids])
+        )
+    return problems, stages
+
+
+_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+def _bracket_paths(error: ConfigError) -> ConfigError:
+    """``actions.2.cost: ...`` → ``actions[2].cost: ...``: list positions read as indexes."""
+    lines = []
+    for line in error.problems:
+        path, sep, message = line.partition(": ")
+        lines.append(_INDEX.sub(r"[\1]", path) + sep + message if sep else line)
+    return ConfigError(error.source, lines)
+
+
+def _checked(
+    catalog: ActionsCatalog,
+    source: str,
+    known_names: Iterable[str] | Mapping[str, str] | None,
+    channels: Iterable[str],
+) -> ActionsCatalog:
+    problems, stages = _problems(catalog, _known_kinds(known_names), channels)
+    if problems:
+        raise ConfigError(source, problems)
+    catalog._stages.update(stages)
+    return catalog
+
+
+def validate_actions(
+    data: Any,
+    source: str,
+    known_names: Iterable[str] | Mapping[str, str] | None = None,
+    channels: Iterable[str] = (),
+) -> ActionsCatalog:
+    """Validates already-parsed catalog data; see :func:`load_actions` for the arguments.
+
+    Raises:
+        ConfigError: every problem, each with its key path.
+    """
+    try:
+        catalog = validate_config(data, ActionsCatalog, source)
+    except ConfigError as exc:
+        raise _bracket_paths(exc) from None
+    return _checked(catalog, source, known_names, channels)
+
+
+def load_actions(
+    path: str | Path = CONFIG_DIR / "actions.yaml",
+    known_names: Iterable[str] | Mapping[str, str] | None = None,
+    channels: Iterable[str] = (),
+) -> ActionsCatalog:
+    """Loads and checks the actions catalog (``configs/actions.yaml`` by default).
+
+    Rules are compiled here, once, and their names checked, so a misspelt feature fails the
+    load rather than a decision.
+
+    Args:
+        path: the YAML file.
+        known_names: names a rule may read besides :data:`SCORE_NAMES` and
+            :data:`CONTEXT_NAMES` (the engine passes the feature names). A mapping of names to
+            dtypes (``float64``, ``string``...) also rejects comparisons of text with numbers.
+            None: the feature catalog built from the project's ``configs/``, with dtypes.
+        channels: channels an action may use besides ``contact_policy.channels``.
+
+    Raises:
+        ConfigError: the file is missing or invalid; every problem names the key path.
+    """
+    try:
+        catalog = load_config(path, ActionsCatalog)
+    except ConfigError as exc:
+        raise _bracket_paths(exc) from None
+    return _checked(catalog, str(path), known_names, channels)

@@ -1,0 +1,139 @@
+"""Serving settings (``configs/serving.yaml``): where models, features and state live, the
+decision policy's knobs (deadline, exploration, holdout, risk bands) and the request limits.
+
+Unset locations resolve inside the workspace folder, so ``journeyml serve`` runs on the
+embedded defaults with no server: the MLflow SQLite registry ``<data>/mlflow/mlflow.db``, the
+Feast repository of ``journeyml features``, and ``<data>/serving/state.db`` and
+``<data>/serving/events.db`` for decisions, contacts, feedback and online events.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from journeyml.config import CONFIG_DIR, REPO_ROOT, StrictModel, load_config
+
+MODEL_ROLES = ("churn", "conversion", "next_step", "uplift")
+
+
+class ModelSettings(StrictModel):
+    """Which registered models serve, by alias, and how often the alias is re-read."""
+
+    alias: str = "champion"
+    prefix: str = ""  # registered names are <prefix><role>, as in configs/models.yaml
+    required: tuple[Literal["churn", "conversion", "next_step", "uplift"], ...] = (
+        "churn",
+        "conversion",
+    )
+    optional: tuple[Literal["churn", "conversion", "next_step", "uplift"], ...] = (
+        "next_step",
+        "uplift",
+    )
+    refresh_seconds: PositiveFloat = 15.0
+    tracking_uri: str | None = None  # default: sqlite:///<data>/mlflow/mlflow.db
+
+    def registered_name(self, role: str) -> str:
+        return f"{self.prefix}{role}"
+
+
+class ExplorationSettings(StrictModel):
+    """Epsilon-greedy exploration over the candidates that passed every rule."""
+
+    method: Literal["none", "epsilon"] = "none"
+    epsilon: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class HoldoutSettings(StrictModel):
+    """A fixed share of customers, chosen by a salted hash of the id, gets the control action."""
+
+    share: float = Field(default=0.05, ge=0.0, le=1.0)
+    salt: str = "journeyml-holdout-1"
+
+
+class LimitSettings(StrictModel):
+    """Request limits: larger bodies get 413, larger batches 400."""
+
+    max_body_bytes: PositiveInt = 65_536
+    max_customers: PositiveInt = 100
+    max_events: PositiveInt = 200
+
+
+class AuthSettings(StrictModel):
+    """API keys, stored as sha256 hashes with scopes (see :mod:`serving.auth`)."""
+
+    enabled: bool = True
+    keys_env: str = "JOURNEYML_API_KEYS"
+    keys_file: str | None = None  # default: <data>/serving/api_keys.json
+
+
+class ServingSettings(StrictModel):
+    """Everything ``journeyml serve`` reads; see ``configs/serving.yaml``."""
+
+    data_dir: str = "data"
+    actions: str = str(CONFIG_DIR / "actions.yaml")
+    features: str = str(CONFIG_DIR / "features.yaml")
+    journeys: str = str(CONFIG_DIR / "journeys.yaml")
+    state_url: str | None = None
+    event_store_url: str | None = None
+    deadline_ms: PositiveFloat = 50.0
+    risk_bands: dict[str, float] = Field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
+    next_steps_top_k: PositiveInt = 3
+    reasons_top_k: PositiveInt = 3
+    cold_start_propensity: NonNegativeFloat = 0.05
+    arbitration: Literal["auto", "propensity", "uplift"] = "auto"
+    models: ModelSettings = ModelSettings()
+    exploration: ExplorationSettings = ExplorationSettings()
+    holdout: HoldoutSettings = HoldoutSettings()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+
+    @model_validator(mode="after")
+    def _bands_descend(self) -> ServingSettings:
+        values = list(self.risk_bands.values())
+        if not values or any(not 0.0 < v < 1.0 for v in values):
+            raise ValueError("risk_bands: thresholds must be between 0 and 1, e.g. {high: 0.5}")
+        if values != sorted(values, reverse=True):
+            raise ValueError("risk_bands: list the bands from the highest threshold down")
+        return self
+
+    def workspace(self) -> Path:
+        return Path(self.data_dir)
+
+    def resolved_state_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.workspace().resolve() / 'serving' / 'state.db'}"
+
+    def resolved_event_store_url(self) -> str:
+        return (
+            self.event_store_url
+            or f"sqlite:///{self.workspace().resolve() / 'serving' / 'events.db'}"
+        )
+
+    def resolved_tracking_uri(self) -> str:
+        return (
+            self.models.tracking_uri
+            or f"sqlite:///{self.workspace().resolve() / 'mlflow' / 'mlflow.db'}"
+        )
+
+    def risk_band(self, risk: float) -> str:
+        for band, threshold in self.risk_bands.items():
+            if risk >= threshold:
+                return band
+        return "low"
+
+
+def load_serving_settings(
+    path: str | Path = CONFIG_DIR / "serving.yaml", data_dir: str | Path | None = None
+) -> ServingSettings:
+    """Reads and validates the serving settings; ``data_dir`` overrides the file's."""
+    settings = load_config(path, ServingSettings)
+    update: dict[str, str] = {}
+    if data_dir is not None:
+        update["data_dir"] = str(data_dir)
+    for key in ("actions", "features", "journeys"):  # relative: to the repository, if not here
+        value = Path(getattr(settings, key))
+        if not value.is_absolute() and not value.exists() and (REPO_ROOT / value).exists():
+            update[key] = str(REPO_ROOT / value)
+    return settings.model_copy(update=update) if update else settings

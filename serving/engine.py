@@ -1,0 +1,770 @@
+"""The decision engine: one customer (or a frame of customers) in, one decision out.
+
+Plain Python, no web framework: the BentoML service, the benchmarks and the marketer's batch
+list all call it. The steps, in the order decisioning products run them:
+
+1. **features**: the customer's online journey features (deadline-bound) and the request
+   context (channel, event type, page, hour, weekday);
+2. **scores**: churn risk, conversion propensity, the next steps (top-k), each action's uplift;
+3. **rules**: every action's eligibility → applicability → suitability rules
+   (``configs/actions.yaml``, :mod:`serving.rules`); the first failing rule removes the action;
+4. **contact policy**: channel caps, cooldowns and suppressions (:mod:`serving.state`);
+5. **arbitration**: expected incremental value (uplift × value × lever × context weight − cost)
+   when the uplift model knows the action, else propensity × value × lever × context weight −
+   cost; "no action" (priority 0) is always a candidate;
+6. **exploration**: optional epsilon-greedy; the chosen action's probability is recorded;
+7. **holdout**: a salted hash of the customer id puts a fixed share in the control group;
+8. **decision record**: every decision (fallbacks included) with its candidates, scores, rule
+   removals, propensity and model and policy versions, committed with the contact in one
+   transaction so concurrent calls cannot break a cap.
+
+Arbitration is written once over arrays (customers × actions): a real-time decision is the
+one-row case of the batch path, so both choose the same action for the same features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from serving.actions import Action, ActionsCatalog
+from serving.config import ServingSettings
+from serving.features import (
+    CustomerFeatures,
+    FeatureStoreDownError,
+    FeatureTimeoutError,
+    OnlineFeatures,
+)
+from serving.models import LoadedModel, ModelSet
+from serving.state import Candidate, ChannelCap, ContactPolicy, DecisionRecord, StateStore
+from training.bundle import CALENDAR_FEATURES, calendar_values
+
+logger = logging.getLogger(__name__)
+
+NO_ACTION = "none"
+
+
+# -- request and answer ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecisionContext:
+    """What the caller knows about the moment of the decision."""
+
+    channel: str | None = None
+    event_type: str | None = None
+    page: str | None = None
+    at: datetime | None = None
+
+    def env(self, now: datetime) -> dict[str, Any]:
+        return {
+            "context.channel": self.channel,
+            "context.event_type": self.event_type,
+            "context.page": self.page,
+            "context.hour": now.hour,
+            "context.weekday": now.weekday(),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "event_type": self.event_type,
+            "page": self.page,
+            "at": None if self.at is None else self.at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One plain-language reason with the feature and its signed contribution (log-odds)."""
+
+    feature: str
+    text: str
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The model scores of one customer."""
+
+    churn_risk: float
+    risk_band: str
+    conversion_propensity: float
+    next_steps: list[tuple[str, float]]
+    uplift: dict[str, dict[str, float]]  # action -> outcome -> effect (probability points)
+    reasons: list[Reason]
+    conversion_reasons: list[Reason]
+
+
+@dataclass
+class CandidateOutcome:
+    """An action as the engine saw it: its scores, and what removed it, if anything."""
+
+    action: str
+    channel: str | None
+    priority: float | None = None
+    basis: str | None = None  # "uplift" or "propensity"
+    expected_value: float | None = None
+    removed_by: str | None = None  # eligibility | applicability | suitability | contact_policy
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Decision:
+    """The engine's answer."""
+
+    decision_id: str
+    customer_id: str
+    decided_at: datetime
+    action: str
+    channel: str | None
+    propensity: float
+    ranked: list[CandidateOutcome]
+    removed: list[CandidateOutcome]
+    scores: Scores | None
+    why: str
+    holdout: bool = False
+    explored: bool = False
+    cold_start: bool = False
+    fallback_reason: str | None = None
+    logged: bool = True
+    model_versions: dict[str, str] = field(default_factory=dict)
+    policy_version: str = ""
+
+
+# -- arbitration (shared by the real-time and the batch path) ------------------------------
+
+
+@dataclass(frozen=True)
+class ActionMatrix:
+    """Per-customer × per-action inputs of arbitration."""
+
+    p_convert: np.ndarray  # (n,)
+    p_churn: np.ndarray  # (n,)
+    effect_convert: np.ndarray | None  # (n, k) probability points, or None (no uplift model)
+    effect_churn: np.ndarray | None
+    weights: np.ndarray  # (n, k) context weights
+    eligible: np.ndarray  # (n, k) passed every rule and the contact policy
+
+
+def priorities(
+    actions: Sequence[Action], m: ActionMatrix, uplift_known: Sequence[bool], mode: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Priority and expected value per customer and action (-inf where not eligible).
+
+    ``mode``: ``uplift`` (expected incremental value), ``propensity``, or ``auto`` (uplift for
+    the actions the uplift model knows, propensity for the others).
+    """
+    n, k = m.eligible.shape
+    prio = np.full((n, k), -np.inf)
+    value = np.zeros((n, k))
+    bases = []
+    for j, action in enumerate(actions):
+        use_uplift = mode != "propensity" and uplift_known[j] and m.effect_convert is not None
+        if mode == "uplift" and not use_uplift:
+            bases.append("none")
+            continue
+        if use_uplift:
+            assert m.effect_convert is not None and m.effect_churn is not None
+            gain = (
+                m.effect_convert[:, j] if action.objective == "convert" else -m.effect_churn[:, j]
+            )
+            bases.append("uplift")
+        else:
+            gain = m.p_convert if action.objective == "convert" else m.p_churn
+            bases.append("propensity")
+        v = gain * action.value * action.lever * m.weights[:, j]
+        value[:, j] = v
+        prio[:, j] = np.where(m.eligible[:, j], v - action.cost, -np.inf)
+    return prio, value, bases
+
+
+def contact_policy(catalog: ActionsCatalog) -> ContactPolicy:
+    """The catalog's contact policy as the state store enforces it."""
+    cp = catalog.contact_policy
+    return ContactPolicy(
+        caps=tuple(ChannelCap(c.channel, c.max, c.window_days) for c in cp.caps),
+        cooldown_hours=cp.cooldown_hours,
+        suppress_after_ignored=cp.suppress_after_ignored,
+        suppress_days=cp.suppress_days,
+    )
+
+
+def context_weight(action: Action, context: Mapping[str, str | None]) -> float:
+    """The product of the action's weights for the request's context values (1 if none)."""
+    weight = 1.0
+    for key, table in action.context_weights.items():
+        value = context.get(key)
+        if value is not None:
+            weight *= float(table.get(value, 1.0))
+    return weight
+
+
+def holdout_flag(customer_id: str, share: float, salt: str) -> bool:
+    """Deterministic: the same customer is always in or out of the control group."""
+    if share <= 0.0:
+        return False
+    digest = hashlib.sha256(f"{salt}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+def hashed_id(customer_id: str) -> str:
+    """What logs show instead of a customer id."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()[:12]
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+class DecisionEngine:
+    """Scores and decides for customers; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        settings: ServingSettings,
+        catalog: ActionsCatalog,
+        models: ModelSet,
+        features: OnlineFeatures | None,
+        state: StateStore,
+        descriptions: Mapping[str, str],
+        rng: random.Random | None = None,
+    ):
+        self.settings = settings
+        self.catalog = catalog
+        self.models = models
+        self.features = features
+        self.state = state
+        self.descriptions = {**descriptions, **CALENDAR_FEATURES}
+        self.rng = rng or random.SystemRandom()
+        self.actions: list[Action] = list(catalog.actions)
+        self._stages = [catalog.rule_stages(a) for a in self.actions]
+        self._candidates = [Candidate(a.id, a.channel) for a in self.actions]
+        self.policy = contact_policy(catalog)
+
+    # -- scores ----------------------------------------------------------------------------
+
+    def _model_row(
+        self, loaded: LoadedModel, values: Mapping[str, Any], now: datetime
+    ) -> np.ndarray:
+        bundle = loaded.bundle
+        cal = bundle.calendar_features
+        row = {**values, **calendar_values(cal, now)} if cal else values
+        return bundle.encode_rows([row])
+
+    def _reasons(
+        self, loaded: LoadedModel, x: np.ndarray, values: Mapping[str, Any], outcome: str
+    ) -> list[Reason]:
+        contrib = loaded.bundle.contributions(x)[0, :-1]
+        order = np.argsort(-contrib)
+        out = []
+        for j in order[: self.settings.reasons_top_k]:
+            if contrib[j] <= 0:
+                break
+            name = loaded.bundle.features[j]
+            value = values.get(name)
+            shown = _show(value) if name in values else _show(x[0, j])
+            desc = self.descriptions.get(name, name.replace("_", " "))
+            out.append(Reason(name, f"{desc}: {shown} raises {outcome}", float(contrib[j])))
+        return out
+
+    def score(self, values: Mapping[str, Any], now: datetime) -> Scores:
+        """Every model's score for one customer's features (raises if a required model fails)."""
+        models = self.models.models
+        churn, conversion = models["churn"], models["conversion"]
+        xc = self._model_row(churn, values, now)
+        risk = float(churn.bundle.predict_proba_matrix(xc)[0])
+        xv = self._model_row(conversion, values, now)
+        conv = float(conversion.bundle.predict_proba_matrix(xv)[0])
+        steps: list[tuple[str, float]] = []
+        if "next_step" in models:
+            ns = models["next_step"]
+            probs = ns.bundle.predict_proba_matrix(self._model_row(ns, values, now))[0]
+            top = np.argsort(-probs)[: self.settings.next_steps_top_k]
+            steps = [(ns.bundle.classes[i], float(probs[i])) for i in top]
+        uplift: dict[str, dict[str, float]] = {}
+        if "uplift" in models:
+            up = models["uplift"]
+            effects = up.bundle.predict_effects_matrix(self._model_row(up, values, now))
+            for j, action in enumerate(up.bundle.actions):
+                uplift[action] = {o: float(e[0, j]) for o, e in effects.items()}
+        return Scores(
+            churn_risk=risk,
+            risk_band=self.settings.risk_band(risk),
+            conversion_propensity=conv,
+            next_steps=steps,
+            uplift=uplift,
+            reasons=self._reasons(churn, xc, values, "churn risk"),
+            conversion_reasons=self._reasons(conversion, xv, values, "conversion propensity"),
+        )
+
+    # -- one decision ----------------------------------------------------------------------
+
+    def read_features(self, customer_id: str, now: datetime) -> CustomerFeatures:
+        if self.features is None:
+            raise FeatureStoreDownError("no online store configured")
+        return self.features.read([customer_id], now, self.settings.deadline_ms)[0]
+
+    def decide(self, customer_id: str, context: DecisionContext | None = None) -> Decision:
+        """Decides for one customer. Never raises for a store or model failure: the answer
+        then carries the default action and a ``fallback_reason``."""
+        context = context or DecisionContext()
+        now = (context.at or datetime.now(UTC)).astimezone(UTC)
+        started = time.perf_counter()
+        versions = self.models.versions()
+        fallback: str | None = None
+        cold_start = False
+        scores: Scores | None = None
+        values: dict[str, Any] = {}
+        try:
+            feats = self.read_features(customer_id, now)
+            values = feats.values
+            cold_start = not feats.found
+        except FeatureTimeoutError:
+            fallback = "feature_store_timeout"
+        except FeatureStoreDownError:
+            fallback = "feature_store_unavailable"
+        if fallback is None and not cold_start:
+            missing = [r for r in self.settings.models.required if r not in self.models.models]
+            if missing:
+                fallback = f"model_unavailable:{missing[0]}"
+            else:
+                try:
+                    scores = self.score(values, now)
+                except Exception as exc:
+                    logger.error("scoring failed: %s", type(exc).__name__)
+                    fallback = "model_error"
+        if fallback is not None:
+            decision = self._fallback(customer_id, context, now, fallback, versions)
+        else:
+            decision = self._decide(customer_id, context, now, values, scores, versions)
+            decision.cold_start = cold_start
+        logger.debug(
+            "decision %s for %s: %s in %.2f ms",
+            decision.decision_id,
+            hashed_id(customer_id),
+            decision.action,
+            (time.perf_counter() - started) * 1000,
+        )
+        return decision
+
+    def _env(
+        self, values: Mapping[str, Any], scores: Scores | None, ctx: DecisionContext, now: datetime
+    ) -> dict[str, Any]:
+        env: dict[str, Any] = dict(values)
+        for name in self.descriptions:
+            env.setdefault(name, None)
+        env.update(calendar_values(list(CALENDAR_FEATURES), now))
+        env.update(ctx.env(now))
+        env.update(
+            churn_risk=None,
+            conversion_propensity=None,
+            next_step=None,
+            next_step_probability=None,
+            uplift_convert=None,
+            uplift_churn=None,
+        )
+        if scores is not None:
+            env.update(
+                churn_risk=scores.churn_risk,
+                conversion_propensity=scores.conversion_propensity,
+                next_step=scores.next_steps[0][0] if scores.next_steps else None,
+                next_step_probability=scores.next_steps[0][1] if scores.next_steps else None,
+            )
+        return env
+
+    def _decide(
+        self,
+        customer_id: str,
+        ctx: DecisionContext,
+        now: datetime,
+        values: Mapping[str, Any],
+        scores: Scores | None,
+        versions: dict[str, str],
+    ) -> Decision:
+        env = self._env(values, scores, ctx, now)
+        k = len(self.actions)
+        outcomes = [CandidateOutcome(a.id, a.channel) for a in self.actions]
+        eligible = np.ones(k, dtype=bool)
+        for j, stages in enumerate(self._stages):
+            action_env = env
+            if scores is not None and self.actions[j].id in scores.uplift:
+                effects = scores.uplift[self.actions[j].id]
+                action_env = {
+                    **env,
+                    "uplift_convert": effects.get("convert"),
+                    "uplift_churn": effects.get("churn"),
+                }
+            for stage, rule in stages:
+                if not rule.evaluate(action_env):
+                    eligible[j] = False
+                    outcomes[j].removed_by = stage
+                    outcomes[j].reason = rule.explain(action_env)
+                    break
+        live = [self._candidates[j] for j in range(k) if eligible[j]]
+        if live:
+            try:
+                blocked = self.state.blocked(customer_id, live, self.policy, now)
+            except Exception as exc:
+                logger.error("state store unavailable: %s", type(exc).__name__)
+                return self._fallback(customer_id, ctx, now, "state_store_unavailable", versions)
+            for j, a in enumerate(self.actions):
+                if a.id in blocked:
+                    eligible[j] = False
+                    outcomes[j].removed_by = "contact_policy"
+                    outcomes[j].reason = blocked[a.id]
+        matrix = self._matrix(scores, ctx, eligible[None, :])
+        known = self._uplift_known(scores)
+        prio, value, bases = priorities(self.actions, matrix, known, self._mode(scores))
+        for j in range(k):
+            outcomes[j].basis = bases[j]
+            outcomes[j].expected_value = float(value[0, j])
+            if eligible[j] and math.isfinite(prio[0, j]):
+                outcomes[j].priority = float(prio[0, j])
+            elif eligible[j]:
+                eligible[j] = False
+                outcomes[j].removed_by = "arbitration"
+                outcomes[j].reason = "no uplift estimate for this action"
+        holdout = holdout_flag(customer_id, self.settings.holdout.share, self.settings.holdout.salt)
+        decision_id = uuid.uuid4().hex
+        none = CandidateOutcome(NO_ACTION, None, 0.0, "none", 0.0)
+        while True:
+            ranked = sorted(
+                [o for j, o in enumerate(outcomes) if eligible[j]] + [none],
+                key=lambda o: (-(o.priority or 0.0), o.action != NO_ACTION),
+            )
+            chosen, propensity, explored = self._choose(ranked)
+            if holdout:
+                chosen, propensity = none, 1.0
+            record = self._record(
+                decision_id,
+                customer_id,
+                ctx,
+                now,
+                chosen,
+                propensity,
+                holdout,
+                explored,
+                None,
+                outcomes,
+                values,
+                versions,
+                scores,
+            )
+            contact = None
+            if chosen.action != NO_ACTION:
+                contact = Candidate(chosen.action, chosen.channel or "")
+            try:
+                result = self.state.commit(record, contact, self.policy)
+            except Exception as exc:
+                logger.error("state store unavailable: %s", type(exc).__name__)
+                return self._fallback(customer_id, ctx, now, "state_store_unavailable", versions)
+            if result.ok:
+                break
+            j = [a.id for a in self.actions].index(chosen.action)
+            eligible[j] = False
+            outcomes[j].removed_by = "contact_policy"
+            outcomes[j].reason = result.reason
+        return Decision(
+            decision_id=decision_id,
+            customer_id=customer_id,
+            decided_at=now,
+            action=chosen.action,
+            channel=chosen.channel,
+            propensity=propensity,
+            ranked=ranked,
+            removed=[o for j, o in enumerate(outcomes) if not eligible[j]],
+            scores=scores,
+            why=_why(chosen, ranked, holdout, explored),
+            holdout=holdout,
+            explored=explored,
+            model_versions=versions,
+            policy_version=self.catalog.version,
+        )
+
+    def _mode(self, scores: Scores | None) -> str:
+        mode = self.settings.arbitration
+        if mode == "auto":
+            return "auto" if scores is not None and scores.uplift else "propensity"
+        return mode
+
+    def _uplift_known(self, scores: Scores | None) -> list[bool]:
+        return [scores is not None and a.id in scores.uplift for a in self.actions]
+
+    def _matrix(
+        self, scores: Scores | None, ctx: DecisionContext, eligible: np.ndarray
+    ) -> ActionMatrix:
+        k = len(self.actions)
+        if scores is None:  # cold start: no model scores, a prior propensity
+            p = self.settings.cold_start_propensity
+            pc, pr = np.array([p]), np.array([p])
+        else:
+            pc, pr = np.array([scores.conversion_propensity]), np.array([scores.churn_risk])
+        ec = er = None
+        if scores is not None and scores.uplift:
+            ec = np.array([[scores.uplift.get(a.id, {}).get("convert", 0.0) for a in self.actions]])
+            er = np.array([[scores.uplift.get(a.id, {}).get("churn", 0.0) for a in self.actions]])
+        ctx_values = {"channel": ctx.channel, "event_type": ctx.event_type, "page": ctx.page}
+        weights = np.array([[context_weight(a, ctx_values) for a in self.actions]])
+        return ActionMatrix(pc, pr, ec, er, weights.reshape(1, k), eligible)
+
+    def _choose(self, ranked: list[CandidateOutcome]) -> tuple[CandidateOutcome, float, bool]:
+        best = ranked[0]
+        ex = self.settings.exploration
+        if ex.method != "epsilon" or ex.epsilon <= 0 or len(ranked) == 1:
+            return best, 1.0, False
+        share = ex.epsilon / len(ranked)
+        if self.rng.random() < ex.epsilon:
+            pick = ranked[self.rng.randrange(len(ranked))]
+            return pick, share + (1.0 - ex.epsilon if pick is best else 0.0), pick is not best
+        return best, 1.0 - ex.epsilon + share, False
+
+    def _record(
+        self,
+        decision_id: str,
+        customer_id: str,
+        ctx: DecisionContext,
+        now: datetime,
+        chosen: CandidateOutcome,
+        propensity: float,
+        holdout: bool,
+        explored: bool,
+        fallback: str | None,
+        outcomes: list[CandidateOutcome],
+        values: Mapping[str, Any],
+        versions: dict[str, str],
+        scores: Scores | None,
+    ) -> DecisionRecord:
+        candidates = [o.as_dict() for o in outcomes]
+        if scores is not None:
+            for c in candidates:
+                c["uplift"] = scores.uplift.get(c["action"])
+        request = ctx.as_dict()
+        if scores is not None:
+            request["scores"] = {
+                "churn_risk": scores.churn_risk,
+                "conversion_propensity": scores.conversion_propensity,
+                "next_steps": scores.next_steps,
+            }
+        return DecisionRecord(
+            decision_id=decision_id,
+            decided_at=now,
+            customer_id=customer_id,
+            request=request,
+            chosen_action=chosen.action,
+            propensity=propensity,
+            channel=chosen.channel,
+            holdout=holdout,
+            explored=explored,
+            fallback_reason=fallback,
+            candidates=candidates,
+            features={k: _jsonable(v) for k, v in values.items()} or None,
+            feature_version=None,
+            model_versions=versions,
+            policy_version=self.catalog.version,
+        )
+
+    def _fallback(
+        self,
+        customer_id: str,
+        ctx: DecisionContext,
+        now: datetime,
+        reason: str,
+        versions: dict[str, str],
+    ) -> Decision:
+        """The configured default action, flagged; logged when the state store answers."""
+        default = self.catalog.default_action
+        action = self.catalog.action(default) if default != NO_ACTION else None
+        chosen = CandidateOutcome(default, action.channel if action else None, 0.0, "default")
+        decision_id = uuid.uuid4().hex
+        logged = True
+        record = self._record(
+            decision_id,
+            customer_id,
+            ctx,
+            now,
+            chosen,
+            1.0,
+            False,
+            False,
+            reason,
+            [],
+            {},
+            versions,
+            None,
+        )
+        contact = Candidate(action.id, action.channel) if action is not None else None
+        try:
+            result = self.state.commit(record, contact, self.policy)
+            if not result.ok:  # the default would break the contact policy: no action
+                chosen = CandidateOutcome(NO_ACTION, None, 0.0, "default")
+                record = self._record(
+                    decision_id,
+                    customer_id,
+                    ctx,
+                    now,
+                    chosen,
+                    1.0,
+                    False,
+                    False,
+                    reason,
+                    [],
+                    {},
+                    versions,
+                    None,
+                )
+                self.state.commit(record, None, self.policy)
+        except Exception as exc:
+            logger.error("decision not logged, state store unavailable: %s", type(exc).__name__)
+            logged = False
+            if contact is not None:  # cannot check the contact policy: send nothing
+                chosen = CandidateOutcome(NO_ACTION, None, 0.0, "default")
+        return Decision(
+            decision_id=decision_id,
+            customer_id=customer_id,
+            decided_at=now,
+            action=chosen.action,
+            channel=chosen.channel,
+            propensity=1.0,
+            ranked=[chosen],
+            removed=[],
+            scores=None,
+            why=f"default action ({reason.replace('_', ' ')})",
+            fallback_reason=reason,
+            logged=logged,
+            model_versions=versions,
+            policy_version=self.catalog.version,
+        )
+
+    # -- batch -----------------------------------------------------------------------------
+
+    def decide_frame(
+        self, frame: pd.DataFrame, now: datetime, context: DecisionContext | None = None
+    ) -> pd.DataFrame:
+        """The batch path: decisions for a frame of customers' features (no state writes).
+
+        The same scores, rules (vectorised) and arbitration as :meth:`decide`; the contact
+        policy comes from the caller (``blocked`` columns ``blocked__<action>``). Returns one
+        row per customer: scores, the chosen action, its priority and the runner-up.
+        """
+        context = context or DecisionContext()
+        models = self.models.models
+        n, k = len(frame), len(self.actions)
+        churn = models["churn"].bundle.predict_proba(frame, as_of=now)
+        conv = models["conversion"].bundle.predict_proba(frame, as_of=now)
+        out = pd.DataFrame({"churn_risk": churn, "conversion_propensity": conv}, index=frame.index)
+        ec = er = None
+        known = [False] * k
+        if "uplift" in models:
+            up = models["uplift"].bundle
+            effects = up.predict_effects_matrix(up.encode(frame, as_of=now))
+            col = {a: j for j, a in enumerate(up.actions)}
+            ec, er = np.zeros((n, k)), np.zeros((n, k))
+            for j, a in enumerate(self.actions):
+                if a.id in col:
+                    ec[:, j] = effects["convert"][:, col[a.id]]
+                    er[:, j] = effects["churn"][:, col[a.id]]
+                    known[j] = True
+        steps: dict[str, Any] = {"next_step": None, "next_step_probability": np.nan}
+        if "next_step" in models:
+            ns = models["next_step"].bundle
+            probs = ns.predict_proba(frame, as_of=now)
+            top = probs.argmax(axis=1)
+            steps = {
+                "next_step": np.asarray(ns.classes, dtype=object)[top],
+                "next_step_probability": probs[np.arange(n), top],
+            }
+        out["next_step"] = steps["next_step"]
+        out["next_step_probability"] = steps["next_step_probability"]
+        env = frame.assign(
+            churn_risk=churn,
+            conversion_propensity=conv,
+            uplift_convert=np.nan,
+            uplift_churn=np.nan,
+            **steps,
+            **calendar_values(list(CALENDAR_FEATURES), pd.Series([now] * n, index=frame.index)),
+            **{name: value for name, value in context.env(now).items()},
+        )
+        eligible = np.ones((n, k), dtype=bool)
+        for j, stages in enumerate(self._stages):
+            a_env = env
+            if ec is not None and known[j]:
+                assert er is not None
+                a_env = env.assign(uplift_convert=ec[:, j], uplift_churn=er[:, j])
+            for _, rule in stages:
+                eligible[:, j] &= rule.evaluate_frame(a_env)
+            blocked = f"blocked__{self.actions[j].id}"
+            if blocked in frame.columns:
+                eligible[:, j] &= ~frame[blocked].fillna(False).to_numpy(dtype=bool)
+        ctx_values = {
+            "channel": context.channel,
+            "event_type": context.event_type,
+            "page": context.page,
+        }
+        weights = np.tile([context_weight(a, ctx_values) for a in self.actions], (n, 1))
+        mode = self.settings.arbitration
+        if mode == "auto":
+            mode = "auto" if ec is not None else "propensity"
+        prio, value, _ = priorities(
+            self.actions, ActionMatrix(conv, churn, ec, er, weights, eligible), known, mode
+        )
+        with_none = np.hstack([np.zeros((n, 1)), prio])
+        # ties go to the earlier action in the catalog, "no action" loses ties (as in decide)
+        order = np.argsort(-with_none[:, 1:], axis=1, kind="stable")
+        best_action = order[:, 0]
+        best_prio = prio[np.arange(n), best_action]
+        choose = best_prio > 0.0
+        ids = np.array([a.id for a in self.actions], dtype=object)
+        out["action"] = np.where(choose, ids[best_action], NO_ACTION)
+        out["priority"] = np.where(choose, best_prio, 0.0)
+        out["expected_value"] = np.where(choose, value[np.arange(n), best_action], 0.0)
+        return out
+
+
+def _why(
+    chosen: CandidateOutcome, ranked: list[CandidateOutcome], holdout: bool, explored: bool
+) -> str:
+    if holdout:
+        return "control group (holdout): no action, to measure the policy's lift"
+    others = [o for o in ranked if o is not chosen][:2]
+    rest = ", ".join(f"{o.action} {o.priority or 0.0:.2f}" for o in others)
+    if explored:
+        return f"{chosen.action} chosen by exploration (to keep learning); ranked: {rest}"
+    if chosen.action == NO_ACTION:
+        return f"no action: no eligible action has a positive expected value ({rest or 'none'})"
+    basis = "expected incremental value" if chosen.basis == "uplift" else "expected value"
+    return (
+        f"{chosen.action} has the highest {basis}: {chosen.expected_value or 0.0:.2f} "
+        f"(priority {chosen.priority or 0.0:.2f} after cost); next: {rest}"
+    )
+
+
+def _show(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "missing"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,149 @@
+"""The models serving uses: registered versions loaded by alias, verified, swapped live.
+
+At start :class:`ModelSet` resolves ``<name>@<alias>`` for every role in the MLflow registry,
+downloads the version's bundle and loads it with :func:`training.bundle.load_model_bundle`
+(LightGBM text models and JSON only; the manifest's sha256 must equal the version's
+``bundle_manifest_sha256`` tag). A background thread re-reads the aliases every
+``refresh_seconds``; when one points at another version, the new bundle is loaded completely
+first and then swapped in with one reference assignment, so requests in flight finish on the old
+version and no request ever sees a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from serving.config import ServingSettings
+from training.bundle import MANIFEST_TAG, ModelBundle, load_model_bundle
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from mlflow import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One role's serving model."""
+
+    role: str
+    name: str
+    version: str
+    bundle: ModelBundle
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+class ModelLoadError(RuntimeError):
+    """A required model could not be loaded; the message says which and why."""
+
+
+class ModelSet:
+    """The current models by role, refreshed from the registry in the background."""
+
+    def __init__(self, settings: ServingSettings, client: MlflowClient | None = None):
+        self.settings = settings
+        self._client = client
+        self._models: Mapping[str, LoadedModel] = MappingProxyType({})
+        self._errors: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._download_root = Path(tempfile.mkdtemp(prefix="journeyml-models-"))
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def models(self) -> Mapping[str, LoadedModel]:
+        """A consistent snapshot: callers take it once per request."""
+        return self._models
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return dict(self._errors)
+
+    def ready(self) -> bool:
+        return all(role in self._models for role in self.settings.models.required)
+
+    def versions(self) -> dict[str, str]:
+        return {role: m.ref for role, m in self._models.items()}
+
+    # -- loading -------------------------------------------------------------------------
+
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from training.tracking import use_tracking_uri
+
+            self._client = use_tracking_uri(self.settings.resolved_tracking_uri())
+        return self._client
+
+    def refresh(self) -> list[str]:
+        """Loads every role whose alias points at another version; returns the roles changed.
+
+        A role that fails to load keeps its current version (and its error is reported by
+        :attr:`errors` and ``/readyz``).
+        """
+        from mlflow.exceptions import MlflowException
+
+        roles = (*self.settings.models.required, *self.settings.models.optional)
+        current = dict(self._models)
+        changed: list[str] = []
+        for role in roles:
+            name = self.settings.models.registered_name(role)
+            try:
+                mv = self.client().get_model_version_by_alias(name, self.settings.models.alias)
+            except MlflowException:
+                self._errors[role] = f"{name}@{self.settings.models.alias} is not registered"
+                continue
+            except Exception as exc:  # registry unreachable: keep serving what is loaded
+                self._errors[role] = f"registry unreachable: {type(exc).__name__}"
+                continue
+            version = str(mv.version)
+            loaded = current.get(role)
+            if loaded is not None and loaded.version == version:
+                self._errors.pop(role, None)
+                continue
+            try:
+                bundle = load_model_bundle(
+                    f"models:/{name}/{version}",
+                    expected_manifest_sha256=(mv.tags or {}).get(MANIFEST_TAG),
+                    dst_path=self._download_root / f"{name}-{version}-{time.time_ns()}",
+                )
+            except Exception as exc:
+                self._errors[role] = f"{name} v{version} failed to load: {exc}"
+                logger.error("%s v%s failed to load: %s", name, version, exc)
+                continue
+            current[role] = LoadedModel(role, name, version, bundle)
+            self._errors.pop(role, None)
+            changed.append(role)
+            logger.info("serving %s v%s for %s", name, version, role)
+        if changed:
+            self._models = MappingProxyType(current)
+        return changed
+
+    def start(self) -> None:
+        """Loads the models once, then keeps re-reading the aliases in the background."""
+        self.refresh()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="model-refresh", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.models.refresh_seconds):
+            try:
+                self.refresh()
+            except Exception:  # never let the refresher die
+                logger.exception("model refresh failed")
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,325 @@
+"""Everything the service holds, built once from the settings, and the handlers it calls.
+
+:class:`Runtime` opens the feature store, loads the models by alias (refreshed in the
+background), opens the state store and the online event store, and builds the decision engine
+and the real-time feature updater. Its handlers take validated requests (:mod:`serving.schemas`)
+and return JSON-ready dicts with an HTTP status, so the BentoML service stays IO only and the
+tests can call the same handlers without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from features.catalog import build_catalog
+from features.realtime import EventStore, RealtimeUpdater
+from features.settings import load_feature_settings
+from features.store import Workspace, open_store
+from journeyml.config import load_journey_map
+from journeyml.events.schema import NORMALISED_EVENT_SCHEMA
+from journeyml.events.staging import content_id_sql
+from serving.actions import load_actions
+from serving.auth import KeyRing
+from serving.config import ServingSettings
+from serving.engine import Decision, DecisionContext, DecisionEngine, Scores, hashed_id
+from serving.features import FeatureStoreDownError, FeatureTimeoutError, OnlineFeatures
+from serving.models import ModelSet
+from serving.schemas import (
+    EventsRequest,
+    FeedbackRequest,
+    NextBestActionRequest,
+    ScoreRequest,
+)
+from serving.state import StateStore
+from training.bundle import CALENDAR_FEATURES
+
+logger = logging.getLogger(__name__)
+
+_KINDS = {"int64": "number", "float64": "number", "string": "string", "bool": "bool"}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+class Runtime:
+    """The long-lived objects of one server worker."""
+
+    def __init__(self, settings: ServingSettings, start_models: bool = True):
+        self.settings = settings
+        self.journey_map = load_journey_map(settings.journeys)
+        self.feature_settings = load_feature_settings(settings.features)
+        self.catalog = build_catalog(self.journey_map, self.feature_settings)
+        known = {f.name: _KINDS.get(f.dtype, "other") for f in self.catalog.features}
+        known.update({name: "number" for name in CALENDAR_FEATURES})
+        self.actions = load_actions(settings.actions, known_names=known)
+        self.workspace = Workspace(settings.data_dir)
+        (self.workspace.root / "serving").mkdir(parents=True, exist_ok=True)
+        self.keyring = (
+            KeyRing.load(
+                settings.auth.keys_env,
+                settings.auth.keys_file or self.workspace.root / "serving" / "api_keys.json",
+            )
+            if settings.auth.enabled
+            else None
+        )
+        self.store = open_store(self.feature_settings.store, self.workspace)
+        self.features: OnlineFeatures | None = None
+        self.updater: RealtimeUpdater | None = None
+        self._feature_error: str | None = None
+        self._lock = threading.Lock()
+        self.state = StateStore(settings.resolved_state_url())
+        self.event_store = EventStore(settings.resolved_event_store_url())
+        self.models = ModelSet(settings)
+        self._connect_features()
+        if start_models:
+            self.models.start()
+        self.engine = DecisionEngine(
+            settings,
+            self.actions,
+            self.models,
+            self.features,
+            self.state,
+            self.catalog.descriptions,
+        )
+
+    def _connect_features(self) -> None:
+        try:
+            self.features = OnlineFeatures(self.store, self.catalog)
+            self.updater = RealtimeUpdater(
+                self.store, self.catalog, self.journey_map, self.event_store, self.workspace.lake
+            )
+            self._feature_error = None
+        except Exception as exc:  # the registry is not there yet: not ready
+            self._feature_error = f"feature store not ready: {type(exc).__name__}: {exc}"
+            logger.error("%s", self._feature_error)
+
+    # -- health ----------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        if self.features is None:
+            with self._lock:
+                if self.features is None:
+                    self._connect_features()
+                    self.engine.features = self.features
+        problems = dict(self.models.errors)
+        if self._feature_error:
+            problems["features"] = self._feature_error
+        try:
+            self.state.ping()
+        except Exception as exc:
+            problems["state"] = f"state store unreachable: {type(exc).__name__}"
+        ready = self.models.ready() and self.features is not None and "state" not in problems
+        return {"ready": ready, "models": self.models.versions(), "problems": problems}
+
+    def close(self) -> None:
+        self.models.stop()
+        if self.features is not None:
+            self.features.close()
+        self.state.close()
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def next_best_action(self, req: NextBestActionRequest) -> Reply:
+        ctx = req.context
+        decision = self.engine.decide(
+            req.customer_id,
+            DecisionContext(ctx.channel, ctx.event_type, ctx.page, ctx.at),
+        )
+        return Reply(200, decision_body(decision))
+
+    def score(self, req: ScoreRequest) -> Reply:
+        if len(req.customer_ids) > self.settings.limits.max_customers:
+            return Reply(
+                400,
+                {"error": f"customer_ids: at most {self.settings.limits.max_customers} a call"},
+            )
+        now = datetime.now(UTC)
+        results = []
+        try:
+            if self.features is None:
+                raise FeatureStoreDownError("feature store not ready")
+            rows = self.features.read(list(req.customer_ids), now, self.settings.deadline_ms)
+        except (FeatureTimeoutError, FeatureStoreDownError) as exc:
+            reason = (
+                "feature_store_timeout"
+                if isinstance(exc, FeatureTimeoutError)
+                else ("feature_store_unavailable")
+            )
+            return Reply(
+                200,
+                {
+                    "results": [
+                        {"customer_id": c, "fallback_reason": reason} for c in req.customer_ids
+                    ]
+                },
+            )
+        for cid, row in zip(req.customer_ids, rows, strict=True):
+            item: dict[str, Any] = {"customer_id": cid}
+            if not row.found:
+                item.update(known=False, fallback_reason="unknown_customer")
+            else:
+                try:
+                    item.update(
+                        known=True,
+                        stale=row.stale,
+                        **scores_body(self.engine.score(row.values, now)),
+                    )
+                except Exception as exc:
+                    logger.error("scoring failed for %s: %s", hashed_id(cid), type(exc).__name__)
+                    item.update(known=True, fallback_reason="model_error")
+            results.append(item)
+        return Reply(200, {"results": results, "model_versions": self.models.versions()})
+
+    def events(self, req: EventsRequest) -> Reply:
+        if len(req.events) > self.settings.limits.max_events:
+            return Reply(400, {"error": f"events: at most {self.settings.limits.max_events}"})
+        if self.updater is None:
+            return Reply(503, {"error": "feature store not ready"})
+        table = normalise_events(req)
+        started = time.perf_counter()
+        report = self.updater.apply(table)
+        return Reply(
+            200,
+            {
+                "received": report.received,
+                "stored": report.stored,
+                "duplicates": report.received - report.stored,
+                "customers_updated": len(report.customers),
+                "features_as_of": None if report.as_of is None else report.as_of.isoformat(),
+                "milliseconds": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+    def feedback(self, req: FeedbackRequest) -> Reply:
+        at = req.at or datetime.now(UTC)
+        status = self.state.record_feedback(req.decision_id, req.outcome, at, req.details)
+        if status == "unknown_decision":
+            return Reply(404, {"error": "unknown decision_id"})
+        return Reply(
+            200, {"decision_id": req.decision_id, "outcome": req.outcome, "status": status}
+        )
+
+
+def normalise_events(req: EventsRequest) -> pa.Table:
+    """Incoming events in the normalised event schema; missing ids get the content hash the
+    batch ingest gives them, so an event sent online and later in a file is stored once."""
+    rows = [
+        {
+            "event_id": e.event_id,
+            "customer_id": e.customer_id,
+            "timestamp": e.timestamp.astimezone(UTC),
+            "event_type": e.event_type,
+            "channel": e.channel.lower() if e.channel else None,
+            "value": e.value,
+            "session_id": e.session_id,
+            "properties": None
+            if not e.properties
+            else json.dumps(
+                e.properties, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ),
+        }
+        for e in req.events
+    ]
+    table = pa.Table.from_pylist(
+        rows, schema=NORMALISED_EVENT_SCHEMA.remove(0).insert(0, pa.field("event_id", pa.string()))
+    )
+    con = duckdb.connect()
+    con.register("incoming", table)
+    cols = ", ".join(NORMALISED_EVENT_SCHEMA.names[1:])
+    out = con.sql(
+        f"SELECT COALESCE(event_id, {content_id_sql()}) AS event_id, {cols} FROM incoming"
+    ).to_arrow_table()
+    con.close()
+    return out.cast(NORMALISED_EVENT_SCHEMA)
+
+
+class _NoRequestDataInLogs(logging.Filter):
+    """Server error logs keep the route and the error, never request data.
+
+    BentoML logs a rejected request's exception with its traceback, and a pydantic
+    ValidationError's text quotes the offending input (a customer id, a key): replace it with
+    the field paths only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError":
+            fields = ", ".join(
+                ".".join(str(p) for p in e.get("loc", ()))
+                for e in exc.errors()  # type: ignore[attr-defined]
+            )
+            record.msg = f"{record.getMessage()}: invalid request ({fields})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def quiet_server_logs() -> None:
+    """Installs the log filter on BentoML's request loggers (idempotent)."""
+    for name in ("bentoml._internal.server.http_app", "bentoml.serve", "bentoml"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _NoRequestDataInLogs) for f in log.filters):
+            log.addFilter(_NoRequestDataInLogs())
+
+
+# -- response bodies -----------------------------------------------------------------------
+
+
+def scores_body(s: Scores) -> dict[str, Any]:
+    return {
+        "churn_risk": round(s.churn_risk, 6),
+        "risk_band": s.risk_band,
+        "conversion_propensity": round(s.conversion_propensity, 6),
+        "next_steps": [{"step": k, "probability": round(p, 6)} for k, p in s.next_steps],
+        "reasons": [r.text for r in s.reasons],
+        "conversion_reasons": [r.text for r in s.conversion_reasons],
+    }
+
+
+def decision_body(d: Decision) -> dict[str, Any]:
+    return {
+        "decision_id": d.decision_id,
+        "customer_id": d.customer_id,
+        "decided_at": d.decided_at.isoformat(),
+        "action": d.action,
+        "channel": d.channel,
+        "propensity": d.propensity,
+        "ranked": [
+            {
+                "action": o.action,
+                "channel": o.channel,
+                "priority": None if o.priority is None else round(o.priority, 6),
+                "expected_value": None if o.expected_value is None else round(o.expected_value, 6),
+                "basis": o.basis,
+            }
+            for o in d.ranked
+        ],
+        "removed": [
+            {"action": o.action, "by": o.removed_by, "reason": o.reason} for o in d.removed
+        ],
+        "scores": None if d.scores is None else scores_body(d.scores),
+        "reason_codes": {
+            "risk": [] if d.scores is None else [r.text for r in d.scores.reasons],
+            "action": d.why,
+        },
+        "holdout": d.holdout,
+        "explored": d.explored,
+        "cold_start": d.cold_start,
+        "fallback_reason": d.fallback_reason,
+        "logged": d.logged,
+        "model_versions": d.model_versions,
+        "policy_version": d.policy_version,
+    }

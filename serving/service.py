@@ -1,0 +1,96 @@
+"""The BentoML service: HTTP in and out, nothing else (the logic is in :mod:`serving.runtime`).
+
+Run with ``journeyml serve`` or ``bentoml serve serving.service:JourneyML``. Settings come from
+``$JOURNEYML_SERVING_CONFIG`` (default ``configs/serving.yaml``) and ``$JOURNEYML_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import bentoml
+
+from journeyml.config import CONFIG_DIR
+from serving.auth import KeyRing, RequestGuard
+from serving.config import load_serving_settings
+from serving.runtime import Reply, Runtime, quiet_server_logs
+from serving.schemas import (
+    EventIn,
+    EventsRequest,
+    FeedbackRequest,
+    NextBestActionRequest,
+    RequestContext,
+    ScoreRequest,
+)
+
+SETTINGS = load_serving_settings(
+    os.environ.get("JOURNEYML_SERVING_CONFIG", str(CONFIG_DIR / "serving.yaml")),
+    os.environ.get("JOURNEYML_DATA_DIR"),
+)
+KEYS = (
+    KeyRing.load(
+        SETTINGS.auth.keys_env,
+        SETTINGS.auth.keys_file or Path(SETTINGS.data_dir) / "serving" / "api_keys.json",
+    )
+    if SETTINGS.auth.enabled
+    else None
+)
+quiet_server_logs()
+
+
+def _send(ctx: bentoml.Context, reply: Reply) -> dict[str, Any]:
+    ctx.response.status_code = reply.status
+    return reply.body
+
+
+@bentoml.service(
+    name="journeyml",
+    traffic={"timeout": 10},
+    workers=int(os.environ.get("JOURNEYML_WORKERS", "1")),
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class JourneyML:
+    """Next-best-action and risk scores for customer journeys (API v1)."""
+
+    def __init__(self) -> None:
+        self.runtime = Runtime(SETTINGS)
+
+    def __is_ready__(self) -> bool:
+        return bool(self.runtime.readiness()["ready"])
+
+    @bentoml.api(route="/v1/next-best-action", input_spec=NextBestActionRequest)
+    def next_best_action(
+        self, ctx: bentoml.Context, customer_id: str, context: RequestContext
+    ) -> dict[str, Any]:
+        """One customer (+ context) → ranked actions, scores, reason codes, decision id."""
+        req = NextBestActionRequest.model_construct(customer_id=customer_id, context=context)
+        return _send(ctx, self.runtime.next_best_action(req))
+
+    @bentoml.api(route="/v1/score", input_spec=ScoreRequest)
+    def score(self, ctx: bentoml.Context, customer_ids: list[str]) -> dict[str, Any]:
+        """Customers → churn risk, risk band, conversion propensity, next steps, reasons."""
+        return _send(
+            ctx, self.runtime.score(ScoreRequest.model_construct(customer_ids=customer_ids))
+        )
+
+    @bentoml.api(route="/v1/events", input_spec=EventsRequest)
+    def events(self, ctx: bentoml.Context, events: list[EventIn]) -> dict[str, Any]:
+        """New journey events → stored (idempotent by event_id) and applied to features."""
+        return _send(ctx, self.runtime.events(EventsRequest.model_construct(events=events)))
+
+    @bentoml.api(route="/v1/feedback", input_spec=FeedbackRequest)
+    def feedback(
+        self, ctx: bentoml.Context, decision_id: str, outcome: str, at: Any, details: Any
+    ) -> dict[str, Any]:
+        """The outcome of a decision; idempotent on (decision_id, outcome); 404 if unknown."""
+        req = FeedbackRequest.model_construct(
+            decision_id=decision_id, outcome=outcome, at=at, details=details
+        )
+        return _send(ctx, self.runtime.feedback(req))
+
+
+cast(Any, JourneyML).add_asgi_middleware(  # the decorator returns a bentoml Service
+    RequestGuard, keyring=KEYS, max_body_bytes=SETTINGS.limits.max_body_bytes
+)

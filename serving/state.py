@@ -1,0 +1,1016 @@
+"""The decision engine's state store: contact history under an atomically enforced contact
+policy, the decision log, and feedback.
+
+SQLite (one embedded file, WAL mode, busy timeout) or PostgreSQL (production); several server
+worker processes share one store. :meth:`StateStore.commit` re-checks the contact policy and
+writes the contact and the decision record in **one** transaction under the customer's lock,
+so concurrent decisions for one customer, in any number of threads or processes, cannot break
+a cap: SQLite takes the database write lock up front (``BEGIN IMMEDIATE``), PostgreSQL a
+transaction-scoped advisory lock on a 64-bit hash of the customer id.
+
+The contact policy, as :meth:`StateStore.blocked`, :meth:`StateStore.commit` and the batch
+:meth:`StateStore.contact_counts` all apply it at a decision time ``t``:
+
+* **cap** ``(channel, max, window)``: blocked when ``max`` contacts on the channel (every
+  channel for ``any``) were sent after ``t - window`` (a contact exactly ``window`` old no
+  longer counts). Contacts stamped after ``t`` (another worker's clock ran ahead) count too, so
+  the stored contacts never exceed a cap in *any* window, whatever order commits arrive in.
+* **cooldown**: an action sent after ``t - cooldown`` (or later) is blocked; 0 disables it.
+* **suppression**: a channel whose contacts got ``suppress_after_ignored`` "ignored" outcomes
+  with no positive outcome (accepted, clicked, converted) on a contact of that channel sent in
+  between or after is suppressed for ``suppress_days`` from the last of those "ignored"
+  outcomes. Only feedback received by ``t`` counts; 0 disables suppression.
+
+The first reason that applies is reported: the caps in policy order, then the cooldown, then
+the suppression.
+
+Times are stored as integer microseconds since the epoch (UTC), JSON as text: both portable.
+
+Hot path, measured with ``timeit`` on this repository's 2-core development machine (SQLite
+3.40, WAL, ``synchronous=NORMAL``; a customer with 4 contacts and feedback, a 12-candidate
+decision record): ``blocked`` (6 candidates) 0.13 ms, ``commit`` with a contact 0.42 ms, the
+pair 0.55 ms (median of 2000). ``synchronous=NORMAL`` in WAL mode survives a crash of the
+process but may lose the last commits on a power failure (see :func:`_sqlite_pragmas`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import event
+
+logger = logging.getLogger(__name__)
+
+ANY_CHANNEL = "any"
+"""Channel of a cap that counts the contacts of every channel."""
+OUTCOMES = ("accepted", "ignored", "clicked", "converted", "declined", "complained", "unsubscribed")
+"""The feedback vocabulary."""
+POSITIVE_OUTCOMES = ("accepted", "clicked", "converted")
+"""Outcomes that end a run of ignored contacts (no suppression across them)."""
+IGNORED = "ignored"
+
+FeedbackStatus = Literal["created", "duplicate", "unknown_decision"]
+
+_DECISION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PREFIX = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,29})?$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 86_400_000_000
+_ID_LEN = 128
+_CHANNEL_LEN = 64
+_IN_LIST_LIMIT = 1000  # longer customer lists are filtered after one unfiltered query
+_SQLITE_BUSY_MS = 30_000
+_SQLITE_CHECKPOINT_SECONDS = 1.0
+_SQLITE_AUTOCHECKPOINT_PAGES = 25_000  # the safety net when no checkpointer runs (~100 MB)
+
+
+# -- the policy and the records ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelCap:
+    """At most ``max_contacts`` contacts on ``channel`` (or on ``any`` channel) per window."""
+
+    channel: str
+    max_contacts: int
+    window_days: float
+
+    def __post_init__(self) -> None:
+        if not self.channel:
+            raise ValueError("cap: channel must be a channel name or 'any'")
+        if self.max_contacts < 0:
+            raise ValueError(f"cap on {self.channel}: max_contacts must be >= 0")
+        if not (math.isfinite(self.window_days) and self.window_days > 0):
+            raise ValueError(f"cap on {self.channel}: window_days must be a positive number")
+
+
+@dataclass(frozen=True)
+class ContactPolicy:
+    """Caps, a per-action cooldown, and suppression after ignored contacts."""
+
+    caps: tuple[ChannelCap, ...]
+    cooldown_hours: float
+    suppress_after_ignored: int
+    suppress_days: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "caps", tuple(self.caps))
+        for name in ("cooldown_hours", "suppress_days"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"contact policy: {name} must be a number >= 0")
+        if self.suppress_after_ignored < 0:
+            raise ValueError("contact policy: suppress_after_ignored must be >= 0 (0: never)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An action the engine may send, on its channel."""
+
+    action_id: str
+    channel: str
+
+    def __post_init__(self) -> None:
+        if not self.action_id or len(self.action_id) > _ID_LEN:
+            raise ValueError(f"candidate: action_id must have 1 to {_ID_LEN} characters")
+        if self.channel == ANY_CHANNEL or len(self.channel) > _CHANNEL_LEN:
+            raise ValueError(f"candidate {self.action_id}: invalid channel {self.channel!r}")
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One logged decision: what was chosen, with which probability, among which candidates."""
+
+    decision_id: str
+    decided_at: datetime
+    customer_id: str
+    request: dict[str, Any]
+    chosen_action: str
+    propensity: float
+    channel: str | None
+    holdout: bool
+    explored: bool
+    fallback_reason: str | None
+    candidates: list[dict[str, Any]]
+    features: dict[str, Any] | None
+    feature_version: str | None
+    model_versions: dict[str, str]
+    policy_version: str
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """``ok`` False: the contact would break the policy (``reason``) and nothing was written."""
+
+    ok: bool
+    reason: str | None = None
+
+
+class DuplicateDecisionError(ValueError):
+    """A decision with this id is already stored (it was kept; nothing was written)."""
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class StateStore:
+    """Contacts, decisions and feedback in SQLite or PostgreSQL (any SQLAlchemy URL of both).
+
+    Args:
+        url: ``sqlite:///path/state.db`` or ``postgresql+psycopg://user@host/db``
+            (``postgresql://`` is read as psycopg 3).
+        table_prefix: prefix of the three tables (``<prefix>decisions``, ``<prefix>contacts``,
+            ``<prefix>feedback``); letters, digits and ``_``.
+    """
+
+    def __init__(self, url: str, *, table_prefix: str = "jml_") -> None:
+        if not _PREFIX.match(table_prefix):
+            raise ValueError(
+                f"table_prefix {table_prefix!r}: letters, digits and _ only, at most 30, "
+                "not starting with a digit"
+            )
+        self.prefix = table_prefix
+        self.engine = _create_engine(url)
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        meta = sa.MetaData()
+        p = table_prefix
+        self.decisions = sa.Table(
+            f"{p}decisions",
+            meta,
+            sa.Column("decision_id", sa.String(64), primary_key=True),
+            sa.Column("decided_at_us", sa.BigInteger, nullable=False),
+            sa.Column("customer_id", sa.String(_ID_LEN), nullable=False),
+            sa.Column("chosen_action", sa.String(_ID_LEN), nullable=False),
+            sa.Column("propensity", sa.Float, nullable=False),
+            sa.Column("channel", sa.String(_CHANNEL_LEN)),
+            sa.Column("contacted", sa.Boolean, nullable=False),
+            sa.Column("holdout", sa.Boolean, nullable=False),
+            sa.Column("explored", sa.Boolean, nullable=False),
+            sa.Column("fallback_reason", sa.Text),
+            sa.Column("request", sa.Text, nullable=False),
+            sa.Column("candidates", sa.Text, nullable=False),
+            sa.Column("features", sa.Text),
+            sa.Column("feature_version", sa.String(_ID_LEN)),
+            sa.Column("model_versions", sa.Text, nullable=False),
+            sa.Column("policy_version", sa.String(_ID_LEN), nullable=False),
+            sa.Index(f"{p}decisions_time", "decided_at_us", "decision_id"),
+        )
+        self.contacts = sa.Table(
+            f"{p}contacts",
+            meta,
+            sa.Column("decision_id", sa.String(64), primary_key=True),
+            sa.Column("customer_id", sa.String(_ID_LEN), nullable=False),
+            sa.Column("action_id", sa.String(_ID_LEN), nullable=False),
+            sa.Column("channel", sa.String(_CHANNEL_LEN), nullable=False),
+            sa.Column("sent_at_us", sa.BigInteger, nullable=False),
+            sa.Index(f"{p}contacts_customer_time", "customer_id", "sent_at_us"),
+        )
+        self.feedback_table = sa.Table(
+            f"{p}feedback",
+            meta,
+            sa.Column("decision_id", sa.String(64), primary_key=True),
+            sa.Column("outcome", sa.String(16), primary_key=True),
+            sa.Column("at_us", sa.BigInteger, nullable=False),
+            sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
+            sa.Column("details", sa.Text),
+        )
+        self._meta = meta
+        self._prepare()
+        try:
+            with self._transaction(f"schema:{p}") as conn:
+                meta.create_all(conn)
+        except Exception:
+            self.engine.dispose()
+            raise
+        self._checkpointer: _Checkpointer | None = None
+        if self._sqlite:
+            self._checkpointer = _Checkpointer(self.engine, _SQLITE_CHECKPOINT_SECONDS)
+            self._checkpointer.start()
+
+    def _prepare(self) -> None:
+        """Statements built once, so SQLAlchemy's compiled cache serves the hot path."""
+        c, d, f = self.contacts, self.decisions, self.feedback_table
+        positive, ignored_at = _outcome_flags(f)
+        self._q_history = (
+            sa.select(c.c.action_id, c.c.channel, c.c.sent_at_us, positive, ignored_at)
+            .select_from(
+                c.outerjoin(
+                    f,
+                    sa.and_(
+                        f.c.decision_id == c.c.decision_id,
+                        f.c.at_us <= sa.bindparam("now", type_=sa.BigInteger),
+                    ),
+                )
+            )
+            .where(c.c.customer_id == sa.bindparam("customer_id"))
+            .group_by(c.c.decision_id, c.c.action_id, c.c.channel, c.c.sent_at_us)
+        )
+        self._q_exists = sa.select(d.c.decision_id).where(
+            d.c.decision_id == sa.bindparam("decision_id")
+        )
+        self._q_decision = sa.select(d).where(d.c.decision_id == sa.bindparam("decision_id"))
+        self._q_feedback = (
+            sa.select(f.c.outcome, f.c.at_us)
+            .where(f.c.decision_id == sa.bindparam("decision_id"))
+            .order_by(f.c.at_us, f.c.outcome)
+        )
+        self._ins_decision = d.insert()
+        self._ins_contact = c.insert()
+        self._ins_feedback = (
+            _dialect_insert(self.engine, f)
+            .on_conflict_do_nothing(index_elements=["decision_id", "outcome"])
+            .returning(f.c.decision_id)
+        )
+        self._lock = sa.select(
+            sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger))
+        )
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, lock: str | None) -> Iterator[sa.Connection]:
+        """A write transaction; on PostgreSQL under the advisory lock of ``lock`` (if any).
+
+        SQLite takes its single write lock at ``BEGIN IMMEDIATE``, so reads inside the
+        transaction already see every earlier commit and no other writer can interleave.
+        """
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif lock is not None:
+                conn.execute(self._lock, {"key": self._lock_key(lock)})
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def _lock_key(self, name: str) -> int:
+        digest = hashlib.sha256(f"{self.prefix}\x00{name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def _history(self, conn: sa.Connection, customer_id: str, now_us: int) -> list[_Contact]:
+        rows = conn.execute(self._q_history, {"customer_id": customer_id, "now": now_us})
+        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    # -- the real-time path ----------------------------------------------------------------
+
+    def blocked(
+        self,
+        customer_id: str,
+        candidates: Sequence[Candidate],
+        policy: ContactPolicy,
+        now: datetime,
+    ) -> dict[str, str]:
+        """Which candidates the contact policy blocks at ``now``, each with the reason.
+
+        A read-only pre-check (no lock): :meth:`commit` checks again under the lock.
+        """
+        now_us = _to_us(now, "now")
+        _check_customer(customer_id)
+        if not candidates or not _active(policy):
+            return {}
+        with self.engine.connect() as conn:
+            history = self._history(conn, customer_id, now_us)
+        return blocked_reasons(history, candidates, policy, now_us)
+
+    def commit(
+        self, record: DecisionRecord, contact: Candidate | None, policy: ContactPolicy
+    ) -> CommitResult:
+        """Logs a decision, and its contact if any, in one transaction under the customer's lock.
+
+        With a contact, the policy is checked again at ``record.decided_at``: if the contact
+        would break it nothing is written and the result says why (the engine then tries its
+        next candidate).
+
+        Raises:
+            DuplicateDecisionError: the decision id is already stored (the first is kept).
+            ValueError: an invalid record (naive time, malformed id, not JSON-able).
+        """
+        now_us = _to_us(record.decided_at, "decided_at")
+        row = _decision_row(record, now_us, contact is not None)
+        if contact is not None and contact.action_id != record.chosen_action:
+            raise ValueError(
+                f"decision {record.decision_id}: the contact ({contact.action_id}) is not the "
+                f"chosen action ({record.chosen_action})"
+            )
+        with self._transaction(record.customer_id) as conn:
+            if contact is not None and _active(policy):
+                history = self._history(conn, record.customer_id, now_us)
+                reason = blocked_reasons(history, [contact], policy, now_us).get(contact.action_id)
+                if reason is not None:
+                    logger.debug(
+                        "contact refused for customer %s: %s", hashed_id(record.customer_id), reason
+                    )
+                    return CommitResult(False, reason)
+            try:
+                conn.execute(self._ins_decision, row)
+            except sa.exc.IntegrityError:
+                raise DuplicateDecisionError(
+                    f"decision {record.decision_id} is already stored"
+                ) from None
+            if contact is not None:
+                conn.execute(
+                    self._ins_contact,
+                    {
+                        "decision_id": record.decision_id,
+                        "customer_id": record.customer_id,
+                        "action_id": contact.action_id,
+                        "channel": contact.channel,
+                        "sent_at_us": now_us,
+                    },
+                )
+        return CommitResult(True)
+
+    def record_feedback(
+        self, decision_id: str, outcome: str, at: datetime, details: dict[str, Any] | None = None
+    ) -> FeedbackStatus:
+        """Stores an outcome of a decision once: a repeat of (decision, outcome) is a duplicate.
+
+        Returns ``unknown_decision`` (and stores nothing) when no such decision is logged.
+
+        Raises:
+            ValueError: ``outcome`` is not in :data:`OUTCOMES`, or ``at`` is naive.
+        """
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}: expected one of {', '.join(OUTCOMES)}")
+        at_us = _to_us(at, "at")
+        text = None if details is None else _dumps(details)
+        if not isinstance(decision_id, str) or not _DECISION_ID.match(decision_id):
+            return "unknown_decision"
+        row = {
+            "decision_id": decision_id,
+            "outcome": outcome,
+            "at_us": at_us,
+            "recorded_at_us": _to_us(datetime.now(UTC), "now"),
+            "details": text,
+        }
+        # Decisions are never deleted: once seen, the insert-if-absent decides the status.
+        with self._transaction(None) as conn:
+            if conn.execute(self._q_exists, {"decision_id": decision_id}).first() is None:
+                return "unknown_decision"
+            created = conn.execute(self._ins_feedback, row).first() is not None
+        return "created" if created else "duplicate"
+
+    # -- reading the log -------------------------------------------------------------------
+
+    def decision(self, decision_id: str) -> DecisionRecord | None:
+        """The logged decision with this id, or None."""
+        if not isinstance(decision_id, str) or not _DECISION_ID.match(decision_id):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(self._q_decision, {"decision_id": decision_id}).mappings().first()
+        if row is None:
+            return None
+        return DecisionRecord(
+            decision_id=row["decision_id"],
+            decided_at=_from_us(row["decided_at_us"]),
+            customer_id=row["customer_id"],
+            request=json.loads(row["request"]),
+            chosen_action=row["chosen_action"],
+            propensity=row["propensity"],
+            channel=row["channel"],
+            holdout=bool(row["holdout"]),
+            explored=bool(row["explored"]),
+            fallback_reason=row["fallback_reason"],
+            candidates=json.loads(row["candidates"]),
+            features=None if row["features"] is None else json.loads(row["features"]),
+            feature_version=row["feature_version"],
+            model_versions=json.loads(row["model_versions"]),
+            policy_version=row["policy_version"],
+        )
+
+    def feedback(self, decision_id: str) -> list[tuple[str, datetime]]:
+        """The outcomes stored for a decision, oldest first."""
+        if not isinstance(decision_id, str) or not _DECISION_ID.match(decision_id):
+            return []
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._q_feedback, {"decision_id": decision_id}).all()
+        return [(outcome, _from_us(at)) for outcome, at in rows]
+
+    def iter_decisions(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        chunk_rows: int = 50_000,
+    ) -> Iterator[pd.DataFrame]:
+        """The decision log in ``[start, end)``, oldest first, in frames of ``chunk_rows``.
+
+        Columns: the record's scalar fields (``decided_at`` as UTC timestamps), ``contacted``,
+        the JSON text of ``request``, ``candidates``, ``features`` and ``model_versions``, and
+        one ``<outcome>_at`` column per outcome of :data:`OUTCOMES` (NaT when not received).
+        Pages by (decision time, id), so a long read never holds a transaction open.
+        """
+        if chunk_rows < 1:
+            raise ValueError("chunk_rows must be >= 1")
+        d, f = self.decisions, self.feedback_table
+        outcome_cols = [
+            sa.select(f.c.at_us)
+            .where(f.c.decision_id == d.c.decision_id, f.c.outcome == outcome)
+            .scalar_subquery()
+            .label(f"{outcome}_at")
+            for outcome in OUTCOMES
+        ]
+        base = sa.select(*d.c, *outcome_cols).order_by(d.c.decided_at_us, d.c.decision_id)
+        if start is not None:
+            base = base.where(d.c.decided_at_us >= _to_us(start, "start"))
+        if end is not None:
+            base = base.where(d.c.decided_at_us < _to_us(end, "end"))
+        first = base.limit(sa.bindparam("n"))
+        after = base.where(
+            sa.or_(
+                d.c.decided_at_us > sa.bindparam("last_us"),
+                sa.and_(
+                    d.c.decided_at_us == sa.bindparam("last_us"),
+                    d.c.decision_id > sa.bindparam("last_id"),
+                ),
+            )
+        ).limit(sa.bindparam("n"))
+        names = [c.name for c in d.c] + [c.name for c in outcome_cols]
+        last: tuple[int, str] | None = None
+        while True:
+            with self.engine.connect() as conn:
+                if last is None:
+                    rows = conn.execute(first, {"n": chunk_rows}).all()
+                else:
+                    params = {"n": chunk_rows, "last_us": last[0], "last_id": last[1]}
+                    rows = conn.execute(after, params).all()
+            if not rows:
+                return
+            yield _decision_frame(rows, names)
+            if len(rows) < chunk_rows:
+                return
+            last = (rows[-1][1], rows[-1][0])
+
+    # -- the batch path --------------------------------------------------------------------
+
+    def contact_counts(
+        self,
+        policy: ContactPolicy,
+        now: datetime,
+        customer_ids: Sequence[str] | None = None,
+        candidates: Sequence[Candidate] | None = None,
+    ) -> pd.DataFrame:
+        """The contact policy's state for many customers at once (two queries in all).
+
+        One row per customer with history that matters at ``now`` (or per given customer id,
+        in the given order). Columns:
+
+        * ``contacts__<channel>__<window>d``: contacts counted by each cap;
+        * ``blocked_channel__<channel>`` / ``reason_channel__<channel>``: a cap or a
+          suppression blocks the channel (``any``: an ``any`` cap blocks every channel);
+        * ``blocked__<action>`` / ``reason__<action>``: for each candidate (default: every
+          action in the recent history) what :meth:`blocked` says, reason for reason.
+
+        A customer without a row has no history that blocks anything (only a cap of 0 would).
+        """
+        now_us = _to_us(now, "now")
+        wanted = None if customer_ids is None else list(dict.fromkeys(customer_ids))
+        c = self.contacts
+        spans = [_days_us(cap.window_days) for cap in policy.caps]
+        if policy.cooldown_hours > 0:
+            spans.append(_hours_us(policy.cooldown_hours))
+        recent_cols = ["customer_id", "action_id", "channel", "sent_at_us"]
+        suppression_cols = ["customer_id", "channel", "streak", "last_ignored_us"]
+        with self.engine.connect() as conn:
+            recent = pd.DataFrame([], columns=recent_cols)
+            if spans:
+                q = sa.select(c.c.customer_id, c.c.action_id, c.c.channel, c.c.sent_at_us).where(
+                    c.c.sent_at_us > now_us - max(spans)
+                )
+                if wanted is not None and len(wanted) <= _IN_LIST_LIMIT:
+                    q = q.where(c.c.customer_id.in_(wanted))
+                recent = pd.DataFrame(conn.execute(q).all(), columns=recent_cols)
+            suppressed = pd.DataFrame([], columns=suppression_cols)
+            if _suppression_active(policy):
+                q = self._suppression_query(policy, now_us, wanted)
+                suppressed = pd.DataFrame(conn.execute(q).all(), columns=suppression_cols)
+        if wanted is not None and len(wanted) > _IN_LIST_LIMIT:
+            keep = set(wanted)
+            recent = recent[recent["customer_id"].isin(keep)]
+            suppressed = suppressed[suppressed["customer_id"].isin(keep)]
+        return _policy_frame(policy, now_us, recent, suppressed, wanted, candidates)
+
+    def _suppression_query(
+        self, policy: ContactPolicy, now_us: int, wanted: list[str] | None
+    ) -> sa.Select[Any]:
+        """Per customer and channel: the run of ignored contacts since the last positive one,
+        for the runs long and recent enough to suppress."""
+        c, f = self.contacts, self.feedback_table
+        fb = (
+            sa.select(
+                f.c.decision_id,
+                *_outcome_flags(f),
+            )
+            .where(f.c.at_us <= now_us)
+            .group_by(f.c.decision_id)
+            .cte("fb")
+        )
+        cf_q = sa.select(
+            c.c.customer_id, c.c.channel, c.c.sent_at_us, fb.c.positive, fb.c.ignored_at
+        ).join_from(c, fb, fb.c.decision_id == c.c.decision_id)
+        if wanted is not None and len(wanted) <= _IN_LIST_LIMIT:
+            cf_q = cf_q.where(c.c.customer_id.in_(wanted))
+        cf = cf_q.cte("cf")
+        lp = (
+            sa.select(cf.c.customer_id, cf.c.channel, sa.func.max(cf.c.sent_at_us).label("last"))
+            .where(cf.c.positive == 1)
+            .group_by(cf.c.customer_id, cf.c.channel)
+            .cte("lp")
+        )
+        return (
+            sa.select(
+                cf.c.customer_id,
+                cf.c.channel,
+                sa.func.count().label("streak"),
+                sa.func.max(cf.c.ignored_at).label("last_ignored"),
+            )
+            .select_from(
+                cf.outerjoin(
+                    lp, sa.and_(lp.c.customer_id == cf.c.customer_id, lp.c.channel == cf.c.channel)
+                )
+            )
+            .where(
+                cf.c.positive == 0,
+                cf.c.ignored_at.is_not(None),
+                sa.or_(lp.c.last.is_(None), cf.c.sent_at_us > lp.c.last),
+            )
+            .group_by(cf.c.customer_id, cf.c.channel)
+            .having(
+                sa.func.count() >= policy.suppress_after_ignored,
+                sa.func.max(cf.c.ignored_at) > now_us - _days_us(policy.suppress_days),
+            )
+        )
+
+    # -- health ----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raises when the store cannot be read (readiness check)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.select(self.decisions.c.decision_id).limit(1)).all()
+
+    def close(self) -> None:
+        """Stops the background checkpoints and closes the store's connections."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
+        self.engine.dispose()
+
+
+class _Checkpointer(threading.Thread):
+    """Copies SQLite's write-ahead log into the database in the background.
+
+    A checkpoint syncs the database file to disk (10-20 ms here); left to SQLite's automatic
+    checkpoints, about one commit in a hundred would pay for it on the request path.
+    """
+
+    def __init__(self, engine: sa.Engine, interval: float):
+        super().__init__(name="state-store-checkpoint", daemon=True)
+        self._engine = engine
+        self._interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                with self._engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+            except Exception as exc:  # the next round tries again; SQLite's net remains
+                logger.debug("state store checkpoint failed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+
+# -- the policy, evaluated -----------------------------------------------------------------
+
+_Contact = tuple[str, str, int, bool, int | None]
+"""One stored contact as of a time: action, channel, sent (us), positive outcome, last
+"ignored" outcome (us) or None."""
+
+
+def blocked_reasons(
+    history: Sequence[_Contact],
+    candidates: Sequence[Candidate],
+    policy: ContactPolicy,
+    now_us: int,
+) -> dict[str, str]:
+    """Candidates blocked by the policy at ``now_us`` given one customer's contacts."""
+    counts = []
+    for cap in policy.caps:
+        start = now_us - _days_us(cap.window_days)
+        counts.append(
+            sum(1 for h in history if h[2] > start and cap.channel in (ANY_CHANNEL, h[1]))
+        )
+    last_sent: dict[str, int] = {}
+    if policy.cooldown_hours > 0:
+        start = now_us - _hours_us(policy.cooldown_hours)
+        for h in history:
+            if h[2] > start and h[2] > last_sent.get(h[0], start):
+                last_sent[h[0]] = h[2]
+    suppression: dict[str, tuple[int, int] | None] = {}
+    out: dict[str, str] = {}
+    for cand in candidates:
+        reason = None
+        for cap, n in zip(policy.caps, counts, strict=True):
+            if n >= cap.max_contacts and cap.channel in (ANY_CHANNEL, cand.channel):
+                reason = cap_reason(cap, n, now_us)
+                break
+        if reason is None and cand.action_id in last_sent:
+            reason = cooldown_reason(cand.action_id, last_sent[cand.action_id], now_us, policy)
+        if reason is None:
+            if cand.channel not in suppression:
+                suppression[cand.channel] = _suppressed(history, cand.channel, policy, now_us)
+            run = suppression[cand.channel]
+            if run is not None:
+                reason = suppression_reason(cand.channel, run[0], run[1])
+        if reason is not None:
+            out[cand.action_id] = reason
+    return out
+
+
+def _suppressed(
+    history: Sequence[_Contact], channel: str, policy: ContactPolicy, now_us: int
+) -> tuple[int, int] | None:
+    """(ignored contacts in the run, suppressed until) or None."""
+    if not _suppression_active(policy):
+        return None
+    mine = [h for h in history if h[1] == channel]
+    last_positive = max((h[2] for h in mine if h[3]), default=None)
+    run = [
+        h[4]
+        for h in mine
+        if not h[3] and h[4] is not None and (last_positive is None or h[2] > last_positive)
+    ]
+    if len(run) < policy.suppress_after_ignored:
+        return None
+    last_ignored = max(run)
+    if last_ignored <= now_us - _days_us(policy.suppress_days):
+        return None
+    return len(run), last_ignored + _days_us(policy.suppress_days)
+
+
+def cap_reason(cap: ChannelCap, count: int, now_us: int) -> str:
+    """E.g. ``email cap 1 per 7 days reached (1 contact since 2026-01-01T09:00:00+00:00)``."""
+    since = _iso(now_us - _days_us(cap.window_days))
+    what = "any-channel" if cap.channel == ANY_CHANNEL else cap.channel
+    days = "day" if cap.window_days == 1 else "days"
+    plural = "" if count == 1 else "s"
+    return (
+        f"{what} cap {cap.max_contacts} per {cap.window_days:g} {days} reached "
+        f"({count} contact{plural} since {since})"
+    )
+
+
+def cooldown_reason(action_id: str, sent_us: int, now_us: int, policy: ContactPolicy) -> str:
+    """E.g. ``cooldown: retention_call sent 3 h ago (24 h)``."""
+    hours = (now_us - sent_us) / _US_PER_HOUR
+    when = f"{_num(hours)} h ago" if hours >= 0 else f"{_num(-hours)} h after this decision"
+    return f"cooldown: {action_id} sent {when} ({policy.cooldown_hours:g} h)"
+
+
+def suppression_reason(channel: str, ignored: int, until_us: int) -> str:
+    """E.g. ``email suppressed after 3 ignored actions until 2026-02-01T09:00:00+00:00``."""
+    return f"{channel} suppressed after {ignored} ignored actions until {_iso(until_us)}"
+
+
+def _active(policy: ContactPolicy) -> bool:
+    return bool(policy.caps) or policy.cooldown_hours > 0 or _suppression_active(policy)
+
+
+def _suppression_active(policy: ContactPolicy) -> bool:
+    return policy.suppress_after_ignored > 0 and policy.suppress_days > 0
+
+
+def _policy_frame(
+    policy: ContactPolicy,
+    now_us: int,
+    recent: pd.DataFrame,
+    suppressed: pd.DataFrame,
+    wanted: list[str] | None,
+    candidates: Sequence[Candidate] | None,
+) -> pd.DataFrame:
+    """The batch form of :func:`blocked_reasons`: the same rules over arrays, and the same
+    reason texts for the blocked cells."""
+    if wanted is not None:
+        customers = wanted
+    else:
+        seen = set(recent["customer_id"]) | set(suppressed["customer_id"])
+        customers = sorted(seen)
+    index = pd.Index(customers, dtype=object)
+    n = len(index)
+    if candidates is None:
+        firsts = recent.drop_duplicates("action_id").sort_values("action_id")
+        cands = [
+            Candidate(a, ch) for a, ch in zip(firsts["action_id"], firsts["channel"], strict=True)
+        ]
+    else:
+        cands = list({cand.action_id: cand for cand in candidates}.values())
+    channels = list(
+        dict.fromkeys(
+            [ANY_CHANNEL]
+            + [cap.channel for cap in policy.caps if cap.channel != ANY_CHANNEL]
+            + [cand.channel for cand in cands]
+            + sorted(set(recent["channel"]) | set(suppressed["channel"]))
+        )
+    )
+    row = index.get_indexer(pd.Index(recent["customer_id"]))
+    sent = recent["sent_at_us"].to_numpy(dtype=np.int64)
+    chan = recent["channel"].to_numpy(dtype=object)
+    act = recent["action_id"].to_numpy(dtype=object)
+    out: dict[str, Any] = {"customer_id": customers}
+
+    counts: list[np.ndarray] = []
+    for cap in policy.caps:
+        mask = sent > now_us - _days_us(cap.window_days)
+        if cap.channel != ANY_CHANNEL:
+            mask &= chan == cap.channel
+        counts.append(np.bincount(row[mask], minlength=n))
+        out[f"contacts__{cap.channel}__{cap.window_days:g}d"] = counts[-1]
+
+    def first_cap(channel: str) -> np.ndarray:
+        first = np.full(n, -1)
+        for i in reversed(range(len(policy.caps))):
+            cap = policy.caps[i]
+            applies = cap.channel == ANY_CHANNEL or (
+                channel != ANY_CHANNEL and cap.channel == channel
+            )
+            if applies:
+                first[counts[i] >= cap.max_contacts] = i
+        return first
+
+    sup_run: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for ch, group in suppressed.groupby("channel"):
+        streak = np.zeros(n, dtype=np.int64)
+        last = np.zeros(n, dtype=np.int64)
+        at = index.get_indexer(pd.Index(group["customer_id"]))
+        streak[at] = group["streak"].to_numpy(dtype=np.int64)
+        last[at] = group["last_ignored_us"].to_numpy(dtype=np.int64)
+        sup_run[str(ch)] = (streak, last)
+    sup_days = _days_us(policy.suppress_days)
+
+    def reasons(
+        channel: str, first: np.ndarray, action: str, cooled: np.ndarray | None
+    ) -> np.ndarray:
+        text = np.full(n, None, dtype=object)
+        run = sup_run.get(channel)
+        if run is not None:
+            for i in np.flatnonzero(run[0] > 0):
+                text[i] = suppression_reason(channel, int(run[0][i]), int(run[1][i]) + sup_days)
+        if cooled is not None:
+            for i in np.flatnonzero(cooled > np.iinfo(np.int64).min):
+                text[i] = cooldown_reason(action, int(cooled[i]), now_us, policy)
+        for i in np.flatnonzero(first >= 0):
+            cap = policy.caps[first[i]]
+            text[i] = cap_reason(cap, int(counts[first[i]][i]), now_us)
+        return text
+
+    firsts_by_channel = {ch: first_cap(ch) for ch in channels}
+    for ch in channels:
+        text = reasons(ch, firsts_by_channel[ch], "", None)
+        out[f"blocked_channel__{ch}"] = pd.notna(text)
+        out[f"reason_channel__{ch}"] = text
+    cooldown_start = now_us - _hours_us(policy.cooldown_hours)
+    for cand in cands:
+        action = cand.action_id
+        cooled = None
+        if policy.cooldown_hours > 0:
+            cooled = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+            mask = (act == action) & (sent > cooldown_start)
+            np.maximum.at(cooled, row[mask], sent[mask])
+        text = reasons(cand.channel, firsts_by_channel[cand.channel], action, cooled)
+        out[f"blocked__{action}"] = pd.notna(text)
+        out[f"reason__{action}"] = text
+    return pd.DataFrame(out)
+
+
+# -- rows, JSON and time -------------------------------------------------------------------
+
+
+def _decision_row(record: DecisionRecord, decided_us: int, contacted: bool) -> dict[str, Any]:
+    if not isinstance(record.decision_id, str) or not _DECISION_ID.match(record.decision_id):
+        raise ValueError(
+            f"decision_id {record.decision_id!r}: 1 to 64 characters of A-Z a-z 0-9 _ -"
+        )
+    _check_customer(record.customer_id)
+    if not record.chosen_action or len(record.chosen_action) > _ID_LEN:
+        raise ValueError(f"decision {record.decision_id}: chosen_action must be 1-128 characters")
+    propensity = float(record.propensity)
+    if not (math.isfinite(propensity) and 0.0 <= propensity <= 1.0):
+        raise ValueError(f"decision {record.decision_id}: propensity must be in [0, 1]")
+    return {
+        "decision_id": record.decision_id,
+        "decided_at_us": decided_us,
+        "customer_id": record.customer_id,
+        "chosen_action": record.chosen_action,
+        "propensity": propensity,
+        "channel": record.channel,
+        "contacted": contacted,
+        "holdout": bool(record.holdout),
+        "explored": bool(record.explored),
+        "fallback_reason": record.fallback_reason,
+        "request": _dumps(record.request),
+        "candidates": _dumps(record.candidates),
+        "features": None if record.features is None else _dumps(record.features),
+        "feature_version": record.feature_version,
+        "model_versions": _dumps(record.model_versions),
+        "policy_version": record.policy_version,
+    }
+
+
+def _decision_frame(rows: Sequence[Any], names: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
+    frame.insert(1, "decided_at", pd.to_datetime(frame.pop("decided_at_us"), unit="us", utc=True))
+    for outcome in OUTCOMES:
+        col = f"{outcome}_at"
+        values = pd.array(frame[col].tolist(), dtype="Int64")
+        frame[col] = pd.to_datetime(values, unit="us", utc=True)
+    for col in ("contacted", "holdout", "explored"):
+        frame[col] = frame[col].astype(bool)
+    return frame
+
+
+def _check_customer(customer_id: str) -> None:
+    if not isinstance(customer_id, str) or not customer_id or len(customer_id) > _ID_LEN:
+        raise ValueError(f"customer_id must be a string of 1 to {_ID_LEN} characters")
+
+
+def hashed_id(customer_id: str) -> str:
+    """What logs show instead of a customer id."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()[:12]
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_default
+        )
+    except ValueError:  # NaN or infinity somewhere: stored as null (valid JSON)
+        return json.dumps(
+            _finite(value), separators=(",", ":"), ensure_ascii=False, default=_default
+        )
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _to_us(t: datetime, what: str) -> int:
+    if not isinstance(t, datetime):
+        raise TypeError(f"{what} must be a datetime, got {type(t).__name__}")
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware (UTC), got the naive {t.isoformat()}")
+    return (t - _EPOCH) // _US
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(us))
+
+
+def _iso(us: int) -> str:
+    return _from_us(us).isoformat(timespec="seconds")
+
+
+def _days_us(days: float) -> int:
+    return round(days * _US_PER_DAY)
+
+
+def _hours_us(hours: float) -> int:
+    return round(hours * _US_PER_HOUR)
+
+
+def _num(x: float) -> str:
+    return f"{round(x, 1):g}"
+
+
+# -- engines -------------------------------------------------------------------------------
+
+
+def _create_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    if backend != "sqlite":
+        raise ValueError(f"state store: unsupported database {backend!r} (SQLite or PostgreSQL)")
+    database = parsed.database or ""
+    if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        raise ValueError(
+            "state store: SQLite needs a file (sqlite:///path/state.db) that every worker opens"
+        )
+    if not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(parsed, pool_size=8, max_overflow=32)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Transactions are begun explicitly (``BEGIN IMMEDIATE`` for writes); WAL lets readers
+    run beside the writer; ``synchronous=NORMAL`` is durable across process crashes (WAL);
+    checkpoints run in the background (:class:`_Checkpointer`), SQLite's own only as a net."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {_SQLITE_AUTOCHECKPOINT_PAGES}")
+    finally:
+        cursor.close()
+
+
+def _outcome_flags(f: sa.Table) -> tuple[sa.Label[Any], sa.Label[Any]]:
+    """Per contact (grouped by decision): a positive outcome (1/0), the "ignored" time."""
+    is_positive = sa.or_(*(f.c.outcome == o for o in POSITIVE_OUTCOMES))
+    return (
+        sa.func.max(sa.case((is_positive, 1), else_=0)).label("positive"),
+        sa.func.max(sa.case((f.c.outcome == IGNORED, f.c.at_us), else_=None)).label("ignored_at"),
+    )
+
+
+def _dialect_insert(engine: sa.Engine, table: sa.Table) -> Any:
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)

@@ -1,0 +1,79 @@
+"""Fixtures of the serving tests: a simulated workspace with trained, promoted models and
+loaded online features, and serving settings pointing at it (isolated state and registry)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from features.catalog import build_catalog
+from features.online import load_latest_snapshot
+from features.store import Workspace, open_store
+from journeyml.config import JourneyMap, load_journey_map
+from serving.config import AuthSettings, ModelSettings, ServingSettings, load_serving_settings
+from tests.training.conftest import SimWorkspace, build_sim_workspace, small_config
+from training.config import TrainingConfig
+from training.tracking import CHAMPION, resolve_tracking, use_tracking
+
+
+@dataclass(frozen=True)
+class ServingWorkspace:
+    sim: SimWorkspace
+    config: TrainingConfig
+    tracking_uri: str
+    customers: list[str]
+
+
+@pytest.fixture(scope="session")
+def serving_ws(tmp_path_factory: pytest.TempPathFactory) -> ServingWorkspace:
+    """400 simulated customers, all four models trained and promoted, features online."""
+    from training.pipeline import train_models
+
+    journey_map: JourneyMap = load_journey_map()
+    root = tmp_path_factory.mktemp("serving_ws")
+    sim = build_sim_workspace(root, journey_map, 400, 203, seed=9)
+    config = small_config(tmp_path_factory.mktemp("serving_mlflow"))
+    target = resolve_tracking(config.tracking, sim.root)
+    results = train_models(
+        sim.root,
+        ["churn", "conversion", "next_step", "uplift"],
+        journey_map,
+        sim.settings,
+        config,
+        target,
+        sim.truth,
+        sim.decisions,
+    )
+    client = use_tracking(target)
+    for r in results:
+        client.set_registered_model_alias(r.registered_name, CHAMPION, r.version)
+    ws = Workspace(sim.root)
+    catalog = build_catalog(journey_map, sim.settings)
+    load_latest_snapshot(open_store(sim.settings.store, ws), catalog, ws.snapshots)
+    import pandas as pd
+
+    snaps = pd.read_parquet(ws.snapshots, columns=["customer_id"])
+    return ServingWorkspace(
+        sim, config, target.tracking_uri, sorted(snaps["customer_id"].unique().tolist())
+    )
+
+
+def serving_settings(sw: ServingWorkspace, tmp: Path, **update: object) -> ServingSettings:
+    """The project's serving settings on the test workspace, with their own state store."""
+    base = load_serving_settings()
+    values: dict[str, object] = {
+        "data_dir": str(sw.sim.root),
+        "state_url": f"sqlite:///{tmp / 'state.db'}",
+        "event_store_url": f"sqlite:///{tmp / 'events.db'}",
+        "models": ModelSettings(
+            prefix=sw.config.registry.prefix, tracking_uri=sw.tracking_uri, refresh_seconds=3600
+        ),
+        "auth": AuthSettings(enabled=False),
+        **update,
+    }
+    data = base.model_dump()
+    for key, value in values.items():
+        data[key] = value.model_dump() if hasattr(value, "model_dump") else value
+    return ServingSettings.model_validate(data)
