@@ -10,7 +10,7 @@ DATA ?= data
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format typecheck clean
+.PHONY: help install demo stop test lint format typecheck clean
 
 help: ## List the targets with what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -36,6 +36,14 @@ demo: install ## Simulate a journey log and run every stage end to end on embedd
 	$(BIN)/journeyml train --model all --data-dir $(DATA)
 	@# The gates may refuse a challenger (the command says why); the demo goes on either way.
 	-$(BIN)/journeyml promote --data-dir $(DATA)
+	@# So that the demo service can start, a model the gates refused on this small simulated
+	@# log is promoted by hand (printed as such); production keeps the gates.
+	$(BIN)/journeyml promote --data-dir $(DATA) --to challenger --only-unset
+	$(BIN)/journeyml serve --data-dir $(DATA) --detach
+	$(BIN)/journeyml serve-sample --data-dir $(DATA)
+
+stop: ## Stop the demo service
+	$(BIN)/journeyml serve --stop --data-dir $(DATA)
 
 test: install ## Run the whole test suite
 	$(BIN)/pytest

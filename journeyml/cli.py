@@ -12,7 +12,7 @@ from features.cli import app as features_app
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
-from serving.cli import keygen, serve
+from serving.cli import keygen, sample, serve
 from training.cli import promote, train
 
 app = typer.Typer(
@@ -41,3 +41,4 @@ app.command("train")(train)
 app.command("promote")(promote)
 app.command("serve")(serve)
 app.command("serve-keygen")(keygen)
+app.command("serve-sample")(sample)

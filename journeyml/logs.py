@@ -17,5 +17,5 @@ def configure_logging(verbose: bool = False) -> None:
         force=True,
     )
     # Feast logs every registry refresh at INFO; keep its warnings.
-    for noisy in ("urllib3", "botocore", "alembic", "numexpr", "feast"):
+    for noisy in ("urllib3", "botocore", "alembic", "numexpr", "feast", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ ROUTE_SCOPES = {
     "/v1/events": "write-events",
     "/v1/feedback": "feedback",
 }
+logger = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -103,23 +106,58 @@ def parse_keys(text: str, where: str) -> list[ApiKey]:
 
 
 class KeyRing:
-    """The accepted keys, looked up by hash."""
+    """The accepted keys, looked up by hash.
 
-    def __init__(self, keys: list[ApiKey]):
+    Keys from a file are re-read when the file changes (checked at most once a second), so
+    a key added with ``journeyml serve-keygen`` works without a restart; a file that became
+    invalid keeps the previous keys and logs why.
+    """
+
+    def __init__(
+        self, keys: list[ApiKey], env_keys: list[ApiKey] | None = None, path: Path | None = None
+    ):
+        self._env = env_keys if env_keys is not None else keys
+        self._path = path
+        self._stamp: float | None = None
+        self._checked = 0.0
         self._by_hash = {k.sha256: k for k in keys}
 
     @classmethod
     def load(cls, env_var: str, path: str | Path | None) -> KeyRing:
-        keys = parse_keys(os.environ.get(env_var, ""), f"${env_var}")
-        if path is not None and Path(path).is_file():
-            keys += parse_keys(Path(path).read_text(encoding="utf-8"), str(path))
-        return cls(keys)
+        env_keys = parse_keys(os.environ.get(env_var, ""), f"${env_var}")
+        ring = cls(env_keys, env_keys, Path(path) if path is not None else None)
+        ring._reload()
+        return ring
+
+    def _reload(self) -> None:
+        self._checked = time.monotonic()
+        if self._path is None:
+            return
+        try:
+            stamp = self._path.stat().st_mtime if self._path.is_file() else None
+        except OSError:
+            return
+        if stamp == self._stamp:
+            return
+        try:
+            file_keys = (
+                parse_keys(self._path.read_text(encoding="utf-8"), str(self._path))
+                if stamp is not None
+                else []
+            )
+        except (KeyConfigError, OSError) as exc:
+            logger.error("API keys not reloaded: %s", exc)
+            return
+        self._stamp = stamp
+        self._by_hash = {k.sha256: k for k in [*self._env, *file_keys]}
 
     def __len__(self) -> int:
         return len(self._by_hash)
 
     def check(self, presented: str | None, scope: str) -> tuple[int, ApiKey | None]:
         """(HTTP status, key): 200 with the key, 401 unknown or missing, 403 wrong scope."""
+        if time.monotonic() - self._checked > 1.0:
+            self._reload()
         if not presented:
             return 401, None
         key = self._by_hash.get(hash_key(presented))

@@ -31,7 +31,13 @@ from serving.actions import load_actions
 from serving.auth import KeyRing
 from serving.config import ServingSettings
 from serving.engine import Decision, DecisionContext, DecisionEngine, Scores, hashed_id
-from serving.features import FeatureStoreDownError, FeatureTimeoutError, OnlineFeatures
+from serving.features import (
+    FeatureStoreDownError,
+    FeatureTimeoutError,
+    OnlineFeatures,
+    set_sqlite_busy_timeout,
+    with_deadline,
+)
 from serving.models import ModelSet
 from serving.schemas import (
     EventsRequest,
@@ -74,7 +80,9 @@ class Runtime:
             if settings.auth.enabled
             else None
         )
-        self.store = open_store(self.feature_settings.store, self.workspace)
+        self.store = open_store(
+            with_deadline(self.feature_settings.store, settings.deadline_ms), self.workspace
+        )
         self.features: OnlineFeatures | None = None
         self.updater: RealtimeUpdater | None = None
         self._feature_error: str | None = None
@@ -97,6 +105,7 @@ class Runtime:
     def _connect_features(self) -> None:
         try:
             self.features = OnlineFeatures(self.store, self.catalog)
+            set_sqlite_busy_timeout(self.store, self.settings.deadline_ms)
             self.updater = RealtimeUpdater(
                 self.store, self.catalog, self.journey_map, self.event_store, self.workspace.lake
             )

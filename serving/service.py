@@ -6,6 +6,7 @@ Run with ``journeyml serve`` or ``bentoml serve serving.service:JourneyML``. Set
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +57,9 @@ class JourneyML:
 
     def __init__(self) -> None:
         self.runtime = Runtime(SETTINGS)
+        if os.environ.get("JOURNEYML_GC_FREEZE", "1") == "1":
+            gc.collect()
+            gc.freeze()  # see serving.runtime: full collections of the start-up heap stall calls
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.readiness()["ready"])

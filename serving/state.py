@@ -276,6 +276,12 @@ class StateStore:
             .on_conflict_do_nothing(index_elements=["decision_id", "outcome"])
             .returning(f.c.decision_id)
         )
+        recent = sa.select(c.c.customer_id, c.c.action_id, c.c.channel, c.c.sent_at_us).where(
+            c.c.sent_at_us > sa.bindparam("since", type_=sa.BigInteger)
+        )
+        by_ids = c.c.customer_id.in_(sa.bindparam("ids", expanding=True))
+        self._q_recent = {False: recent, True: recent.where(by_ids)}
+        self._q_runs = {False: self._runs_query(False), True: self._runs_query(True)}
         self._lock = sa.select(
             sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger))
         )
@@ -509,6 +515,9 @@ class StateStore:
     ) -> pd.DataFrame:
         """The contact policy's state for many customers at once (two queries in all).
 
+        Lists of more than 1,000 customers are not sent to the database: the two queries read
+        every customer's recent contacts and suppression runs, and the frame keeps the listed.
+
         One row per customer with history that matters at ``now`` (or per given customer id,
         in the given order). Columns:
 
@@ -522,51 +531,48 @@ class StateStore:
         """
         now_us = _to_us(now, "now")
         wanted = None if customer_ids is None else list(dict.fromkeys(customer_ids))
-        c = self.contacts
+        in_sql = wanted is not None and len(wanted) <= _IN_LIST_LIMIT
+        params: dict[str, Any] = {"ids": wanted} if in_sql else {}
         spans = [_days_us(cap.window_days) for cap in policy.caps]
         if policy.cooldown_hours > 0:
             spans.append(_hours_us(policy.cooldown_hours))
-        recent_cols = ["customer_id", "action_id", "channel", "sent_at_us"]
-        suppression_cols = ["customer_id", "channel", "streak", "last_ignored_us"]
+        recent = pd.DataFrame([], columns=["customer_id", "action_id", "channel", "sent_at_us"])
+        runs = pd.DataFrame([], columns=["customer_id", "channel", "streak", "last_ignored_us"])
         with self.engine.connect() as conn:
-            recent = pd.DataFrame([], columns=recent_cols)
             if spans:
-                q = sa.select(c.c.customer_id, c.c.action_id, c.c.channel, c.c.sent_at_us).where(
-                    c.c.sent_at_us > now_us - max(spans)
-                )
-                if wanted is not None and len(wanted) <= _IN_LIST_LIMIT:
-                    q = q.where(c.c.customer_id.in_(wanted))
-                recent = pd.DataFrame(conn.execute(q).all(), columns=recent_cols)
-            suppressed = pd.DataFrame([], columns=suppression_cols)
+                q = self._q_recent[in_sql]
+                rows = conn.execute(q, {**params, "since": now_us - max(spans)}).all()
+                recent = pd.DataFrame(rows, columns=recent.columns)
             if _suppression_active(policy):
-                q = self._suppression_query(policy, now_us, wanted)
-                suppressed = pd.DataFrame(conn.execute(q).all(), columns=suppression_cols)
-        if wanted is not None and len(wanted) > _IN_LIST_LIMIT:
+                run_params = {
+                    **params,
+                    "now": now_us,
+                    "min_run": policy.suppress_after_ignored,
+                    "since": now_us - _days_us(policy.suppress_days),
+                }
+                rows = conn.execute(self._q_runs[in_sql], run_params).all()
+                runs = pd.DataFrame(rows, columns=runs.columns)
+        if wanted is not None and not in_sql:
             keep = set(wanted)
             recent = recent[recent["customer_id"].isin(keep)]
-            suppressed = suppressed[suppressed["customer_id"].isin(keep)]
-        return _policy_frame(policy, now_us, recent, suppressed, wanted, candidates)
+            runs = runs[runs["customer_id"].isin(keep)]
+        return _policy_frame(policy, now_us, recent, runs, wanted, candidates)
 
-    def _suppression_query(
-        self, policy: ContactPolicy, now_us: int, wanted: list[str] | None
-    ) -> sa.Select[Any]:
+    def _runs_query(self, by_ids: bool) -> sa.Select[Any]:
         """Per customer and channel: the run of ignored contacts since the last positive one,
-        for the runs long and recent enough to suppress."""
+        for the runs long and recent enough to suppress (feedback received by ``now``)."""
         c, f = self.contacts, self.feedback_table
         fb = (
-            sa.select(
-                f.c.decision_id,
-                *_outcome_flags(f),
-            )
-            .where(f.c.at_us <= now_us)
+            sa.select(f.c.decision_id, *_outcome_flags(f))
+            .where(f.c.at_us <= sa.bindparam("now", type_=sa.BigInteger))
             .group_by(f.c.decision_id)
             .cte("fb")
         )
         cf_q = sa.select(
             c.c.customer_id, c.c.channel, c.c.sent_at_us, fb.c.positive, fb.c.ignored_at
         ).join_from(c, fb, fb.c.decision_id == c.c.decision_id)
-        if wanted is not None and len(wanted) <= _IN_LIST_LIMIT:
-            cf_q = cf_q.where(c.c.customer_id.in_(wanted))
+        if by_ids:
+            cf_q = cf_q.where(c.c.customer_id.in_(sa.bindparam("ids", expanding=True)))
         cf = cf_q.cte("cf")
         lp = (
             sa.select(cf.c.customer_id, cf.c.channel, sa.func.max(cf.c.sent_at_us).label("last"))
@@ -593,8 +599,8 @@ class StateStore:
             )
             .group_by(cf.c.customer_id, cf.c.channel)
             .having(
-                sa.func.count() >= policy.suppress_after_ignored,
-                sa.func.max(cf.c.ignored_at) > now_us - _days_us(policy.suppress_days),
+                sa.func.count() >= sa.bindparam("min_run", type_=sa.Integer),
+                sa.func.max(cf.c.ignored_at) > sa.bindparam("since", type_=sa.BigInteger),
             )
         )
 

@@ -148,7 +148,16 @@ def train(
 def promote(
     model: str = typer.Option("all", "--model", help="all, churn, conversion, next_step, uplift."),
     to: str | None = typer.Option(
-        None, "--to", help="Move champion to this version (rollback; needs one --model)."
+        None,
+        "--to",
+        help="Move champion to this version, or to 'challenger' (no gate; needs one --model "
+        "unless --only-unset).",
+    ),
+    only_unset: bool = typer.Option(
+        False,
+        "--only-unset",
+        help="With --to challenger: only for models that have no champion yet (a demo's first "
+        "start when a gate refused a model).",
     ),
     data_dir: Path = DataDir,
     config: Path = ModelsConfig,
@@ -156,10 +165,16 @@ def promote(
     """Move the champion alias to the challenger if it passes the gates (or to --to VERSION)."""
     from training.config import load_training_config
     from training.registry import move_champion, promote_challenger
-    from training.tracking import resolve_tracking, use_tracking
+    from training.tracking import (
+        CHALLENGER,
+        CHAMPION,
+        current_version,
+        resolve_tracking,
+        use_tracking,
+    )
 
     names = _models(model)
-    if to is not None and len(names) != 1:
+    if to is not None and len(names) != 1 and not (only_unset and to == "challenger"):
         err.print("[red]--to needs a single --model (e.g. --model churn --to 3)[/red]")
         raise typer.Exit(2)
     try:
@@ -172,7 +187,20 @@ def promote(
     for name in names:
         registered = cfg.registered_name(name)
         if to is not None:
-            decision = move_champion(client, name, registered, to.removeprefix("v"))
+            if only_unset and current_version(client, registered, CHAMPION) is not None:
+                continue
+            target = to.removeprefix("v")
+            if to == "challenger":
+                challenger = current_version(client, registered, CHALLENGER)
+                if challenger is None:
+                    err.print(f"[yellow]{registered}: no challenger to promote[/yellow]")
+                    continue
+                target = str(challenger.version)
+                console.print(
+                    f"[yellow]{registered}: promoting challenger v{target} without the gates "
+                    "(by request)[/yellow]"
+                )
+            decision = move_champion(client, name, registered, target)
         else:
             decision = promote_challenger(client, name, registered, cfg.gate(name))
         before = f"v{decision.champion_before}" if decision.champion_before else "none"

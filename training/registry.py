@@ -192,7 +192,10 @@ def move_champion(client: MlflowClient, model: str, registered_name: str, versio
     return Decision(
         model,
         promote=True,
-        checks=[f"champion moved from v{before} to v{version} by request (--to)"],
+        checks=[
+            f"champion moved from {f'v{before}' if before else 'none'} to v{version} "
+            "by request (--to)"
+        ],
         challenger=str(version),
         champion_before=before,
         champion_after=str(version),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,3 +102,20 @@ def test_key_configuration_errors_name_the_entry_not_the_key() -> None:
         parse_keys("just-a-key", "$ENV")
     ring = KeyRing(parse_keys(f"ops:{hash_key(KEY)}:feedback,score", "$ENV"))
     assert ring.check(KEY, "score")[0] == 200 and ring.check(KEY, "decide")[0] == 403
+
+
+def test_keys_added_to_the_file_work_without_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys.json"
+    path.write_text(json.dumps([{"id": "a", "sha256": hash_key(KEY), "scopes": ["score"]}]))
+    ring = KeyRing.load("JML_UNSET_VARIABLE", path)
+    assert ring.check(OTHER, "score")[0] == 401
+    entries = json.loads(path.read_text())
+    entries.append({"id": "b", "sha256": hash_key(OTHER), "scopes": ["score"]})
+    path.write_text(json.dumps(entries))
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    ring._checked = 0.0  # the next check re-reads (at most once a second otherwise)
+    assert ring.check(OTHER, "score")[0] == 200
+    path.write_text("[not json")  # a broken file keeps the keys that worked
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    ring._checked = 0.0
+    assert ring.check(KEY, "score")[0] == 200
