@@ -10,7 +10,7 @@ DATA ?= data
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo stop test lint format typecheck clean
+.PHONY: help install demo stop bento test lint format typecheck clean
 
 help: ## List the targets with what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -42,11 +42,16 @@ demo: install ## Simulate a journey log and run every stage end to end on embedd
 	$(BIN)/journeyml serve --data-dir $(DATA) --detach
 	$(BIN)/journeyml serve-sample --data-dir $(DATA)
 
+bento: install ## Package the service as a Bento (bentoml build) with the locked versions
+	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --format requirements-txt \
+		--output-file bento-requirements.txt >/dev/null
+	PATH="$(CURDIR)/.tools/bin:$$PATH" BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml build --output tag
+
 stop: ## Stop the demo service
 	$(BIN)/journeyml serve --stop --data-dir $(DATA)
 
 test: install ## Run the whole test suite
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: install ## Lint and check formatting with ruff
 	$(BIN)/ruff check .

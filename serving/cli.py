@@ -68,7 +68,8 @@ def serve(
     url = f"http://{host}:{port}"
     if not detach:
         console.print(f"serving on {url} (docs at /, health at /livez and /readyz)")
-        raise typer.Exit(subprocess.call(cmd, env=env))
+        sys.stdout.flush()
+        os.execve(cmd[0], cmd, env)  # the server replaces this process: signals reach it
     _stop(pid_file, quiet=True)
     log = data_dir / "serving" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)

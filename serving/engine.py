@@ -335,7 +335,8 @@ class DecisionEngine:
             cold_start = not feats.found
         except FeatureTimeoutError:
             fallback = "feature_store_timeout"
-        except FeatureStoreDownError:
+        except Exception as exc:  # FeatureStoreDownError, or anything a store client raises
+            logger.error("online features unavailable: %s", type(exc).__name__)
             fallback = "feature_store_unavailable"
         if fallback is None and not cold_start:
             missing = [r for r in self.settings.models.required if r not in self.models.models]

@@ -103,9 +103,11 @@ def test_store_failures_and_model_failures_fall_back_without_raising(
     features = runtime.engine.features
     assert isinstance(features, OnlineFeatures)
 
-    def slow(*args: object) -> object:
+    real_read = features._read
+
+    def slow(*args: object) -> object:  # answers, but after the 50 ms deadline
         time.sleep(0.3)
-        raise AssertionError("not reached in time")
+        return real_read(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(features, "_read", slow)
     d = runtime.engine.decide(cid)
