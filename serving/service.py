@@ -51,6 +51,8 @@ def _send(ctx: bentoml.Context, reply: Reply) -> dict[str, Any]:
     traffic={"timeout": 10},
     workers=int(os.environ.get("JOURNEYML_WORKERS", "1")),
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    logging={"access": {"enabled": os.environ.get("JOURNEYML_ACCESS_LOG", "0") == "1"}},
+    tracing={"sample_rate": 0.0},
 )
 class JourneyML:
     """Next-best-action and risk scores for customer journeys (API v1)."""
