@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_serving.py [--customers 3000] [--seconds 15]
+    .venv/bin/python benchmarks/bench_serving.py [--customers 3000] [--seconds 15] [--rounds 3]
         [--workdir /tmp/journeyml-bench-serving] [--online sqlite|redis]
 
 Builds once (kept in --workdir) a simulated workspace like ``make demo``: events, features in
@@ -15,6 +15,9 @@ load-generator process:
 1. saturation throughput (closed loop, 8 connections);
 2. latency at half of that throughput (open loop: scheduled starts, queueing counts);
 3. 5,000 sequential calls: the slowest call and how many took over 50 ms.
+
+The servers alternate for ``--rounds`` rounds (this machine is shared, its load drifts) and
+each is reported by its round with the median saturation throughput.
 
 Targets (serving issue): BentoML ≥ 0.5× the lean path's throughput, p99 ≤ 10 ms at half of
 saturation, no request over 50 ms in 5,000 sequential calls.
@@ -192,6 +195,7 @@ def main() -> None:
     parser.add_argument("--online", choices=["sqlite"], default="sqlite")
     parser.add_argument("--gc-freeze", choices=["0", "1"], default="1")
     parser.add_argument("--only", choices=["bentoml", "lean"], default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server")
     args = parser.parse_args()
 
     data = build_workspace(args.workdir, args.customers, args.online)
@@ -226,12 +230,19 @@ def main() -> None:
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": str(ROOT),
     }
-    results = {}
-    for kind in ("lean", "bentoml"):
-        if args.only and kind != args.only:
-            continue
-        results[kind] = measure(kind, data, env, ids, key, args.seconds)
-        print(kind, json.dumps(results[kind]), flush=True)
+    runs: dict[str, list[dict[str, dict[str, float]]]] = {"lean": [], "bentoml": []}
+    for _ in range(args.rounds):  # alternate, so both see the same drift in machine load
+        for kind in ("lean", "bentoml"):
+            if args.only and kind != args.only:
+                continue
+            runs[kind].append(measure(kind, data, env, ids, key, args.seconds))
+            print(kind, json.dumps(runs[kind][-1]), flush=True)
+    # per server, the round with the median saturation throughput
+    results = {
+        kind: sorted(rs, key=lambda r: r["saturation"]["rps"])[len(rs) // 2]
+        for kind, rs in runs.items()
+        if rs
+    }
     if len(results) == 2:
         b, lean = results["bentoml"], results["lean"]
         ratio = b["saturation"]["rps"] / lean["saturation"]["rps"]

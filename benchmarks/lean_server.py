@@ -10,10 +10,8 @@ Usage: ``python benchmarks/lean_server.py PORT`` with the same environment as th
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
-from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
@@ -24,10 +22,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from journeyml.config import CONFIG_DIR
-from serving.auth import KeyRing, RequestGuard
+from serving.auth import RequestGuard
 from serving.config import load_serving_settings
-from serving.runtime import Runtime
+from serving.runtime import Runtime, freeze_heap, load_keyring
 from serving.schemas import NextBestActionRequest
+
+INLINE = os.environ.get("JOURNEYML_INLINE", "1") == "1"
 
 
 def build() -> RequestGuard:
@@ -36,23 +36,23 @@ def build() -> RequestGuard:
         os.environ.get("JOURNEYML_DATA_DIR"),
     )
     runtime = Runtime(settings)
-    keys = KeyRing.load(
-        settings.auth.keys_env,
-        Path(settings.data_dir) / "serving" / "api_keys.json",
-    )
+    keys = load_keyring(settings)
 
     async def handler(request: Request) -> JSONResponse:
         try:
             req = NextBestActionRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return JSONResponse({"error": str(exc.error_count())}, status_code=400)
-        # a sync handler runs in the thread pool, as BentoML runs sync APIs
-        reply = await run_in_threadpool(runtime.next_best_action, req)
+        # inline on the event loop, as the BentoML endpoint runs the engine (one worker, CPU
+        # bound: a thread hop only adds a hand-off); JOURNEYML_INLINE=0 uses the thread pool
+        if INLINE:
+            reply = runtime.next_best_action(req)
+        else:
+            reply = await run_in_threadpool(runtime.next_best_action, req)
         return JSONResponse(reply.body, status_code=reply.status)
 
     app = Starlette(routes=[Route("/v1/next-best-action", handler, methods=["POST"])])
-    if os.environ.get("JOURNEYML_GC_FREEZE", "1") == "1":
-        gc.freeze()
+    freeze_heap()
     return RequestGuard(app, keys, settings.limits.max_body_bytes)
 
 

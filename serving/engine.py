@@ -592,42 +592,19 @@ class DecisionEngine:
         chosen = CandidateOutcome(default, action.channel if action else None, 0.0, "default")
         decision_id = uuid.uuid4().hex
         logged = True
-        record = self._record(
-            decision_id,
-            customer_id,
-            ctx,
-            now,
-            chosen,
-            1.0,
-            False,
-            False,
-            reason,
-            [],
-            {},
-            versions,
-            None,
-        )
+
+        def record_of(chosen: CandidateOutcome) -> DecisionRecord:
+            return self._record(
+                decision_id, customer_id, ctx, now, chosen, 1.0, False, False, reason, [], {},
+                versions, None,
+            )  # fmt: skip
+
         contact = Candidate(action.id, action.channel) if action is not None else None
         try:
-            result = self.state.commit(record, contact, self.policy)
+            result = self.state.commit(record_of(chosen), contact, self.policy)
             if not result.ok:  # the default would break the contact policy: no action
                 chosen = CandidateOutcome(NO_ACTION, None, 0.0, "default")
-                record = self._record(
-                    decision_id,
-                    customer_id,
-                    ctx,
-                    now,
-                    chosen,
-                    1.0,
-                    False,
-                    False,
-                    reason,
-                    [],
-                    {},
-                    versions,
-                    None,
-                )
-                self.state.commit(record, None, self.policy)
+                self.state.commit(record_of(chosen), None, self.policy)
         except Exception as exc:
             logger.error("decision not logged, state store unavailable: %s", type(exc).__name__)
             logged = False

@@ -6,17 +6,15 @@ Run with ``journeyml serve`` or ``bentoml serve serving.service:JourneyML``. Set
 
 from __future__ import annotations
 
-import gc
 import os
-from pathlib import Path
 from typing import Any, cast
 
 import bentoml
 
 from journeyml.config import CONFIG_DIR
-from serving.auth import KeyRing, RequestGuard
+from serving.auth import RequestGuard
 from serving.config import load_serving_settings
-from serving.runtime import Reply, Runtime, quiet_server_logs
+from serving.runtime import Reply, Runtime, freeze_heap, load_keyring, quiet_server_logs
 from serving.schemas import (
     EventIn,
     EventsRequest,
@@ -29,14 +27,6 @@ from serving.schemas import (
 SETTINGS = load_serving_settings(
     os.environ.get("JOURNEYML_SERVING_CONFIG", str(CONFIG_DIR / "serving.yaml")),
     os.environ.get("JOURNEYML_DATA_DIR"),
-)
-KEYS = (
-    KeyRing.load(
-        SETTINGS.auth.keys_env,
-        SETTINGS.auth.keys_file or Path(SETTINGS.data_dir) / "serving" / "api_keys.json",
-    )
-    if SETTINGS.auth.enabled
-    else None
 )
 quiet_server_logs()
 
@@ -59,15 +49,13 @@ class JourneyML:
 
     def __init__(self) -> None:
         self.runtime = Runtime(SETTINGS)
-        if os.environ.get("JOURNEYML_GC_FREEZE", "1") == "1":
-            gc.collect()
-            gc.freeze()  # see serving.runtime: full collections of the start-up heap stall calls
+        freeze_heap()
 
     def __is_ready__(self) -> bool:
         return bool(self.runtime.readiness()["ready"])
 
     @bentoml.api(route="/v1/next-best-action", input_spec=NextBestActionRequest)
-    def next_best_action(
+    async def next_best_action(  # inline: CPU-bound, a thread hop would only add a hand-off
         self, ctx: bentoml.Context, customer_id: str, context: RequestContext
     ) -> dict[str, Any]:
         """One customer (+ context) → ranked actions, scores, reason codes, decision id."""
@@ -98,5 +86,5 @@ class JourneyML:
 
 
 cast(Any, JourneyML).add_asgi_middleware(  # the decorator returns a bentoml Service
-    RequestGuard, keyring=KEYS, max_body_bytes=SETTINGS.limits.max_body_bytes
+    RequestGuard, keyring=load_keyring(SETTINGS), max_body_bytes=SETTINGS.limits.max_body_bytes
 )

@@ -71,6 +71,9 @@ def serving_settings(sw: ServingWorkspace, tmp: Path, **update: object) -> Servi
             prefix=sw.config.registry.prefix, tracking_uri=sw.tracking_uri, refresh_seconds=3600
         ),
         "auth": AuthSettings(enabled=False),
+        # generous: the tests share two cores with other work; a read slower than this is
+        # a fallback, which some tests assert does not happen
+        "deadline_ms": 250.0,
         **update,
     }
     data = base.model_dump()

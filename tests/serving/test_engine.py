@@ -105,8 +105,8 @@ def test_store_failures_and_model_failures_fall_back_without_raising(
 
     real_read = features._read
 
-    def slow(*args: object) -> object:  # answers, but after the 50 ms deadline
-        time.sleep(0.3)
+    def slow(*args: object) -> object:  # answers, but after the 250 ms deadline
+        time.sleep(0.6)
         return real_read(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(features, "_read", slow)
