@@ -157,3 +157,24 @@ def test_manual_promotion_and_rollback_move_the_alias(trained: Trained, flow: Fl
     assert code == 1 and "has no version 9" in out
     code, out = cli("promote", "--to", "1", "--config", str(flow.config_path))
     assert code == 2 and "single --model" in out
+
+
+def test_only_unset_promotes_challengers_where_no_champion_exists(
+    trained: Trained, flow: Flow
+) -> None:
+    data = str(trained.ws.root)
+    churn = trained.config.registered_name("churn")
+    conversion = trained.config.registered_name("conversion")
+    before = str(flow.client.get_model_version_by_alias(churn, CHAMPION).version)
+    args = ("--config", str(flow.config_path), "--data-dir", data)
+    code, out = cli("promote", "--to", "challenger", "--only-unset", *args)
+    assert code == 0, out
+    assert "without the gates (by request)" in out
+    # a model with a champion keeps it; one without gets its challenger
+    assert str(flow.client.get_model_version_by_alias(churn, CHAMPION).version) == before
+    assert (
+        flow.client.get_model_version_by_alias(conversion, CHAMPION).version
+        == flow.client.get_model_version_by_alias(conversion, CHALLENGER).version
+    )
+    code, out = cli("promote", "--to", "challenger", *args)  # without --only-unset: one model
+    assert code == 2 and "single --model" in out
