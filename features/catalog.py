@@ -1,12 +1,20 @@
 """The one place where journey features are defined: name, plain-language description, type,
 feature view, and the SQL that computes each from the event stream.
 
-The pipeline (``features.pipeline``) turns the event log into a stream ordered by customer and
-time, keeps running totals and running "latest" values (*accumulators*) with window functions,
-and reads them at each snapshot time T and at look-backs T - L days. A window count over
-[T - W, T) is then ``total(T) - total(T - W)``. Every feature below is an expression over those
-readings, written as ``<accumulator>__<lag>``. The same catalog drives training snapshots, the
-online store and the real-time update, so a feature has exactly one definition.
+The pipeline (``features.pipeline``) reads two kinds of values at each snapshot time T, counting
+only events strictly before T, and every feature below is an expression over those *readings*:
+
+- :class:`Counter` readings: a per-event count (or amount) summed over a look-back window,
+  ``<counter>__w<W>`` for the events in [T - W days, T), and ``<counter>__total`` for every
+  event before T;
+- as-of readings of the customer's state: the time of the latest event of some kind
+  (:class:`LastTime`, microseconds since the epoch), the latest value of an expression
+  (:class:`LastValue`), the first activity (``first_ts``), the journey stage state
+  (``cur_stage``, ``prev_stage``, ``stage_since_ts``, ``furthest_stage``) and the latest event
+  types (``last_type_<k>``); plus ``snapshot_us``, T in microseconds.
+
+The same catalog drives training snapshots, the online store and the real-time update, so a
+feature has exactly one definition.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ from features.settings import FeatureSettings
 from journeyml.config import JourneyMap
 
 Dtype = Literal["int64", "float64", "string"]
-AccumulatorKind = Literal["sum", "min", "max", "last"]
 
 NONE_LABEL = "none"
 """Value of a categorical feature that has nothing to report (no stage yet, fewer events)."""
@@ -31,23 +38,47 @@ VIEW_EXPERIENCE = "journey_experience"
 VIEW_PROFILE = "customer_profile"
 VIEWS: tuple[str, ...] = (VIEW_ACTIVITY, VIEW_STATE, VIEW_EXPERIENCE, VIEW_PROFILE)
 
+US_PER_DAY = 86_400_000_000
+"""Microseconds per day: as-of times are read in microseconds since the epoch."""
+
 
 @dataclass(frozen=True)
-class Accumulator:
-    """A running value per customer over the time-ordered event stream.
+class Counter:
+    """A per-event count (or amount) summed over look-back windows that end at the snapshot.
 
     Attributes:
-        name: column name in the stream.
-        expr: per-event SQL expression (over the enriched event columns).
-        kind: ``sum`` (running total), ``min``/``max`` (running extremes) or ``last`` (latest
-            non-null value).
-        lags: look-backs in days at which the pipeline reads it (0 = at the snapshot).
+        name: reading prefix: ``<name>__w<W>`` sums the events in [T - W days, T),
+            ``<name>__total`` every event before T.
+        expr: per-event SQL over the enriched event columns: 0 or 1 for a count, a number for
+            an amount. ``session_start`` is 1 once per session, at its first activity event.
+        windows: look-back windows in days that are read.
+        total: whether ``<name>__total`` is read.
+        amount: an amount of money (summed as a double) rather than a count of events.
     """
 
     name: str
     expr: str
-    kind: AccumulatorKind
-    lags: tuple[int, ...] = (0,)
+    windows: tuple[int, ...]
+    total: bool = False
+    amount: bool = False
+
+
+@dataclass(frozen=True)
+class LastTime:
+    """Reading ``name``: the time of the latest event before T where ``condition`` holds
+    (microseconds since the epoch), NULL when there is none."""
+
+    name: str
+    condition: str
+
+
+@dataclass(frozen=True)
+class LastValue:
+    """Reading ``name``: the latest non-null value of ``expr`` before T (events ordered by time,
+    then event id), NULL when there is none."""
+
+    name: str
+    expr: str
 
 
 @dataclass(frozen=True)
@@ -59,7 +90,7 @@ class FeatureSpec:
         description: plain-language meaning, used in reason codes and reports.
         dtype: storage type.
         view: the Feast feature view it belongs to.
-        sql: expression over accumulator readings ``<accumulator>__<lag>`` and ``snapshot_ts``.
+        sql: expression over the readings (see the module documentation).
         ages_with_time: the value grows one day per day while nothing happens (recency); an
             online read adds the age of the stored row so the value is right at read time.
     """
@@ -74,9 +105,11 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class FeatureCatalog:
-    """All accumulators and features for one journey map and feature settings."""
+    """All readings and features for one journey map and feature settings."""
 
-    accumulators: tuple[Accumulator, ...]
+    counters: tuple[Counter, ...]
+    last_times: tuple[LastTime, ...]
+    last_values: tuple[LastValue, ...]
     features: tuple[FeatureSpec, ...]
     counted_event_types: tuple[str, ...]
     settings: FeatureSettings
@@ -109,10 +142,10 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _days_between(earlier: str, later: str) -> str:
+def _days_between(earlier_us: str, later_us: str) -> str:
     # microseconds, the resolution of event timestamps ('second' would count whole-second
     # boundaries and be off by up to a second)
-    return f"(DATE_DIFF('microsecond', {earlier}, {later}) / 86400000000.0)"
+    return f"(({later_us} - {earlier_us}) / {US_PER_DAY}.0)"
 
 
 def counted_event_types(journey_map: JourneyMap, settings: FeatureSettings) -> tuple[str, ...]:
@@ -134,7 +167,7 @@ def counted_event_types(journey_map: JourneyMap, settings: FeatureSettings) -> t
 
 
 def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> FeatureCatalog:
-    """Builds the accumulators and features for a journey map.
+    """Builds the readings and features for a journey map.
 
     Args:
         journey_map: stages and event roles.
@@ -143,54 +176,54 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
     Returns:
         The catalog; feature names are unique and stable for the same inputs.
     """
-    windows = settings.windows_days
+    windows = tuple(settings.windows_days)
     trend = settings.trend_days
-    window_lags = tuple(sorted({0, *windows}))
-    trend_lags = (0, trend, 2 * trend)
-    lags_all = tuple(sorted({*window_lags, *trend_lags}))
+    with_trend = tuple(sorted({*windows, trend, 2 * trend}))
     types = counted_event_types(journey_map, settings)
     stages = journey_map.stages
 
-    acc: list[Accumulator] = []
+    counters: list[Counter] = []
+    last_times: list[LastTime] = []
+    last_values: list[LastValue] = []
     feats: list[FeatureSpec] = []
 
-    def add_acc(name: str, expr: str, kind: AccumulatorKind, lags: tuple[int, ...] = (0,)) -> None:
-        acc.append(Accumulator(name, expr, kind, lags))
+    def add_counter(
+        name: str,
+        expr: str,
+        spans: tuple[int, ...] = windows,
+        total: bool = False,
+        amount: bool = False,
+    ) -> None:
+        counters.append(Counter(name, expr, spans, total, amount))
 
     def add(
         name: str, description: str, dtype: Dtype, view: str, sql: str, ages: bool = False
     ) -> None:
         feats.append(FeatureSpec(name, description, dtype, view, sql, ages))
 
-    def window_count(acc_name: str, w: int) -> str:
-        return f"({acc_name}__0 - {acc_name}__{w})"
+    def window_count(counter: str, w: int) -> str:
+        return f"{counter}__w{w}"
 
     # -- activity: window counts ------------------------------------------------------------
-    add_acc("c_events", "is_activity", "sum", lags_all)
-    add_acc("c_sessions", "session_start", "sum", window_lags)
-    add_acc(
-        "c_value", "CASE WHEN is_activity = 1 THEN COALESCE(value, 0) ELSE 0 END", "sum", lags_all
+    add_counter("c_events", "is_activity", with_trend, total=True)
+    add_counter("c_sessions", "session_start")
+    add_counter(
+        "c_value",
+        "CASE WHEN is_activity = 1 THEN COALESCE(value, 0) ELSE 0 END",
+        with_trend,
+        total=True,
+        amount=True,
     )
-    add_acc(
-        "c_valued",
-        "CASE WHEN is_activity = 1 AND value IS NOT NULL THEN 1 ELSE 0 END",
-        "sum",
-        window_lags,
-    )
-    add_acc("c_conversions", "is_conversion", "sum", window_lags)
+    add_counter("c_valued", "CASE WHEN is_activity = 1 AND value IS NOT NULL THEN 1 ELSE 0 END")
+    add_counter("c_conversions", "is_conversion", total=True)
     for t in types:
-        add_acc(
-            f"c_type_{slug(t)}",
-            f"CASE WHEN event_type = {sql_literal(t)} THEN 1 ELSE 0 END",
-            "sum",
-            window_lags,
+        add_counter(
+            f"c_type_{slug(t)}", f"CASE WHEN event_type = {sql_literal(t)} THEN 1 ELSE 0 END"
         )
     for ch in settings.channels:
-        add_acc(
+        add_counter(
             f"c_channel_{ch}",
             f"CASE WHEN is_activity = 1 AND channel = {sql_literal(ch)} THEN 1 ELSE 0 END",
-            "sum",
-            window_lags,
         )
 
     for w in windows:
@@ -247,8 +280,9 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
                 window_count(f"c_channel_{ch}", w),
             )
 
-    recent = f"(c_events__0 - c_events__{trend})"
-    before = f"(c_events__{trend} - c_events__{2 * trend})"
+    # [T - trend, T) against [T - 2 trend, T - trend)
+    recent = window_count("c_events", trend)
+    before = f"({window_count('c_events', 2 * trend)} - {recent})"
     add(
         f"events_trend_{trend}d",
         f"activity in the last {trend} days relative to the {trend} days before",
@@ -256,8 +290,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         VIEW_ACTIVITY,
         f"(({recent} + 1.0) / ({before} + 1.0))",
     )
-    recent_v = f"(c_value__0 - c_value__{trend})"
-    before_v = f"(c_value__{trend} - c_value__{2 * trend})"
+    recent_v = window_count("c_value", trend)
+    before_v = f"({window_count('c_value', 2 * trend)} - {recent_v})"
     add(
         f"value_trend_{trend}d",
         f"spend in the last {trend} days relative to the {trend} days before",
@@ -276,33 +310,38 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "ELSE 0.0 END",
     )
     add(
-        "events_total", "customer events since the first one", "int64", VIEW_ACTIVITY, "c_events__0"
+        "events_total",
+        "customer events since the first one",
+        "int64",
+        VIEW_ACTIVITY,
+        "c_events__total",
     )
     add(
         "conversions_total",
         "conversions since the first event",
         "int64",
         VIEW_ACTIVITY,
-        "c_conversions__0",
+        "c_conversions__total",
     )
-    add("value_total", "money spent since the first event", "float64", VIEW_ACTIVITY, "c_value__0")
+    add(
+        "value_total",
+        "money spent since the first event",
+        "float64",
+        VIEW_ACTIVITY,
+        "c_value__total",
+    )
 
     # -- journey state and recency ----------------------------------------------------------
-    add_acc("first_ts", "CASE WHEN is_activity = 1 THEN ts END", "min")
-    add_acc("last_event_ts", "CASE WHEN is_activity = 1 THEN ts END", "max")
-    add_acc("last_conversion_ts", "CASE WHEN is_conversion = 1 THEN ts END", "max")
-    add_acc("last_support_ts", "CASE WHEN is_support = 1 THEN ts END", "max")
-    add_acc("last_complaint_ts", "CASE WHEN is_complaint = 1 THEN ts END", "max")
-    add_acc("last_action_ts", "CASE WHEN is_treatment = 1 THEN ts END", "max")
-    add_acc("cur_stage", "cur_stage", "last")
-    add_acc("prev_stage", "prev_stage", "last")
-    add_acc("stage_since_ts", "stage_since_ts", "last")
-    add_acc("furthest_stage", "furthest_stage", "last")
-    add_acc("regressions", "regressions", "last")
-    for k in range(1, settings.last_k + 1):
-        add_acc(f"last_type_{k}", f"last_type_{k}", "last")
+    last_times.append(LastTime("last_event_ts", "is_activity = 1"))
+    last_times.append(LastTime("last_conversion_ts", "is_conversion = 1"))
+    last_times.append(LastTime("last_support_ts", "is_support = 1"))
+    last_times.append(LastTime("last_complaint_ts", "is_complaint = 1"))
+    last_times.append(LastTime("last_action_ts", "is_treatment = 1"))
+    add_counter(
+        "c_regressions", "CASE WHEN stage_idx < prior_stage THEN 1 ELSE 0 END", (), total=True
+    )
 
-    tenure = _days_between("first_ts__0", "snapshot_ts")
+    tenure = _days_between("first_ts", "snapshot_us")
     add(
         "tenure_days",
         "days since the customer's first event",
@@ -312,13 +351,13 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         ages=True,
     )
 
-    def since(acc_name: str, what: str) -> None:
+    def since(reading: str, what: str) -> None:
         add(
             f"days_since_{what}",
             f"days since the last {what.replace('_', ' ')} (tenure + 1 when never)",
             "float64",
             VIEW_STATE,
-            f"COALESCE({_days_between(acc_name + '__0', 'snapshot_ts')}, {tenure} + 1.0)",
+            f"COALESCE({_days_between(reading, 'snapshot_us')}, {tenure} + 1.0)",
             ages=True,
         )
 
@@ -332,41 +371,41 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         cases = " ".join(f"WHEN {i} THEN {sql_literal(s)}" for i, s in enumerate(stages))
         return f"COALESCE(CASE {index_sql} {cases} END, {sql_literal(NONE_LABEL)})"
 
-    add("stage", "current journey stage", "string", VIEW_STATE, stage_name("cur_stage__0"))
+    add("stage", "current journey stage", "string", VIEW_STATE, stage_name("cur_stage"))
     add(
         "stage_index",
         "position of the current stage in the journey (-1 before any)",
         "int64",
         VIEW_STATE,
-        "COALESCE(cur_stage__0, -1)",
+        "COALESCE(cur_stage, -1)",
     )
     add(
         "previous_stage",
         "journey stage before the current one",
         "string",
         VIEW_STATE,
-        stage_name("prev_stage__0"),
+        stage_name("prev_stage"),
     )
     add(
         "furthest_stage",
         "furthest journey stage ever reached",
         "string",
         VIEW_STATE,
-        stage_name("furthest_stage__0"),
+        stage_name("furthest_stage"),
     )
     add(
         "furthest_stage_index",
         "position of the furthest stage reached (-1 before any)",
         "int64",
         VIEW_STATE,
-        "COALESCE(furthest_stage__0, -1)",
+        "COALESCE(furthest_stage, -1)",
     )
     add(
         "days_in_stage",
         "days in the current stage (tenure + 1 before any stage)",
         "float64",
         VIEW_STATE,
-        f"COALESCE({_days_between('stage_since_ts__0', 'snapshot_ts')}, {tenure} + 1.0)",
+        f"COALESCE({_days_between('stage_since_ts', 'snapshot_us')}, {tenure} + 1.0)",
         ages=True,
     )
     add(
@@ -374,7 +413,7 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "times the customer moved back to an earlier stage",
         "int64",
         VIEW_STATE,
-        "COALESCE(regressions__0, 0)",
+        "c_regressions__total",
     )
     for k in range(1, settings.last_k + 1):
         nth = {1: "latest", 2: "2nd latest", 3: "3rd latest"}.get(k, f"{k}th latest")
@@ -383,16 +422,16 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             f"{nth} event type",
             "string",
             VIEW_STATE,
-            f"COALESCE(last_type_{k}__0, {sql_literal(NONE_LABEL)})",
+            f"COALESCE(last_type_{k}, {sql_literal(NONE_LABEL)})",
         )
 
     # -- experience: service, surveys, marketing --------------------------------------------
-    add_acc("c_support", "is_support", "sum", window_lags)
-    add_acc("c_complaints", "is_complaint", "sum", window_lags)
-    add_acc("c_actions", "is_treatment", "sum", window_lags)
-    add_acc("c_responses", "is_response", "sum", window_lags)
-    add_acc("last_nps", "nps_score", "last")
-    add_acc("last_csat", "csat_score", "last")
+    add_counter("c_support", "is_support", total=True)
+    add_counter("c_complaints", "is_complaint", total=True)
+    add_counter("c_actions", "is_treatment", total=True)
+    add_counter("c_responses", "is_response")
+    last_values.append(LastValue("last_nps", "nps_score"))
+    last_values.append(LastValue("last_csat", "csat_score"))
     for w in windows:
         add(
             f"support_{w}d",
@@ -437,35 +476,35 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "support contacts since the first event",
         "int64",
         VIEW_EXPERIENCE,
-        "c_support__0",
+        "c_support__total",
     )
     add(
         "complaints_total",
         "complaints since the first event",
         "int64",
         VIEW_EXPERIENCE,
-        "c_complaints__0",
+        "c_complaints__total",
     )
     add(
         "actions_total",
         "marketing actions received since the first event",
         "int64",
         VIEW_EXPERIENCE,
-        "c_actions__0",
+        "c_actions__total",
     )
     add(
         "last_nps",
         f"latest NPS answer ({NO_SCORE:g} when never answered)",
         "float64",
         VIEW_EXPERIENCE,
-        f"COALESCE(last_nps__0, {NO_SCORE})",
+        f"COALESCE(last_nps, {NO_SCORE})",
     )
     add(
         "last_csat",
         f"latest CSAT answer ({NO_SCORE:g} when never answered)",
         "float64",
         VIEW_EXPERIENCE,
-        f"COALESCE(last_csat__0, {NO_SCORE})",
+        f"COALESCE(last_csat, {NO_SCORE})",
     )
 
     # -- profile: attributes of the customers table -----------------------------------------
@@ -485,4 +524,6 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "feature names collide (rename an event type or channel in configs): "
             + ", ".join(dupes)
         )
-    return FeatureCatalog(tuple(acc), tuple(feats), types, settings)
+    return FeatureCatalog(
+        tuple(counters), tuple(last_times), tuple(last_values), tuple(feats), types, settings
+    )

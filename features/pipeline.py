@@ -8,11 +8,23 @@ The whole computation is one SQL query over four relations:
 - ``snapshots``: (customer_id, snapshot_ts) pairs to compute;
 - ``customers``: the customers table (may be empty).
 
-Events and snapshot markers (one per snapshot and look-back) are merged into one stream ordered
-by customer and time, markers first on ties so an event at exactly T is *not* seen by the
-snapshot at T. Running totals and latest values are window functions over that stream. The
-query uses only standard window SQL (no ASOF join, no DuckDB-only functions beyond what sqlglot
-transpiles), so the same definition runs on Spark (:func:`to_spark_sql`). DuckDB runs it
+Only events strictly before a snapshot time T count. The query never runs a window aggregate
+over the events (in DuckDB each one costs a sort-and-tree pass per column); instead:
+
+1. *Cells*: each customer's events are grouped into cells, one per day, or one per instant on
+   the few days that a look-back boundary (T - W days) splits. Every counter of the catalog is
+   summed per cell by one hash aggregation; the counts are bit-packed, several to a BIGINT
+   (``count_bits`` bits each, sized from the data), so a handful of columns carries them all.
+2. What depends on the order of events (the latest event types, stage changes, the latest
+   survey answers) comes from one sort of the events by customer, time and event id, using only
+   ``ROW_NUMBER``/``LAG``/``LEAD``, reduced to the same cells.
+3. One window pass over the cells keeps running totals of the packed counts and carries the
+   latest values forward.
+4. ``ASOF JOIN`` reads the running state of the last cell before T and before each T - W; a
+   window count is the difference of two readings (field by field: counts never borrow).
+
+:func:`to_spark_sql` transpiles the query to Spark SQL, writing each ``ASOF JOIN`` as a range
+join on the cell's validity interval, so the same definition runs on a cluster. DuckDB runs it
 out-of-core on one machine.
 """
 
@@ -26,8 +38,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import sqlglot
+from sqlglot import exp
 
-from features.catalog import FeatureCatalog
+from features.catalog import US_PER_DAY, Counter, FeatureCatalog
 from journeyml.config import JourneyMap, matches_any
 
 logger = logging.getLogger(__name__)
@@ -47,6 +60,19 @@ ROLE_COLUMNS: tuple[str, ...] = (
     "is_nps",
     "is_csat",
 )
+
+DEFAULT_COUNT_BITS = 21
+"""Bits of one running count in a packed column: exact while no customer has 2**21
+(2,097,152) events. :func:`build_snapshots` sizes it from the data."""
+
+TYPE_CODE_BITS = 12
+"""Bits of one event-type code in the packed latest event types."""
+
+MAX_EVENT_TYPES = (1 << TYPE_CODE_BITS) - 1
+"""The most distinct event types a log may have (code 0 means "no event")."""
+
+MAX_STAGES = 255
+"""The most journey stages the stage state can hold."""
 
 
 def event_roles(journey_map: JourneyMap, event_types: list[str]) -> pa.Table:
@@ -78,114 +104,374 @@ def event_roles(journey_map: JourneyMap, event_types: list[str]) -> pa.Table:
     return pa.Table.from_pydict(rows, schema=schema)
 
 
-def feature_query(catalog: FeatureCatalog, score_property: str = "score") -> str:
-    """The SQL (DuckDB dialect) that computes every catalog feature for every snapshot."""
+_MAX_BIGINT = 9_223_372_036_854_775_807
+_DAY = US_PER_DAY
+_TYPE_LEVEL = frozenset({"event_type", "stage_idx", *ROLE_COLUMNS})
+"""Columns a counter may use to be evaluated once per event type instead of once per event."""
+_ORDERED = frozenset({"prior_stage"})
+"""Per-event columns that exist only once events are in order."""
+_SESSION = "session_start"
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a count lives: bits ``shift`` upwards of packed column ``p<pack>``."""
+
+    pack: int
+    shift: int
+
+
+def count_bits_for(max_events_per_customer: int) -> int:
+    """The packed-count width that holds ``max_events_per_customer`` exactly."""
+    return max(1, int(max_events_per_customer).bit_length())
+
+
+def _columns(sql: str) -> set[str]:
+    return {c.name for c in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Column)}
+
+
+def _scope(counter: Counter) -> str:
+    """Where a counter is evaluated: per event type, per event, on ordered events, per session."""
+    cols = _columns(counter.expr)
+    if _SESSION in cols:
+        return "session"
+    if cols & _ORDERED:
+        return "ordered"
+    if not counter.amount and cols <= _TYPE_LEVEL:
+        return "type"
+    return "event"
+
+
+def _day_start(ts: str) -> str:
+    return f"{ts} - (({ts} % {_DAY}) + {_DAY}) % {_DAY}"
+
+
+def _list(items: list[str], indent: int = 8) -> str:
+    return (",\n" + " " * indent).join(items)
+
+
+def feature_query(
+    catalog: FeatureCatalog, score_property: str = "score", count_bits: int = DEFAULT_COUNT_BITS
+) -> str:
+    """The SQL (DuckDB dialect) that computes every catalog feature for every snapshot.
+
+    Args:
+        catalog: the readings and features.
+        score_property: the event property that holds survey scores.
+        count_bits: bits per packed count; counts are exact while no customer has
+            ``2**count_bits`` events (:func:`count_bits_for`).
+    """
+    if not 1 <= count_bits <= 62:
+        raise ValueError(f"count_bits must be between 1 and 62, not {count_bits}")
     k = catalog.settings.last_k
-    lags = sorted({lag for a in catalog.accumulators for lag in a.lags})
-    last_types = ",\n        ".join(
-        "CASE WHEN is_activity = 1 THEN "
-        + ("event_type" if i == 1 else f"COALESCE(LAG(event_type, {i - 1}) OVER wa, 'none')")
-        + f" END AS last_type_{i}"
-        for i in range(1, k + 1)
-    )
     prop = score_property.replace("'", "''")
-    acc_cols_events = ",\n        ".join(f"{a.expr} AS {a.name}" for a in catalog.accumulators)
-    acc_cols_marks = ",\n        ".join(
-        f"{'0' if a.kind == 'sum' else 'NULL'} AS {a.name}" for a in catalog.accumulators
+    counts = [c for c in catalog.counters if not c.amount]
+    amounts = [c for c in catalog.counters if c.amount]
+    per_pack = 63 // count_bits  # the sign bit stays clear: sums never overflow
+    slot = {c.name: _Slot(i // per_pack, (i % per_pack) * count_bits) for i, c in enumerate(counts)}
+    n_packs = (len(counts) + per_pack - 1) // per_pack
+    mask = (1 << count_bits) - 1
+    scope = {c.name: _scope(c) for c in catalog.counters}
+    lags = sorted({w for c in catalog.counters for w in c.windows})
+    codes_per_pack = 63 // TYPE_CODE_BITS
+    n_type_packs = (k + codes_per_pack - 1) // codes_per_pack
+    cell = (
+        f"CASE WHEN {_day_start('ts')} IN (SELECT day_start FROM split_days) THEN ts"
+        f" ELSE {_day_start('ts')} END AS r"
     )
-    agg = {
-        "sum": "SUM({})",
-        "min": "MIN({})",
-        "max": "MAX({})",
-        "last": "LAST_VALUE({} IGNORE NULLS)",
-    }
-    acc_windows = ",\n        ".join(
-        f"{agg[a.kind].format(a.name)} OVER w AS {a.name}" for a in catalog.accumulators
+
+    def packed(pack: int, where: str, session: bool = False) -> str:
+        terms = [
+            f"(COALESCE(CAST({'1' if session else c.expr} AS BIGINT), 0) << {slot[c.name].shift})"
+            for c in counts
+            if scope[c.name] == where and slot[c.name].pack == pack
+        ]
+        return " + ".join(terms) or "0"
+
+    ordered_packs = [i for i in range(n_packs) if packed(i, "ordered") != "0"]
+
+    # -- A: counts, amounts and latest times, per cell (a hash aggregation, no ordering) ----
+    type_packs = _list([f"{packed(i, 'type')} AS tp{i}" for i in range(n_packs)])
+    a_cols = [
+        *(f"tp{i} + {packed(i, 'event')} AS p{i}" for i in range(n_packs)),
+        *(f"COALESCE(CAST({c.expr} AS DOUBLE), 0) AS {c.name}" for c in amounts),
+        "CASE WHEN is_activity = 1 THEN ts END AS first_act",
+        *(f"CASE WHEN {lt.condition} THEN ts END AS {lt.name}" for lt in catalog.last_times),
+    ]
+    a_session_cols = [
+        *(f"{packed(i, 'session', session=True)} AS p{i}" for i in range(n_packs)),
+        *(f"0 AS {c.name}" for c in amounts),
+        "NULL AS first_act",
+        *(f"NULL AS {lt.name}" for lt in catalog.last_times),
+    ]
+    a_aggs = [
+        *(f"SUM(p{i}) AS p{i}" for i in range(n_packs)),
+        *(f"SUM({c.name}) AS {c.name}" for c in amounts),
+        "MIN(first_act) AS first_act",
+        *(f"MAX({lt.name}) AS {lt.name}" for lt in catalog.last_times),
+    ]
+
+    # -- B: what depends on the order of events, per cell -----------------------------------
+    act_code = "CASE WHEN is_activity = 1 THEN code END"
+    latest_codes = [
+        act_code if i == 0 else f"LAG({act_code}, {i} IGNORE NULLS) OVER w" for i in range(k)
+    ]
+    type_packs_sql = [
+        " + ".join(
+            f"(COALESCE({latest_codes[i]}, 0) << {(i % codes_per_pack) * TYPE_CODE_BITS})"
+            for i in range(j * codes_per_pack, min(k, (j + 1) * codes_per_pack))
+        )
+        + f" AS types{j}"
+        for j in range(n_type_packs)
+    ]
+    # the row is the last one of its cell where cond holds: it carries the cell's latest value
+    closing = [("types", "is_activity = 1")] + [
+        (lv.name, f"{lv.name} IS NOT NULL") for lv in catalog.last_values
+    ]
+    next_in_cell = [
+        f"LEAD(CASE WHEN {cond} THEN r END, 1 IGNORE NULLS) OVER w AS next_{name}"
+        for name, cond in closing
+    ]
+
+    def closes(name: str, cond: str) -> str:
+        return f"{cond} AND (next_{name} IS NULL OR next_{name} <> r)"
+
+    change = "stage_idx IS NOT NULL AND (prior_stage IS NULL OR stage_idx <> prior_stage)"
+    b_cols = [
+        *(f"{packed(i, 'ordered')} AS q{i}" for i in ordered_packs),
+        *(
+            f"CASE WHEN {closes(lv.name, f'{lv.name} IS NOT NULL')} THEN {lv.name} END AS {lv.name}"
+            for lv in catalog.last_values
+        ),
+        *(
+            f"CASE WHEN {closes('types', 'is_activity = 1')} THEN types{j} END AS types{j}"
+            for j in range(n_type_packs)
+        ),
+        # a stage change, as (position among the customer's events, stage, previous + 1)
+        f"CASE WHEN {change} THEN (seq << 16) + (stage_idx << 8)"
+        " + COALESCE(prior_stage + 1, 0) END AS stage_code",
+        f"CASE WHEN {change} THEN ts END AS stage_since",
+        "stage_idx",
+    ]
+    b_aggs = [
+        *(f"SUM(q{i}) AS q{i}" for i in ordered_packs),
+        *(f"MAX({lv.name}) AS {lv.name}" for lv in catalog.last_values),
+        *(f"MAX(types{j}) AS types{j}" for j in range(n_type_packs)),
+        "MAX(stage_code) AS stage_code",
+        "MAX(stage_since) AS stage_since",
+        "MAX(stage_idx) AS furthest_stage",
+    ]
+    cell_cols = [
+        *(
+            f"a.p{i} + COALESCE(b.q{i}, 0) AS p{i}" if i in ordered_packs else f"a.p{i}"
+            for i in range(n_packs)
+        ),
+        *(f"a.{c.name}" for c in amounts),
+        "a.first_act",
+        *(f"a.{lt.name}" for lt in catalog.last_times),
+        *(f"b.{lv.name}" for lv in catalog.last_values),
+        *(f"b.types{j}" for j in range(n_type_packs)),
+        "b.stage_code",
+        "b.stage_since",
+        "b.furthest_stage",
+    ]
+
+    # -- running state per cell, read at T and at each T - W --------------------------------
+    latest = [
+        *(lt.name for lt in catalog.last_times),
+        *(lv.name for lv in catalog.last_values),
+        *(f"types{j}" for j in range(n_type_packs)),
+        "stage_code",
+        "stage_since",
+    ]
+    running = [
+        *(f"CAST(SUM(p{i}) OVER w AS BIGINT) AS p{i}" for i in range(n_packs)),
+        *(f"SUM({c.name}) OVER w AS {c.name}" for c in amounts),
+        "FIRST_VALUE(first_act IGNORE NULLS) OVER w AS first_ts",
+        *(f"LAST_VALUE({name} IGNORE NULLS) OVER w AS {name}" for name in latest),
+        "MAX(furthest_stage) OVER w AS furthest_stage",
+        "LEAD(r) OVER w AS next_r",
+    ]
+    lagged = [
+        *(
+            f"c.p{i}"
+            for i in range(n_packs)
+            if any(c.windows and slot[c.name].pack == i for c in counts)
+        ),
+        *(f"c.{c.name}" for c in amounts if c.windows),
+    ]
+    readings = ["a.customer_id", "a.cid", "a.snapshot_ts", "a.t AS snapshot_us"]
+    for c in catalog.counters:
+        sl = slot.get(c.name)
+        for w in c.windows:
+            if sl is None:
+                readings.append(f"a.{c.name} - COALESCE(w{w}.{c.name}, 0) AS {c.name}__w{w}")
+            else:
+                readings.append(
+                    f"((a.p{sl.pack} - COALESCE(w{w}.p{sl.pack}, 0)) >> {sl.shift}) & {mask}"
+                    f" AS {c.name}__w{w}"
+                )
+        if c.total:
+            readings.append(
+                f"a.{c.name} AS {c.name}__total"
+                if sl is None
+                else f"(a.p{sl.pack} >> {sl.shift}) & {mask} AS {c.name}__total"
+            )
+    code_mask = (1 << TYPE_CODE_BITS) - 1
+    readings += [
+        "a.first_ts",
+        *(f"a.{lt.name}" for lt in catalog.last_times),
+        *(f"a.{lv.name}" for lv in catalog.last_values),
+        *(
+            f"(a.types{i // codes_per_pack} >> {(i % codes_per_pack) * TYPE_CODE_BITS})"
+            f" & {code_mask} AS code_{i + 1}"
+            for i in range(k)
+        ),
+        "(a.stage_code >> 8) & 255 AS cur_stage",
+        "CASE WHEN a.stage_code & 255 > 0 THEN (a.stage_code & 255) - 1 END AS prev_stage",
+        "a.stage_since AS stage_since_ts",
+        "a.furthest_stage",
+    ]
+    lag_joins = "".join(
+        f"\n    LEFT JOIN lagged AS w{w} ON w{w}.cid = a.cid AND w{w}.t = a.t"
+        f" AND w{w}.lag_days = {w}"
+        for w in lags
     )
-    readings = ",\n        ".join(
-        f"MAX(CASE WHEN lag_days = {lag} THEN {a.name} END) AS {a.name}__{lag}"
-        for a in catalog.accumulators
-        for lag in a.lags
+    type_names = "".join(
+        f"\n    LEFT JOIN types AS n{i} ON n{i}.code = r.code_{i}" for i in range(1, k + 1)
     )
-    lag_values = ", ".join(f"({lag})" for lag in lags)
-    features = ",\n    ".join(
-        f"CAST({f.sql} AS {_sql_type(f.dtype)}) AS {f.name}" for f in catalog.features
+    features = _list(
+        [f"CAST({f.sql} AS {_sql_type(f.dtype)}) AS {f.name}" for f in catalog.features], 4
     )
-    profile = ",\n        ".join(
-        f"c.{attr} AS profile_{attr}" for attr in catalog.settings.profile_attributes
-    )
+    profile = [f"c.{attr} AS profile_{attr}" for attr in catalog.settings.profile_attributes]
+    before_last = "e.timestamp < (SELECT MAX(snapshot_ts) FROM snapshots)"
+    last_value_names = "".join(f", {lv.name}" for lv in catalog.last_values)
+    type_cols = [
+        *(f"t.{c}" for c in ("stage_idx", *ROLE_COLUMNS)),
+        *(f"t.tp{i}" for i in range(n_packs)),
+    ]
     return f"""
-WITH ev AS (
-    SELECT
-        e.customer_id, e.timestamp AS ts, e.event_id, e.event_type, e.channel, e.value,
-        r.stage_idx, r.is_activity, r.is_conversion, r.is_treatment, r.is_response,
-        r.is_support, r.is_complaint,
-        CASE WHEN r.is_nps = 1 THEN
-            TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE) END AS nps_score,
-        CASE WHEN r.is_csat = 1 THEN
-            TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE) END AS csat_score,
-        CASE WHEN e.session_id IS NOT NULL AND r.is_activity = 1 AND ROW_NUMBER() OVER (
-            PARTITION BY e.customer_id, e.session_id, r.is_activity
-            ORDER BY e.timestamp, e.event_id) = 1 THEN 1 ELSE 0 END AS session_start
-    FROM events AS e
-    JOIN roles AS r ON r.event_type = e.event_type
-    WHERE e.timestamp < (SELECT MAX(snapshot_ts) FROM snapshots)
+WITH customer_ids AS (
+    SELECT customer_id, ROW_NUMBER() OVER (ORDER BY customer_id) AS cid
+    FROM (SELECT DISTINCT customer_id FROM snapshots) AS x
 ),
-staged AS (
-    SELECT *,
-        LAST_VALUE(stage_idx IGNORE NULLS) OVER (
-            PARTITION BY customer_id ORDER BY ts, event_id
-            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_stage
-    FROM ev
+snaps AS (
+    SELECT s.customer_id, k.cid, s.snapshot_ts, EPOCH_US(s.snapshot_ts) AS t
+    FROM snapshots AS s
+    JOIN customer_ids AS k ON k.customer_id = s.customer_id
 ),
-enriched AS (
-    SELECT *,
-        stage_idx AS cur_stage,
-        CASE WHEN stage_idx IS NOT NULL AND prior_stage IS NOT NULL
-             AND stage_idx <> prior_stage THEN prior_stage END AS prev_stage,
-        CASE WHEN stage_idx IS NOT NULL AND (prior_stage IS NULL OR stage_idx <> prior_stage)
-             THEN ts END AS stage_since_ts,
-        MAX(stage_idx) OVER we AS furthest_stage,
-        SUM(CASE WHEN stage_idx < prior_stage THEN 1 ELSE 0 END) OVER we AS regressions,
-        {last_types}
-    FROM staged
-    WINDOW
-        we AS (PARTITION BY customer_id ORDER BY ts, event_id
-               ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-        wa AS (PARTITION BY customer_id, is_activity ORDER BY ts, event_id)
+split_days AS (
+    SELECT DISTINCT {_day_start("b")} AS day_start
+    FROM (
+        SELECT x.t - l.lag_days * {_DAY} AS b
+        FROM (SELECT DISTINCT t FROM snaps) AS x
+        CROSS JOIN (VALUES {", ".join(f"({w})" for w in [0, *lags])}) AS l(lag_days)
+    ) AS bounds
+    WHERE ((b % {_DAY}) + {_DAY}) % {_DAY} <> 0
 ),
-lags AS (
-    SELECT * FROM (VALUES {lag_values}) AS t(lag_days)
+types AS (
+    SELECT *, ROW_NUMBER() OVER (ORDER BY event_type) AS code,
+        {type_packs}
+    FROM roles
 ),
-stream AS (
-    SELECT customer_id, ts, 1 AS kind, event_id,
-        CAST(NULL AS TIMESTAMPTZ) AS snapshot_ts, CAST(NULL AS INTEGER) AS lag_days,
-        {acc_cols_events}
-    FROM enriched
-    UNION ALL
-    SELECT s.customer_id, s.snapshot_ts - l.lag_days * INTERVAL 1 DAY AS ts, 0 AS kind,
-        CAST(NULL AS VARCHAR) AS event_id, s.snapshot_ts, l.lag_days,
-        {acc_cols_marks}
-    FROM snapshots AS s CROSS JOIN lags AS l
+rows_a AS (
+    SELECT cid, {cell},
+        {_list(a_cols)}
+    FROM (
+        SELECT k.cid, EPOCH_US(e.timestamp) AS ts, e.event_type, e.channel, e.value,
+            {_list(type_cols, 12)}
+        FROM events AS e
+        JOIN types AS t ON t.event_type = e.event_type
+        JOIN customer_ids AS k ON k.customer_id = e.customer_id
+        WHERE {before_last}
+    ) AS x
 ),
-running AS (
-    SELECT customer_id, kind, snapshot_ts, lag_days,
-        {acc_windows}
-    FROM stream
-    WINDOW w AS (PARTITION BY customer_id ORDER BY ts, kind, event_id
-                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+session_rows AS (
+    SELECT cid, {cell},
+        {_list(a_session_cols)}
+    FROM (
+        SELECT k.cid, MIN(EPOCH_US(e.timestamp)) AS ts
+        FROM events AS e
+        JOIN roles AS t ON t.event_type = e.event_type
+        JOIN customer_ids AS k ON k.customer_id = e.customer_id
+        WHERE t.is_activity = 1 AND e.session_id IS NOT NULL AND {before_last}
+        GROUP BY k.cid, e.session_id
+    ) AS x
+),
+cells_a AS (
+    SELECT cid, r,
+        {_list(a_aggs)}
+    FROM (SELECT * FROM rows_a UNION ALL SELECT * FROM session_rows) AS x
+    GROUP BY cid, r
+),
+ordered AS (
+    SELECT cid, ts, r, stage_idx, is_activity{last_value_names},
+        ROW_NUMBER() OVER w AS seq,
+        LAG(stage_idx, 1 IGNORE NULLS) OVER w AS prior_stage,
+        {_list([*type_packs_sql, *next_in_cell])}
+    FROM (
+        SELECT cid, ts, event_id, code, stage_idx, is_activity, {cell},
+            {_list([f"{lv.expr} AS {lv.name}" for lv in catalog.last_values], 12)}
+        FROM (
+            SELECT k.cid, EPOCH_US(e.timestamp) AS ts, e.event_id, t.code, t.stage_idx,
+                t.is_activity,
+                CASE WHEN t.is_nps = 1 THEN
+                    TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
+                END AS nps_score,
+                CASE WHEN t.is_csat = 1 THEN
+                    TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
+                END AS csat_score
+            FROM events AS e
+            JOIN types AS t ON t.event_type = e.event_type
+            JOIN customer_ids AS k ON k.customer_id = e.customer_id
+            WHERE {before_last}
+        ) AS x
+    ) AS y
+    WINDOW w AS (PARTITION BY cid ORDER BY ts, event_id)
+),
+cells_b AS (
+    SELECT cid, r,
+        {_list(b_aggs)}
+    FROM (
+        SELECT cid, r, {_list(b_cols, 12)}
+        FROM ordered
+    ) AS x
+    GROUP BY cid, r
+),
+cells AS (
+    SELECT a.cid, a.r,
+        {_list(cell_cols)}
+    FROM cells_a AS a
+    LEFT JOIN cells_b AS b ON b.cid = a.cid AND b.r = a.r
+),
+state AS (
+    SELECT cid, r,
+        {_list(running)}
+    FROM cells
+    WINDOW w AS (PARTITION BY cid ORDER BY r ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+),
+now AS (
+    SELECT s.customer_id, s.snapshot_ts, s.t, c.*
+    FROM snaps AS s
+    ASOF JOIN state AS c ON c.cid = s.cid AND s.t > c.r
+),
+lagged AS (
+    SELECT s.cid, s.t, s.lag_days, {", ".join(lagged)}
+    FROM (
+        SELECT cid, t, l.lag_days, t - l.lag_days * {_DAY} AS b
+        FROM snaps CROSS JOIN (VALUES {", ".join(f"({w})" for w in lags)}) AS l(lag_days)
+    ) AS s
+    ASOF JOIN state AS c ON c.cid = s.cid AND s.b > c.r
 ),
 readings AS (
-    SELECT customer_id, snapshot_ts,
-        {readings}
-    FROM running
-    WHERE kind = 0
-    GROUP BY customer_id, snapshot_ts
+    SELECT
+        {_list(readings)}
+    FROM now AS a{lag_joins}
 ),
 profiled AS (
     SELECT r.*,
-        {profile}
-    FROM readings AS r
+        {_list([*(f"n{i}.event_type AS last_type_{i}" for i in range(1, k + 1)), *profile])}
+    FROM readings AS r{type_names}
     LEFT JOIN customers AS c ON c.customer_id = r.customer_id
 )
 SELECT
@@ -193,8 +479,8 @@ SELECT
     snapshot_ts AS {TIMESTAMP_FIELD},
     {features}
 FROM profiled
-WHERE c_events__0 > 0
-ORDER BY customer_id, {TIMESTAMP_FIELD}
+WHERE c_events__total > 0
+ORDER BY cid, snapshot_us
 """
 
 
@@ -203,8 +489,42 @@ def _sql_type(dtype: str) -> str:
 
 
 def to_spark_sql(query: str) -> str:
-    """Transpiles the feature query to Spark SQL (for the cluster engine)."""
-    return ";\n".join(sqlglot.transpile(query, read="duckdb", write="spark", pretty=True))
+    """Transpiles the feature query to Spark SQL (for the cluster engine).
+
+    Spark has no ``ASOF JOIN``: each one (``s ASOF JOIN c ON <keys> AND <probe> > c.r``) is
+    written as the equivalent range join on the cell's validity interval,
+    ``c.r < <probe> AND <probe> <= COALESCE(c.next_r, <max>)``, and ``EPOCH_US`` as
+    ``UNIX_MICROS``.
+    """
+
+    def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Join) and (node.args.get("method") or "").upper() == "ASOF":
+            on = node.args["on"]
+            ineq = on.expression if isinstance(on, exp.And) else None
+            if not isinstance(ineq, exp.GT) or not isinstance(ineq.expression, exp.Column):
+                raise ValueError(f"unexpected ASOF JOIN condition: {on.sql('duckdb')}")
+            probe, start = ineq.this, ineq.expression
+            end = exp.column("next_r", table=start.table)
+            valid = exp.and_(
+                on.this,
+                exp.LT(this=start.copy(), expression=probe.copy()),
+                exp.LTE(
+                    this=probe.copy(),
+                    expression=exp.func("COALESCE", end, exp.Literal.number(_MAX_BIGINT)),
+                ),
+            )
+            node = node.copy()
+            node.set("method", None)
+            node.set("on", valid)
+            return node
+        if isinstance(node, exp.Anonymous) and node.name.upper() == "EPOCH_US":
+            return exp.Anonymous(this="UNIX_MICROS", expressions=node.expressions)
+        return node
+
+    statements = sqlglot.parse(query, read="duckdb")
+    return ";\n".join(
+        s.transform(rewrite).sql(dialect="spark", pretty=True) for s in statements if s
+    )
 
 
 @dataclass(frozen=True)
@@ -247,6 +567,14 @@ def register_inputs(
     """Creates the ``events``, ``roles`` and ``customers`` views the feature query reads."""
     con.execute(f"CREATE OR REPLACE TEMP VIEW events AS {events_sql}")
     types = [r[0] for r in con.execute("SELECT DISTINCT event_type FROM events").fetchall()]
+    if len(types) > MAX_EVENT_TYPES:
+        raise FeatureBuildError(
+            f"the log has {len(types)} event types; the feature query handles {MAX_EVENT_TYPES}"
+        )
+    if len(journey_map.stages) > MAX_STAGES:
+        raise FeatureBuildError(
+            f"the journey map has {len(journey_map.stages)} stages; at most {MAX_STAGES} work"
+        )
     roles = event_roles(journey_map, types)
     con.register("roles_arrow", roles)
     con.execute("CREATE OR REPLACE TEMP TABLE roles AS SELECT * FROM roles_arrow")
@@ -289,6 +617,18 @@ def register_snapshots_for_cutoffs(con: duckdb.DuckDBPyConnection, cutoffs: list
         ) AS f
         JOIN cutoffs_arrow AS c ON f.first_ts < c.snapshot_ts
         """
+    )
+    con.unregister("cutoffs_arrow")
+
+
+def _register_snapshots_from_span(con: duckdb.DuckDBPyConnection, cutoffs: list[datetime]) -> None:
+    """:func:`register_snapshots_for_cutoffs` from the ``customer_span`` table (no new scan)."""
+    con.register(
+        "cutoffs_arrow", pa.table({"snapshot_ts": pa.array(cutoffs, pa.timestamp("us", tz="UTC"))})
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE snapshots AS SELECT f.customer_id, c.snapshot_ts"
+        " FROM customer_span AS f JOIN cutoffs_arrow AS c ON f.first_ts < c.snapshot_ts"
     )
     con.unregister("cutoffs_arrow")
 
@@ -373,9 +713,16 @@ def build_snapshots(
             lake / CUSTOMERS_FILE,
             catalog.settings.profile_attributes,
         )
-        first, last = con.execute(
-            "SELECT MIN(e.timestamp), MAX(e.timestamp) FROM events e "
-            "JOIN roles r ON r.event_type = e.event_type WHERE r.is_activity = 1"
+        # one pass over the log: each customer's first and last activity and event count
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE customer_span AS SELECT e.customer_id,"
+            " MIN(CASE WHEN r.is_activity = 1 THEN e.timestamp END) AS first_ts,"
+            " MAX(CASE WHEN r.is_activity = 1 THEN e.timestamp END) AS last_ts, COUNT(*) AS n"
+            " FROM events AS e JOIN roles AS r ON r.event_type = e.event_type"
+            " GROUP BY e.customer_id"
+        )
+        first, last, most = con.execute(
+            "SELECT MIN(first_ts), MAX(last_ts), MAX(n) FROM customer_span"
         ).fetchall()[0]
         if first is None or last is None:
             raise FeatureBuildError(f"the lake at {lake} has no customer activity events")
@@ -385,9 +732,10 @@ def build_snapshots(
             )
         snaps = catalog.settings.snapshots
         plan = plan_snapshots(first, last, snaps.cadence_days, snaps.warmup_days, as_of)
-        register_snapshots_for_cutoffs(con, [*plan.cutoffs, plan.as_of])
+        _register_snapshots_from_span(con, [*plan.cutoffs, plan.as_of])
         tmp.mkdir(parents=True)
-        query = feature_query(catalog, journey_map.experience.score_property)
+        # packed counts sized to the busiest customer: fewer, narrower columns to carry
+        query = feature_query(catalog, journey_map.experience.score_property, count_bits_for(most))
         con.execute(
             f"COPY ({query}) TO '{_quote(str(tmp / 'part-0.parquet'))}' "
             "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"

@@ -32,10 +32,12 @@ from feast.type_map import feast_value_type_to_python_type
 
 from features.catalog import VIEWS, FeatureCatalog
 from features.pipeline import (
+    DEFAULT_COUNT_BITS,
     ENTITY,
     SNAPSHOT_TS,
     TIMESTAMP_FIELD,
     connect,
+    count_bits_for,
     feature_query,
     register_inputs,
     register_snapshots,
@@ -165,7 +167,7 @@ class RealtimeUpdater:
         self.journey_map = journey_map
         self.event_store = event_store
         self.lake = Path(lake) if lake is not None else None
-        self._query = feature_query(catalog, journey_map.experience.score_property)
+        self._queries: dict[int, str] = {}
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         # Registry lookups are slow (protobuf parsing); views change only on `features apply`.
@@ -233,7 +235,16 @@ class RealtimeUpdater:
                 }
             )
             register_snapshots(con, snaps)
-            return con.execute(self._query).df()
+            return con.execute(self._query(history.num_rows)).df()
+
+    def _query(self, events: int) -> str:
+        """The feature query, its packed counts wide enough for ``events`` events."""
+        bits = max(DEFAULT_COUNT_BITS, count_bits_for(events))
+        if bits not in self._queries:
+            self._queries[bits] = feature_query(
+                self.catalog, self.journey_map.experience.score_property, bits
+            )
+        return self._queries[bits]
 
     def apply(self, events: pa.Table, as_of: datetime | None = None) -> UpdateReport:
         """Stores new events and refreshes the online features of their customers.

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlglot
 
 from features.catalog import FeatureCatalog, build_catalog
 from features.pipeline import (
+    DEFAULT_COUNT_BITS,
     FeatureBuildError,
     build_snapshots,
+    connect,
+    count_bits_for,
     feature_query,
     plan_snapshots,
+    register_inputs,
+    register_snapshots_for_cutoffs,
     to_spark_sql,
 )
 from features.settings import FeatureSettings
@@ -219,6 +225,67 @@ def test_query_transpiles_to_spark(catalog: FeatureCatalog) -> None:
     assert "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW" in spark
     selected = {e.alias_or_name for e in parsed.expressions}
     assert set(catalog.names) <= selected
+    # Spark has neither ASOF JOIN nor EPOCH_US: range joins on the cell's validity instead
+    assert "ASOF" not in spark.upper()
+    assert "EPOCH_US" not in spark.upper()
+    assert spark.count("COALESCE(c.next_r, 9223372036854775807)") == 2
+
+
+def _run_query(
+    events: pa.Table,
+    cutoffs: list[datetime],
+    journey_map: JourneyMap,
+    catalog: FeatureCatalog,
+    count_bits: int,
+) -> pd.DataFrame:
+    con = connect(memory_limit="1GB")
+    try:
+        con.register("ev_arrow", events)
+        register_inputs(
+            con, journey_map, "SELECT * FROM ev_arrow", None, catalog.settings.profile_attributes
+        )
+        register_snapshots_for_cutoffs(con, cutoffs)
+        return con.execute(feature_query(catalog, count_bits=count_bits)).df()
+    finally:
+        con.close()
+
+
+def test_packed_counts_are_exact_at_their_width(
+    journey_map: JourneyMap, catalog: FeatureCatalog
+) -> None:
+    # 7 events fill 3-bit counts to the top; their neighbours in the packed column stay put
+    log = [
+        {"customer_id": "p", "timestamp": day(d), "event_type": "purchase", "value": 10.0 * d}
+        for d in range(1, 7)
+    ] + [{"customer_id": "p", "timestamp": day(6, 13), "event_type": "page_view"}]
+    assert count_bits_for(len(log)) == 3
+    cutoffs = [day(7), day(20)]
+    tight = _run_query(events_table(log), cutoffs, journey_map, catalog, 3)
+    row = tight.iloc[0]
+    assert (row["events_7d"], row["events_total"], row["n_purchase_7d"]) == (7, 7, 6)
+    assert (row["conversions_total"], row["n_page_view_7d"], row["value_sum_7d"]) == (6, 1, 210.0)
+    wide = _run_query(events_table(log), cutoffs, journey_map, catalog, DEFAULT_COUNT_BITS)
+    pd.testing.assert_frame_equal(tight, wide)
+
+
+def test_window_edges_at_a_snapshot_that_is_not_midnight(
+    journey_map: JourneyMap, catalog: FeatureCatalog
+) -> None:
+    # a look-back boundary inside a day: that day is cut at the exact microsecond
+    at = datetime(2025, 2, 10, 15, 30, 0, 250_000, tzinfo=UTC)
+    edge = at - timedelta(days=7)
+    log = [
+        {"customer_id": "m", "timestamp": edge - timedelta(microseconds=1), "event_type": "login"},
+        {"customer_id": "m", "timestamp": edge, "event_type": "purchase", "value": 3.0},
+        {"customer_id": "m", "timestamp": edge + timedelta(hours=1), "event_type": "login"},
+        {"customer_id": "m", "timestamp": at - timedelta(microseconds=1), "event_type": "login"},
+        {"customer_id": "m", "timestamp": at, "event_type": "complaint"},
+    ]
+    row = _run_query(events_table(log), [at], journey_map, catalog, DEFAULT_COUNT_BITS).iloc[0]
+    assert (row["events_7d"], row["n_login_7d"], row["events_total"]) == (3, 2, 4)
+    assert (row["value_sum_7d"], row["complaints_total"]) == (3.0, 0)
+    assert row["days_since_last_event"] == 1 / 86_400_000_000
+    assert row["last_event_1"] == "login"
 
 
 def test_event_types_unknown_to_the_journey_map(
