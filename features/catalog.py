@@ -352,9 +352,10 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
     )
 
     def since(reading: str, what: str) -> None:
+        noun = what.removeprefix("last_").replace("_", " ")
         add(
             f"days_since_{what}",
-            f"days since the last {what.replace('_', ' ')} (tenure + 1 when never)",
+            f"days since the last {noun} (tenure + 1 when never)",
             "float64",
             VIEW_STATE,
             f"COALESCE({_days_between(reading, 'snapshot_us')}, {tenure} + 1.0)",
