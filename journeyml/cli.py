@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from evaluation.monitor_cli import monitor
 from features.cli import app as features_app
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
@@ -42,3 +43,4 @@ app.command("promote")(promote)
 app.command("serve")(serve)
 app.command("serve-keygen")(keygen)
 app.command("serve-sample")(sample)
+app.command("monitor")(monitor)
