@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from evaluation.monitor_cli import monitor
+from evaluation.policy_cli import evaluate_policy
 from features.cli import app as features_app
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
@@ -44,3 +45,4 @@ app.command("serve")(serve)
 app.command("serve-keygen")(keygen)
 app.command("serve-sample")(sample)
 app.command("monitor")(monitor)
+app.command("evaluate-policy")(evaluate_policy)

@@ -1,0 +1,65 @@
+"""``journeyml evaluate-policy``: off-policy estimates and true simulator values of policies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from journeyml.config import CONFIG_DIR
+
+console = Console()
+err = Console(stderr=True)
+
+
+def evaluate_policy(
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Workspace folder."),
+    journeys: Path = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: <data-dir>/evaluation/policy)."
+    ),
+    horizon_days: int = typer.Option(7, "--horizon-days", min=1, help="Reward window (days)."),
+    simulate: bool = typer.Option(
+        True, "--simulate/--no-simulate", help="Also run each policy in the simulator."
+    ),
+    sim_customers: int | None = typer.Option(
+        None, "--sim-customers", min=50, help="Customers per simulated run (default: the log's)."
+    ),
+    sim_days: int | None = typer.Option(
+        None, "--sim-days", min=30, help="Days per simulated run (default: the log's)."
+    ),
+) -> None:
+    """Value of no action, single actions, random and the oracle: from the log and the truth."""
+    from evaluation.policy import NotSimulatedError, evaluate_policies
+    from journeyml.config import ConfigError, load_journey_map
+
+    try:
+        journey = load_journey_map(journeys)
+        result = evaluate_policies(
+            data_dir, journey, horizon_days, simulate, sim_customers, sim_days
+        )
+    except (ConfigError, NotSimulatedError, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    target = out or data_dir / "evaluation" / "policy"
+    result.write(target)
+    table = Table(title=f"Value per decision over {horizon_days} days (doubly robust, 95 %)")
+    for column in ("policy", "estimate", "interval", "true value per customer"):
+        table.add_column(column)
+    truth = (
+        {}
+        if result.true_values is None
+        else dict(zip(result.true_values["policy"], result.true_values["net_value"], strict=True))
+    )
+    for row in result.estimates.itertuples():
+        if row.estimator not in ("dr", "on-policy mean"):
+            continue
+        interval = "" if row.estimator != "dr" else f"{row.low:.2f} to {row.high:.2f}"
+        true = truth.get(str(row.policy))
+        table.add_row(
+            str(row.policy), f"{row.value:.2f}", interval, "" if true is None else f"{true:.2f}"
+        )
+    console.print(table)
+    console.print(f"Written to {target}")

@@ -1,0 +1,103 @@
+"""The policy report: off-policy estimates, true simulator values, and the action mix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from evaluation.html import Report, pyplot
+from evaluation.policy import PolicyEvaluation
+
+
+def add_policy_sections(report: Report, result: PolicyEvaluation) -> None:
+    """Is the next-best-action policy worth running? Estimates, truth and who gets what."""
+    facts = result.facts
+    dr = result.estimates[result.estimates["estimator"] == "dr"].set_index("policy")
+    values = dict(zip(dr.index.astype(str), dr["value"].astype(float), strict=True))
+    lows = dict(zip(dr.index.astype(str), dr["low"].astype(float), strict=True))
+    highs = dict(zip(dr.index.astype(str), dr["high"].astype(float), strict=True))
+    none = values.get("no action", 0.0)
+    report.section("Policy value from the decision log")
+    best = max(values, key=lambda k: values[k])
+    report.text(
+        f"From {facts.get('decisions', 0):,} logged decisions for "
+        f"{facts.get('customers', 0):,} customers, the doubly robust estimate of the value of "
+        f"one decision over the next {facts.get('horizon_days')} days (revenue minus action "
+        f"cost) is highest for “{best}”: {values[best]:.2f} per decision "
+        f"(95 % interval {lows[best]:.2f} to {highs[best]:.2f}), against "
+        f"{none:.2f} with no action."
+    )
+    report.figure(_estimates_figure(dr), caption="Doubly robust estimates with 95 % intervals")
+    wide = result.estimates.pivot_table(
+        index="policy", columns="estimator", values="value", sort=False
+    ).reset_index()
+    report.table(wide, caption="Value per decision by estimator (IPS, self-normalised IPS, DR)")
+    shown = result.estimates[result.estimates["estimator"] == "dr"][
+        ["policy", "value", "low", "high", "effective_sample_size", "max_weight"]
+    ]
+    report.table(shown, caption="Doubly robust estimates and weight diagnostics")
+    if result.true_values is not None:
+        tv = result.true_values
+        report.section("True values in the simulator")
+        oracle = tv.loc[tv["policy"] == "oracle (true effects)"].iloc[0]
+        logging = tv.loc[tv["policy"] == "logging policy"].iloc[0]
+        report.text(
+            f"Each policy ran the whole simulated period for {facts.get('sim_customers'):,} "
+            f"customers (seed {facts.get('sim_seed')}). Knowing every customer's persona, the "
+            f"oracle adds {oracle['incremental']:.2f} of net value per customer over no action; "
+            f"the logging policy adds {logging['incremental']:.2f} "
+            f"({logging['captured_share']:.0%} of the oracle's gain)."
+        )
+        report.figure(_true_figure(tv), caption="True net value per customer over no action")
+        report.table(tv, caption="True values per customer over the whole run")
+        if result.oracle_choices:
+            report.table(
+                pd.DataFrame(
+                    sorted(result.oracle_choices.items()), columns=["persona", "oracle's action"]
+                ),
+                caption="What the oracle sends each persona",
+            )
+    report.section("Action mix by segment")
+    report.text("Share of the logged decisions that sent each action, per customer segment.")
+    report.table(result.action_mix.reset_index(), caption="Logged action mix")
+    report.figure(_mix_figure(result.action_mix), caption="Logged action mix by segment")
+
+
+def _estimates_figure(dr: pd.DataFrame) -> object:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(dr) + 1))
+    y = np.arange(len(dr))
+    ax.errorbar(
+        dr["value"], y, xerr=[dr["value"] - dr["low"], dr["high"] - dr["value"]], fmt="o",
+        color="#2a5bd7", capsize=3,
+    )  # fmt: skip
+    ax.set_yticks(y, dr.index)
+    none = dr["value"][dr.index == "no action"]
+    ax.axvline(float(none.iloc[0]) if len(none) else 0.0, ls=":")
+    ax.set_xlabel("value per decision")
+    fig.tight_layout()
+    return fig
+
+
+def _true_figure(tv: pd.DataFrame) -> object:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(tv) + 1))
+    colors = ["#2e9d5b" if v > 0 else "#d2423b" for v in tv["incremental"]]
+    ax.barh(tv["policy"][::-1], tv["incremental"][::-1], color=colors[::-1])
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("net value per customer over no action")
+    fig.tight_layout()
+    return fig
+
+
+def _mix_figure(mix: pd.DataFrame) -> object:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(mix) + 1.2))
+    left = np.zeros(len(mix))
+    for action in mix.columns:
+        ax.barh(mix.index.astype(str), mix[action], left=left, label=str(action))
+        left += mix[action].to_numpy()
+    ax.legend(fontsize=7, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    ax.set_xlabel("share of decisions")
+    fig.tight_layout()
+    return fig
