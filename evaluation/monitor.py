@@ -77,7 +77,7 @@ class DetectionSettings(StrictModel):
     shift_relative: PositiveFloat = 0.25
     shift_absolute: PositiveFloat = 0.05
     volume_shift_relative: PositiveFloat = 1.0
-    threshold: PositiveFloat = 8.0
+    threshold: PositiveFloat = 12.0
 
 
 class DriftSettings(StrictModel):
@@ -562,14 +562,21 @@ def feature_drift(snapshots: Path, settings: DriftSettings) -> pd.DataFrame:
     glob = str(snapshots / "**" / "*.parquet").replace("'", "''")
     con = duckdb.connect()
     try:
-        con.execute(f"CREATE VIEW snap AS SELECT * FROM read_parquet('{glob}')")
+        # snapshot timestamps may be stored in ns or us: compare them as plain TIMESTAMPTZ
+        con.execute(
+            f"CREATE VIEW snap AS SELECT * REPLACE "
+            f"(CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp) "
+            f"FROM read_parquet('{glob}')"
+        )
         latest = con.execute("SELECT MAX(event_timestamp) FROM snap").fetchone()
         if not latest or latest[0] is None:
             raise ValueError(f"no feature snapshots under {snapshots}")
         cutoff = latest[0] - timedelta(days=settings.reference_end_days)
-        current = con.execute("SELECT * FROM snap WHERE event_timestamp = ?", [latest[0]]).df()
+        current = con.execute(
+            "SELECT * FROM snap WHERE event_timestamp = CAST(? AS TIMESTAMPTZ)", [latest[0]]
+        ).df()
         reference = con.execute(
-            f"SELECT * FROM snap WHERE event_timestamp <= ? "
+            f"SELECT * FROM snap WHERE event_timestamp <= CAST(? AS TIMESTAMPTZ) "
             f"USING SAMPLE {settings.reference_sample_rows} ROWS (reservoir, 7)",
             [cutoff],
         ).df()

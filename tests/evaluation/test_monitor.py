@@ -15,10 +15,12 @@ from typer.testing import CliRunner
 from evaluation.html import Report
 from evaluation.monitor import (
     DetectionSettings,
+    DriftSettings,
     MonitorSettings,
     Series,
     categorical_psi,
     detect_changes,
+    feature_drift,
     load_monitor_settings,
     psi,
     run_monitor,
@@ -199,3 +201,30 @@ def test_cli_and_report(payment_incident: Path, tmp_path: Path) -> None:
     add_monitoring_sections(report, run_monitor(payment_incident, load_monitor_settings()))
     html = report.render()
     assert report.figures >= 3 and "payment step broke" in html
+
+
+def test_feature_drift_flags_the_feature_that_moved(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    snaps = tmp_path / "snapshots"
+    snaps.mkdir()
+    for week in range(10):
+        n = 2000
+        moved = week == 9
+        pd.DataFrame(
+            {
+                "customer_id": [f"C{i}" for i in range(n)],
+                "event_timestamp": [t0 + timedelta(days=7 * week)] * n,
+                "stable": rng.normal(size=n),
+                "shifted": rng.normal(size=n) + (1.0 if moved else 0.0),
+                "tier": rng.choice(["a", "b"], n, p=[0.8, 0.2] if moved else [0.5, 0.5]),
+            }
+        ).to_parquet(snaps / f"week{week}.parquet", index=False)
+    drift = feature_drift(snaps, DriftSettings()).set_index("feature")
+    assert drift.loc["stable", "level"] == "ok" and drift.loc["stable", "psi"] < 0.05
+    assert drift.loc["shifted", "level"] == "alert"
+    assert drift.loc["tier", "psi"] == pytest.approx(
+        (0.8 - 0.5) * np.log(0.8 / 0.5) + (0.2 - 0.5) * np.log(0.2 / 0.5), abs=0.05
+    )
+    with pytest.raises(ValueError, match="reference is empty"):
+        feature_drift(snaps, DriftSettings(reference_end_days=400))
