@@ -169,6 +169,70 @@ def apply_multiclass_calibrator(spec: Mapping[str, Any], p: np.ndarray) -> np.nd
     return e / e.sum(axis=1, keepdims=True)
 
 
+def path_tables(booster: Any) -> tuple[np.ndarray, float]:
+    """Saabas path attribution tables of a LightGBM model (see ``ModelBundle.contributions``).
+
+    Returns ``(tables, bias)``: ``tables[t, leaf]`` is the contribution vector of the path to
+    that leaf of tree ``t``; ``bias`` is the sum of the trees' expected outputs. A node's
+    expected output is the mean of its leaves weighted by their training counts, as TreeSHAP
+    takes it (LightGBM's ``internal_value`` is hessian-weighted instead), so on one-split trees
+    the attribution is exactly TreeSHAP's.
+    """
+    dump = booster.dump_model()
+    n_features = booster.num_feature()
+    trees = dump["tree_info"]
+    width = max((t["num_leaves"] for t in trees), default=1)
+    tables = np.zeros((len(trees), width, n_features))
+    bias = 0.0
+    for t, tree in enumerate(trees):
+        root = tree["tree_structure"]
+        if "split_feature" not in root:  # a single-leaf tree
+            bias += float(root.get("leaf_value", 0.0))
+            continue
+        expected = _expected_values(root)
+        bias += expected[id(root)]
+        stack = [(root, np.zeros(n_features))]
+        while stack:
+            node, acc = stack.pop()
+            for side in ("left_child", "right_child"):
+                child = node[side]
+                path = acc.copy()
+                path[node["split_feature"]] += expected[id(child)] - expected[id(node)]
+                if "leaf_index" in child:
+                    tables[t, child["leaf_index"]] = path
+                else:
+                    stack.append((child, path))
+    return tables, bias
+
+
+def _expected_values(root: dict[str, Any]) -> dict[int, float]:
+    """Count-weighted mean leaf value below every node of a dumped tree (by ``id(node)``)."""
+    out: dict[int, float] = {}
+    counts: dict[int, float] = {}
+    order: list[dict[str, Any]] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        if "leaf_index" not in node:
+            stack.extend((node["left_child"], node["right_child"]))
+    for node in reversed(order):  # children before parents
+        if "leaf_index" in node:
+            out[id(node)] = float(node["leaf_value"])
+            counts[id(node)] = float(node.get("leaf_count", 1) or 0)
+            continue
+        left, right = node["left_child"], node["right_child"]
+        nl, nr = counts[id(left)], counts[id(right)]
+        total = nl + nr
+        out[id(node)] = (
+            (nl * out[id(left)] + nr * out[id(right)]) / total
+            if total > 0
+            else float(node["internal_value"])
+        )
+        counts[id(node)] = total
+    return out
+
+
 def _threads(x: np.ndarray) -> dict[str, int]:
     """One thread for small inputs: waking LightGBM's OpenMP pool costs ~50x a one-row
     prediction (measured 6.7 ms against 0.14 ms for a 51-tree model on a busy 2-core box);
@@ -195,6 +259,7 @@ class ModelBundle:
     boosters: dict[str, Any]
     vocabularies: dict[str, list[str]]
     calibrator: dict[str, Any] = field(default_factory=dict)
+    _path_cache: tuple[np.ndarray, float] | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -304,14 +369,40 @@ class ModelBundle:
         return apply_binary_calibrator(self.calibrator, raw)
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
-        """Per-feature contributions (TreeSHAP, log-odds) of a binary model; last column = bias.
+        """Per-feature contributions (log-odds) of a binary model; last column = bias.
 
-        These explain the uncalibrated score; the calibrators are monotone, so the ranking
-        of reasons holds for the calibrated probability too.
+        Path attribution (Saabas; XGBoost's ``approx_contribs``): along each tree's decision
+        path, the change of the node's expected output goes to the node's split feature. Like
+        TreeSHAP the contributions add up exactly to the raw score (bias + sum = log-odds), and
+        on one-split trees they equal it; unlike TreeSHAP they cost one leaf lookup per tree
+        instead of a walk over every path. Measured on the demo's churn and conversion models
+        (~80 trees, 20,000 rows): 35-50 µs a row in a batch and ~0.19 ms for one row, against
+        0.36 ms and 1.4 ms for LightGBM's ``pred_contrib``; the top reason is TreeSHAP's top
+        reason for 72-75 % of customers and 70-76 % of the top-3 reasons are shared. That cost
+        is what lets the batch list explain a million customers in its time budget. These
+        explain the uncalibrated score; the calibrators are monotone, so the ranking of reasons
+        holds for the calibrated probability too.
         """
         if self.kind != "binary":
             raise BundleError(f"contributions are defined for binary models, not {self.kind}")
-        return np.asarray(self.boosters["model"].predict(x, pred_contrib=True, **_threads(x)))
+        tables, bias = self._paths()
+        booster = self.boosters["model"]
+        leaves = np.asarray(booster.predict(x, pred_leaf=True, **_threads(x)), dtype=np.intp)
+        leaves = leaves.reshape(len(x), -1)
+        out = np.zeros((len(x), tables.shape[2] + 1))
+        if len(x) == 1:
+            out[0, :-1] = tables[np.arange(tables.shape[0]), leaves[0]].sum(axis=0)
+        else:
+            for t in range(tables.shape[0]):
+                out[:, :-1] += tables[t, leaves[:, t]]
+        out[:, -1] = bias
+        return out
+
+    def _paths(self) -> tuple[np.ndarray, float]:
+        """Per tree and leaf, the path contribution of every feature (trees, leaves, features)."""
+        if self._path_cache is None:
+            self._path_cache = path_tables(self.boosters["model"])
+        return self._path_cache
 
     def predict_effects(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Uplift: each action's effect on each outcome versus no action, per row.

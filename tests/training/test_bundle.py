@@ -180,3 +180,27 @@ def test_row_encoding_equals_frame_encoding(rows: list[tuple[float | None, str |
     )
     with pytest.raises(BundleError, match="missing feature"):
         bundle.encode_rows([{"n": 1.0}])
+
+
+def test_contributions_add_up_to_the_raw_score_and_follow_the_splits(tmp_path: Path) -> None:
+    write_tiny(tmp_path)
+    loaded = load_model_bundle(tmp_path)
+    x = loaded.encode(pd.concat([tiny_booster()[1]] * 2, ignore_index=True))
+    contrib = loaded.contributions(x)
+    raw = loaded.boosters["model"].predict(x, raw_score=True)
+    np.testing.assert_allclose(contrib.sum(axis=1), raw, atol=1e-9)  # local accuracy
+    np.testing.assert_allclose(loaded.contributions(x[:1]), contrib[:1])  # one row = the batch
+    # n drives the label: higher n must be credited with more churn on average
+    n = x[:, 0]
+    assert np.corrcoef(n, contrib[:, 0])[0, 1] > 0.8
+    # on single-split trees, path attribution is exact TreeSHAP
+    stump = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 2, "min_data_in_leaf": 5},
+        lgb.Dataset(x, (n > 0).astype(int), feature_name=["n", "stage"]),
+        10,
+    )
+    loaded.boosters["model"] = stump
+    loaded._path_cache = None
+    np.testing.assert_allclose(
+        loaded.contributions(x), stump.predict(x, pred_contrib=True), atol=1e-9
+    )
