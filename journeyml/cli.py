@@ -15,6 +15,7 @@ from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
 from serving.cli import keygen, sample, serve
+from serving.lists_cli import app as lists_app
 from training.cli import promote, train
 
 app = typer.Typer(
@@ -46,3 +47,4 @@ app.command("serve-keygen")(keygen)
 app.command("serve-sample")(sample)
 app.command("monitor")(monitor)
 app.command("evaluate-policy")(evaluate_policy)
+app.add_typer(lists_app, name="lists", help="Batch lists for marketers (churn risk).")

@@ -27,12 +27,15 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, PrivateAttr
 
 from journeyml.config import CONFIG_DIR, ConfigError, StrictModel, load_config, validate_config
 from serving.rules import Rule, RuleError
+
+if TYPE_CHECKING:
+    from features.catalog import FeatureCatalog
 
 NO_ACTION = "none"
 """Id of the "no action" candidate; no catalog action may use it."""
@@ -312,3 +315,24 @@ def load_actions(
     except ConfigError as exc:
         raise _bracket_paths(exc) from None
     return _checked(catalog, str(path), known_names, channels)
+
+
+_KINDS = {"int64": "number", "float64": "number", "string": "string", "bool": "bool"}
+
+
+def load_decision_catalogs(
+    actions_path: str | Path, features_path: str | Path, journeys_path: str | Path
+) -> tuple[FeatureCatalog, ActionsCatalog]:
+    """The feature catalog and the actions catalog checked against it (rules may read only
+    features, scores and context): what the endpoint and the batch list both decide with."""
+    from features.catalog import build_catalog
+    from features.settings import load_feature_settings
+    from journeyml.config import load_journey_map
+    from training.bundle import CALENDAR_FEATURES
+
+    catalog = build_catalog(
+        load_journey_map(journeys_path), load_feature_settings(str(features_path))
+    )
+    known = {f.name: _KINDS.get(f.dtype, "other") for f in catalog.features}
+    known.update({name: "number" for name in CALENDAR_FEATURES})
+    return catalog, load_actions(actions_path, known_names=known)

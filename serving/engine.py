@@ -276,9 +276,9 @@ class DecisionEngine:
                 break
             name = loaded.bundle.features[j]
             value = values.get(name)
-            shown = _show(value) if name in values else _show(x[0, j])
-            desc = self.descriptions.get(name, name.replace("_", " "))
-            out.append(Reason(name, f"{desc}: {shown} raises {outcome}", float(contrib[j])))
+            shown = show_value(value) if name in values else show_value(x[0, j])
+            text = reason_text(self.descriptions, name, shown, outcome)
+            out.append(Reason(name, text, float(contrib[j])))
         return out
 
     def score(self, values: Mapping[str, Any], now: datetime) -> Scores:
@@ -730,7 +730,15 @@ def _why(
     )
 
 
-def _show(value: Any) -> str:
+def reason_text(descriptions: Mapping[str, str], feature: str, shown: str, outcome: str) -> str:
+    """A reason in plain words, e.g. ``complaints in the last 90 days: 2 raises churn risk``.
+    The endpoint's reasons and the batch list's are written by this one function."""
+    description = descriptions.get(feature, feature.replace("_", " "))
+    return f"{description}: {shown} raises {outcome}"
+
+
+def show_value(value: Any) -> str:
+    """A feature value as a reason shows it."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "missing"
     if isinstance(value, float):

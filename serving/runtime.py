@@ -23,14 +23,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from features.catalog import build_catalog
 from features.realtime import EventStore, RealtimeUpdater
 from features.settings import load_feature_settings
 from features.store import Workspace, open_store
 from journeyml.config import load_journey_map
 from journeyml.events.schema import NORMALISED_EVENT_SCHEMA
 from journeyml.events.staging import content_id_sql
-from serving.actions import load_actions
+from serving.actions import load_decision_catalogs
 from serving.auth import KeyRing
 from serving.config import ServingSettings
 from serving.engine import Decision, DecisionContext, DecisionEngine, Scores, hashed_id
@@ -49,11 +48,8 @@ from serving.schemas import (
     ScoreRequest,
 )
 from serving.state import StateStore
-from training.bundle import CALENDAR_FEATURES
 
 logger = logging.getLogger(__name__)
-
-_KINDS = {"int64": "number", "float64": "number", "string": "string", "bool": "bool"}
 
 
 @dataclass(frozen=True)
@@ -69,10 +65,9 @@ class Runtime:
         self.settings = settings
         self.journey_map = load_journey_map(settings.journeys)
         self.feature_settings = load_feature_settings(settings.features)
-        self.catalog = build_catalog(self.journey_map, self.feature_settings)
-        known = {f.name: _KINDS.get(f.dtype, "other") for f in self.catalog.features}
-        known.update({name: "number" for name in CALENDAR_FEATURES})
-        self.actions = load_actions(settings.actions, known_names=known)
+        self.catalog, self.actions = load_decision_catalogs(
+            settings.actions, settings.features, settings.journeys
+        )
         self.workspace = Workspace(settings.data_dir)
         (self.workspace.root / "serving").mkdir(parents=True, exist_ok=True)
         self.keyring = load_keyring(settings)

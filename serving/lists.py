@@ -1,0 +1,525 @@
+"""The marketer's batch churn-risk list: the decision engine over every customer, in chunks.
+
+``journeyml lists churn-risk`` ranks customers by churn risk and tells, for each, why (the top
+reasons in plain words), what they will probably do next and what to do about it. It runs the
+batch path of the one decision pipeline (:meth:`serving.engine.DecisionEngine.decide_frame`):
+the same models, rules, uplift arbitration and contact policy as the endpoint, so a customer's
+recommended action here is the action the endpoint would choose at the same time (without
+exploration, which a list has no use for). Holdout customers are listed with their flag and no
+action, as the endpoint answers them.
+
+How it scales: features come from the offline snapshots (each customer's latest row at or
+before the list's time), read by DuckDB and scored in chunks of ``chunk_rows`` customers; the
+contact policy's state of every customer with recent contacts is read in one query before the
+first chunk (no per-customer round trip). Each scored chunk goes to a Parquet part in a work
+folder beside the outputs; DuckDB then sorts the parts (out of core) into the CSV and Parquet
+files, which replace the previous ones by rename only when both are complete: a crash leaves
+the previous list, never a partial one.
+
+Recency features (days since ...) are advanced by the age of the snapshot row at the list's
+decision time, exactly as the endpoint's online read advances them, so a list made today
+from last night's snapshot sees today's recencies.
+
+Left out, and counted: customers who opted out of marketing (``marketing_opt_out == 'true'``),
+customers on the suppression list (a file of customer ids: do-not-contact, legal holds), and
+customers whom the contact policy suppresses on every channel the catalog uses (they ignored
+every recent contact).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from serving.actions import load_decision_catalogs
+from serving.config import ServingSettings
+from serving.engine import NO_ACTION, DecisionEngine, holdout_flag, reason_text, show_value
+from serving.models import ModelSet
+from serving.state import Candidate, StateStore
+
+logger = logging.getLogger(__name__)
+
+ENTITY = "customer_id"
+TIMESTAMP = "event_timestamp"
+OPT_OUT = "marketing_opt_out"
+SEGMENT = "segment"
+
+COLUMNS = [
+    "customer_id",
+    "churn_risk",
+    "risk_band",
+    "conversion_propensity",
+    "next_step",
+    "next_step_probability",
+    "reason_1",
+    "reason_2",
+    "reason_3",
+    "recommended_action",
+    "channel",
+    "expected_value",
+    "holdout",
+    "segment",
+    "features_as_of",
+]
+
+
+class ListError(ValueError):
+    """The list cannot be made as asked (missing inputs, bad filters); nothing was written."""
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    """Which scored customers make the list."""
+
+    segments: tuple[str, ...] = ()
+    min_risk: float = 0.0
+    top: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_risk <= 1.0:
+            raise ListError(f"--min-risk must be between 0 and 1, not {self.min_risk}")
+        if self.top is not None and self.top < 1:
+            raise ListError(f"--top must be at least 1, not {self.top}")
+
+
+@dataclass
+class ListSummary:
+    """What the list holds and who was left out, written beside it as ``<name>.json``."""
+
+    as_of: str
+    customers_read: int = 0
+    opted_out: int = 0
+    suppressed_list: int = 0
+    suppressed_contact_policy: int = 0
+    other_segment: int = 0
+    below_min_risk: int = 0
+    beyond_top: int = 0
+    listed: int = 0
+    holdout: int = 0
+    with_action: int = 0
+    by_band: dict[str, int] = field(default_factory=dict)
+    by_action: dict[str, int] = field(default_factory=dict)
+    model_versions: dict[str, str] = field(default_factory=dict)
+    policy_version: str = ""
+    filters: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def suppressed(self) -> int:
+        return self.suppressed_list + self.suppressed_contact_policy
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def latest_snapshot_chunks(
+    snapshots: Path, as_of: datetime | None, chunk_rows: int, segments: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
+    """Each customer's latest snapshot row at or before ``as_of``, ``chunk_rows`` at a time."""
+    files = list(snapshots.rglob("*.parquet")) if snapshots.is_dir() else []
+    if not files:
+        raise ListError(
+            f"no feature snapshots under {snapshots}: run `journeyml features build` first"
+        )
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        source = str(snapshots / "**" / "*.parquet")
+        where = [f"{ENTITY} IS NOT NULL"]
+        params: dict[str, Any] = {"source": source}
+        if as_of is not None:
+            where.append(f"{TIMESTAMP} <= $as_of")
+            params["as_of"] = as_of
+        query = (
+            f"SELECT * FROM read_parquet($source) WHERE {' AND '.join(where)} "
+            f"QUALIFY row_number() OVER (PARTITION BY {ENTITY} ORDER BY {TIMESTAMP} DESC) = 1"
+        )
+        if segments:
+            query = f"SELECT * FROM ({query}) WHERE {SEGMENT} IN (SELECT unnest($segments))"
+            params["segments"] = list(segments)
+        reader = con.sql(query, params=params).to_arrow_reader(chunk_rows)
+        for batch in reader:
+            if batch.num_rows:
+                yield batch.to_pandas().set_index(ENTITY, drop=False)
+    finally:
+        con.close()
+
+
+def count_customers(snapshots: Path, as_of: datetime | None) -> int:
+    """Customers with a snapshot row at or before ``as_of``."""
+    con = duckdb.connect()
+    try:
+        where = f"WHERE {TIMESTAMP} <= $as_of" if as_of is not None else ""
+        params: dict[str, Any] = {"source": str(snapshots / "**" / "*.parquet")}
+        if as_of is not None:
+            params["as_of"] = as_of
+        row = con.execute(
+            f"SELECT count(DISTINCT {ENTITY}) FROM read_parquet($source) {where}", params
+        ).fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        con.close()
+
+
+def read_suppression_list(path: Path) -> set[str]:
+    """Customer ids from a CSV (a ``customer_id`` column, or one id a line) or Parquet file."""
+    if not path.exists():
+        raise ListError(f"suppression list {path} does not exist")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, dtype=str)
+            if ENTITY not in frame.columns:
+                frame = pd.read_csv(path, dtype=str, header=None, names=[ENTITY])
+    except Exception as exc:
+        raise ListError(f"suppression list {path} could not be read: {exc}") from exc
+    if ENTITY not in frame.columns:
+        raise ListError(f"suppression list {path} has no {ENTITY} column")
+    return set(frame[ENTITY].dropna().astype(str))
+
+
+# -- scoring one chunk --------------------------------------------------------------------------
+
+
+def top_reasons(
+    contributions: np.ndarray,
+    features: Sequence[str],
+    frame: pd.DataFrame,
+    descriptions: dict[str, str],
+    outcome: str,
+    k: int = 3,
+) -> list[list[str | None]]:
+    """The ``k`` features that raise the score most, per row, in plain words (None past the
+    positive ones) — the endpoint's :meth:`DecisionEngine._reasons`, over a frame."""
+    contrib = contributions[:, : len(features)]
+    n = len(contrib)
+    k = min(k, contrib.shape[1])
+    top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k else np.empty((n, 0), int)
+    order = np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    values = np.take_along_axis(contrib, top, axis=1)
+    columns: dict[int, np.ndarray] = {}
+    for j in np.unique(top):
+        name = features[j]
+        if name in frame.columns:
+            columns[int(j)] = frame[name].to_numpy(dtype=object)
+    out: list[list[str | None]] = []
+    for r in range(k):
+        texts: list[str | None] = [None] * n
+        for i in np.flatnonzero(values[:, r] > 0):
+            j = int(top[i, r])
+            column = columns.get(j)
+            shown = show_value(column[i]) if column is not None else "missing"
+            texts[i] = reason_text(descriptions, features[j], shown, outcome)
+        out.append(texts)
+    return out
+
+
+def age_rows(chunk: pd.DataFrame, ageing: Sequence[str], now: datetime) -> pd.DataFrame:
+    """Recency features advanced by the age of their snapshot row at ``now``, as the
+    endpoint's online read does (:class:`serving.features.OnlineFeatures`)."""
+    if TIMESTAMP not in chunk or not ageing:
+        return chunk
+    stamps = pd.to_datetime(chunk[TIMESTAMP], utc=True)
+    days = ((pd.Timestamp(now) - stamps).dt.total_seconds().clip(lower=0.0) / 86400.0).to_numpy()
+    present = [name for name in ageing if name in chunk.columns]
+    return chunk.assign(**{name: chunk[name].astype(float) + days for name in present})
+
+
+def contact_policy_state(engine: DecisionEngine, now: datetime) -> pd.DataFrame:
+    """The contact policy of every customer with recent history, in one read of the store."""
+    candidates = [Candidate(a.id, a.channel) for a in engine.actions]
+    frame = engine.state.contact_counts(engine.policy, now, None, candidates)
+    return frame.set_index("customer_id") if len(frame) else frame
+
+
+def _suppressed_everywhere(policy_rows: pd.DataFrame, channels: Sequence[str]) -> pd.Index:
+    """Customers suppressed (ignored runs) on every channel the catalog uses."""
+    if policy_rows.empty:
+        return pd.Index([])
+    mask = np.ones(len(policy_rows), dtype=bool)
+    for ch in channels:
+        reasons = policy_rows.get(f"reason_channel__{ch}")
+        if reasons is None:
+            return pd.Index([])
+        mask &= reasons.fillna("").str.contains(f"{ch} suppressed after", regex=False).to_numpy()
+    return policy_rows.index[mask]
+
+
+def score_chunk(
+    engine: DecisionEngine,
+    chunk: pd.DataFrame,
+    now: datetime,
+    policy_rows: pd.DataFrame,
+) -> pd.DataFrame:
+    """One chunk of the list: scores, reasons, the recommended action and the holdout flag."""
+    blocked = [f"blocked__{a.id}" for a in engine.actions]
+    frame = chunk
+    if not policy_rows.empty:
+        known = policy_rows.reindex(chunk.index)
+        present = [c for c in blocked if c in known.columns]
+        frame = chunk.assign(**{c: known[c].fillna(False).astype(bool) for c in present})
+    decided = engine.decide_frame(frame, now)
+    settings = engine.settings
+    churn = engine.models.models["churn"].bundle
+    x = churn.encode(chunk, as_of=now)
+    reasons = top_reasons(
+        churn.contributions(x),
+        churn.features,
+        chunk,
+        engine.descriptions,
+        "churn risk",
+        3,
+    )
+    ids = chunk[ENTITY].astype(str).to_numpy(dtype=object)
+    share, salt = settings.holdout.share, settings.holdout.salt
+    holdout = np.fromiter((holdout_flag(c, share, salt) for c in ids), bool, len(ids))
+    action = decided["action"].to_numpy(dtype=object).copy()
+    action[holdout] = NO_ACTION
+    channel_of = {a.id: a.channel for a in engine.actions}
+    channel = np.array([channel_of.get(a) for a in action], dtype=object)
+    value = np.where(holdout, 0.0, decided["expected_value"].to_numpy(dtype=float))
+    risk = decided["churn_risk"].to_numpy(dtype=float)
+    bands = np.array([settings.risk_band(r) for r in risk], dtype=object)
+    as_of = pd.to_datetime(chunk[TIMESTAMP], utc=True) if TIMESTAMP in chunk else pd.NaT
+    return pd.DataFrame(
+        {
+            "customer_id": ids,
+            "churn_risk": risk,
+            "risk_band": bands,
+            "conversion_propensity": decided["conversion_propensity"].to_numpy(dtype=float),
+            "next_step": decided["next_step"].to_numpy(dtype=object),
+            "next_step_probability": decided["next_step_probability"].to_numpy(dtype=float),
+            "reason_1": reasons[0],
+            "reason_2": reasons[1],
+            "reason_3": reasons[2],
+            "recommended_action": action,
+            "channel": channel,
+            "expected_value": value,
+            "holdout": holdout,
+            "segment": chunk[SEGMENT].to_numpy(dtype=object) if SEGMENT in chunk else None,
+            "features_as_of": as_of,
+        },
+        columns=COLUMNS,
+    )
+
+
+# -- the list -----------------------------------------------------------------------------------
+
+
+def batch_engine(settings: ServingSettings) -> DecisionEngine:
+    """The decision engine without an online store: models by alias, catalog, contact policy.
+
+    The state store is the service's (the contact history the endpoint writes), read only.
+    """
+    catalog, actions = load_decision_catalogs(
+        settings.actions, settings.features, settings.journeys
+    )
+    models = ModelSet(settings)
+    models.refresh()
+    state = StateStore(settings.resolved_state_url())
+    return DecisionEngine(settings, actions, models, None, state, catalog.descriptions)
+
+
+_SCHEMA = pa.schema(
+    [
+        ("customer_id", pa.string()),
+        ("churn_risk", pa.float64()),
+        ("risk_band", pa.string()),
+        ("conversion_propensity", pa.float64()),
+        ("next_step", pa.string()),
+        ("next_step_probability", pa.float64()),
+        ("reason_1", pa.string()),
+        ("reason_2", pa.string()),
+        ("reason_3", pa.string()),
+        ("recommended_action", pa.string()),
+        ("channel", pa.string()),
+        ("expected_value", pa.float64()),
+        ("holdout", pa.bool_()),
+        ("segment", pa.string()),
+        ("features_as_of", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def churn_risk_list(
+    engine: DecisionEngine,
+    snapshots: Path,
+    out_dir: Path,
+    *,
+    name: str = "churn_risk",
+    filters: ListFilters | None = None,
+    as_of: datetime | None = None,
+    now: datetime | None = None,
+    suppression: set[str] | None = None,
+    chunk_rows: int = 100_000,
+) -> ListSummary:
+    """Writes ``<out_dir>/<name>.csv``, ``.parquet`` and ``.json`` (the summary), atomically.
+
+    Args:
+        as_of: use snapshot rows at or before this time (default: each customer's latest).
+        now: the decision time for the models' calendar features and the contact policy
+            (default: the current time).
+        suppression: customer ids never to list.
+    """
+    started = time.perf_counter()
+    filters = filters or ListFilters()
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    missing = [r for r in ("churn", "conversion") if r not in engine.models.models]
+    if missing:
+        raise ListError(
+            f"no {' or '.join(missing)} model is loaded ({engine.models.errors or 'no alias'}): "
+            "train and promote first (`journeyml train`, `journeyml promote`)"
+        )
+    summary = ListSummary(
+        as_of=now.isoformat(),
+        model_versions=engine.models.versions(),
+        policy_version=engine.catalog.version,
+        filters={
+            "segments": list(filters.segments),
+            "min_risk": filters.min_risk,
+            "top": filters.top,
+            "features_as_of": as_of.isoformat() if as_of else None,
+        },
+    )
+    suppression = suppression or set()
+    catalog, _ = load_decision_catalogs(
+        engine.settings.actions, engine.settings.features, engine.settings.journeys
+    )
+    ageing = [f.name for f in catalog.features if f.ages_with_time]
+    policy_rows = contact_policy_state(engine, now)
+    channels = sorted({a.channel for a in engine.actions})
+    suppressed_policy = set(_suppressed_everywhere(policy_rows, channels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
+    try:
+        parts = 0
+        for chunk in latest_snapshot_chunks(snapshots, as_of, chunk_rows, filters.segments):
+            summary.customers_read += len(chunk)
+            ids = chunk[ENTITY].astype(str)
+            opted = (
+                chunk[OPT_OUT].astype(str).str.lower().eq("true").to_numpy()
+                if OPT_OUT in chunk
+                else np.zeros(len(chunk), dtype=bool)
+            )
+            on_list = ids.isin(suppression).to_numpy() & ~opted
+            by_policy = ids.isin(suppressed_policy).to_numpy() & ~opted & ~on_list
+            summary.opted_out += int(opted.sum())
+            summary.suppressed_list += int(on_list.sum())
+            summary.suppressed_contact_policy += int(by_policy.sum())
+            keep = ~(opted | on_list | by_policy)
+            if not keep.any():
+                continue
+            scored = score_chunk(engine, age_rows(chunk[keep], ageing, now), now, policy_rows)
+            low = scored["churn_risk"].to_numpy() < filters.min_risk
+            summary.below_min_risk += int(low.sum())
+            scored = scored[~low]
+            if scored.empty:
+                continue
+            table = pa.Table.from_pandas(scored, schema=_SCHEMA, preserve_index=False)
+            pq.write_table(table, work / f"part-{parts:05d}.parquet")
+            parts += 1
+        if filters.segments:
+            summary.other_segment = count_customers(snapshots, as_of) - summary.customers_read
+        outputs = _write_sorted(work, parts, out_dir, name, filters.top, summary)
+        summary.seconds = round(time.perf_counter() - started, 3)
+        summary.outputs = [str(p) for p in outputs]
+        json_path = out_dir / f"{name}.json"
+        _atomic_text(json_path, json.dumps(asdict(summary), indent=2, default=str) + "\n")
+        summary.outputs.append(str(json_path))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info(
+        "list %s: %d listed of %d read (%d opted out, %d suppressed) in %.1f s",
+        name,
+        summary.listed,
+        summary.customers_read,
+        summary.opted_out,
+        summary.suppressed,
+        summary.seconds,
+    )
+    return summary
+
+
+def _write_sorted(
+    work: Path, parts: int, out_dir: Path, name: str, top: int | None, summary: ListSummary
+) -> list[Path]:
+    """Sorts the parts into the final CSV and Parquet; both replace the old files at the end."""
+    csv_tmp, parquet_tmp = work / f"{name}.csv", work / f"{name}.parquet"
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"SET temp_directory = '{_sql(str(work / 'spill'))}'")
+        if parts:
+            source = f"read_parquet('{_sql(str(work / 'part-*.parquet'))}')"
+        else:
+            empty = pa.Table.from_pylist([], schema=_SCHEMA)
+            con.register("empty_list", empty)
+            source = "empty_list"
+        limit = f"LIMIT {int(top)}" if top is not None else ""
+        con.execute(
+            f"CREATE VIEW ranked AS SELECT * FROM {source} "
+            f"ORDER BY churn_risk DESC, customer_id {limit}"
+        )
+        total = con.execute(f"SELECT count(*) FROM {source}").fetchone()
+        con.execute(f"COPY (SELECT * FROM ranked) TO '{_sql(str(parquet_tmp))}' (FORMAT parquet)")
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{_sql(str(parquet_tmp))}')) "
+            f"TO '{_sql(str(csv_tmp))}' (FORMAT csv, HEADER true)"
+        )
+        stats = con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE holdout), "
+            f"count(*) FILTER (WHERE recommended_action <> '{NO_ACTION}') "
+            f"FROM read_parquet('{_sql(str(parquet_tmp))}')"
+        ).fetchone()
+        bands = con.execute(
+            f"SELECT risk_band, count(*) FROM read_parquet('{_sql(str(parquet_tmp))}') "
+            "GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        actions = con.execute(
+            f"SELECT recommended_action, count(*) FROM read_parquet('{_sql(str(parquet_tmp))}') "
+            "GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+    finally:
+        con.close()
+    assert stats is not None and total is not None
+    summary.listed, summary.holdout, summary.with_action = (int(v) for v in stats)
+    summary.beyond_top = int(total[0]) - summary.listed
+    summary.by_band = {str(b): int(c) for b, c in bands}
+    summary.by_action = {str(a): int(c) for a, c in actions}
+    targets = [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
+    for tmp, target in zip((parquet_tmp, csv_tmp), targets, strict=True):
+        tmp.replace(target)
+    return targets
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sql(text: str) -> str:
+    return text.replace("'", "''")

@@ -1,0 +1,116 @@
+"""``journeyml lists churn-risk``: the marketer's churn-risk list (CSV and Parquet)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from journeyml.config import CONFIG_DIR
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+def _when(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        err.print(f"[red]{option}: {text!r} is not an ISO date or time (e.g. 2026-01-31)[/red]")
+        raise typer.Exit(2) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@app.command("churn-risk")
+def churn_risk(
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Workspace folder."),
+    config: Path = typer.Option(CONFIG_DIR / "serving.yaml", "--config", help="Serving settings."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: <data-dir>/lists)."
+    ),
+    segment: list[str] = typer.Option(
+        [], "--segment", help="Only customers of this segment (repeat for several)."
+    ),
+    min_risk: float = typer.Option(0.0, "--min-risk", help="Only churn risk at least this."),
+    top: int | None = typer.Option(None, "--top", help="Only the N riskiest customers."),
+    alias: str | None = typer.Option(
+        None, "--alias", help="Model alias to use (default: the serving settings', champion)."
+    ),
+    features_as_of: str | None = typer.Option(
+        None, "--features-as-of", help="Use feature snapshots at or before this time."
+    ),
+    now: str | None = typer.Option(
+        None, "--now", help="Decision time for the contact policy (default: now)."
+    ),
+    suppression_list: Path | None = typer.Option(
+        None, "--suppression-list", help="CSV or Parquet of customer ids never to list."
+    ),
+    chunk_rows: int = typer.Option(100_000, "--chunk-rows", min=1, help="Customers per chunk."),
+) -> None:
+    """Customers ranked by churn risk, with reasons, next step and the recommended action."""
+    from features.store import Workspace
+    from journeyml.config import ConfigError
+    from serving.config import load_serving_settings
+    from serving.lists import (
+        ListError,
+        ListFilters,
+        batch_engine,
+        churn_risk_list,
+        read_suppression_list,
+    )
+
+    features_time = _when(features_as_of, "--features-as-of")
+    decision_time = _when(now, "--now")
+    try:
+        settings = load_serving_settings(config, data_dir)
+        if alias:
+            settings = settings.model_copy(
+                update={"models": settings.models.model_copy(update={"alias": alias})}
+            )
+        filters = ListFilters(tuple(segment), min_risk, top)
+        suppression = read_suppression_list(suppression_list) if suppression_list else None
+        engine = batch_engine(settings)
+        try:
+            summary = churn_risk_list(
+                engine,
+                Workspace(data_dir).snapshots,
+                out or data_dir / "lists",
+                filters=filters,
+                as_of=features_time,
+                now=decision_time,
+                suppression=suppression,
+                chunk_rows=chunk_rows,
+            )
+        finally:
+            engine.state.close()
+    except (ConfigError, ListError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title=f"Churn-risk list: {summary.listed:,} customers")
+    table.add_column("")
+    table.add_column("customers", justify="right")
+    rows = [
+        ("read from the feature snapshots", summary.customers_read),
+        ("left out: opted out of marketing", summary.opted_out),
+        ("left out: on the suppression list", summary.suppressed_list),
+        ("left out: suppressed on every channel", summary.suppressed_contact_policy),
+        ("left out: other segments", summary.other_segment),
+        ("left out: risk below --min-risk", summary.below_min_risk),
+        ("left out: beyond --top", summary.beyond_top),
+        ("listed", summary.listed),
+        ("  in the holdout (no action)", summary.holdout),
+        ("  with a recommended action", summary.with_action),
+    ]
+    for label, count in rows:
+        table.add_row(label, f"{count:,}")
+    console.print(table)
+    bands = ", ".join(f"{band} {count:,}" for band, count in summary.by_band.items())
+    console.print(f"Risk bands: {bands or 'none'}")
+    console.print(f"Written in {summary.seconds:.1f} s: " + ", ".join(summary.outputs))

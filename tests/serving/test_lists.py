@@ -1,0 +1,186 @@
+"""The batch churn-risk list: the endpoint's decisions in batch, filters, left-out counts,
+deterministic order, atomic files and clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from journeyml.cli import app
+from serving import lists as lists_module
+from serving.engine import NO_ACTION, DecisionContext, DecisionEngine
+from serving.lists import ListError, ListFilters, batch_engine, churn_risk_list
+from serving.runtime import Runtime
+from tests.serving.conftest import ServingWorkspace, serving_settings
+
+NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+NO_EXPLORATION = {"exploration": {"epsilon": 0.0}, "holdout": {"share": 0.2, "salt": "t"}}
+
+
+@pytest.fixture()
+def engine(serving_ws: ServingWorkspace, tmp_path: Path) -> Iterator[DecisionEngine]:
+    eng = batch_engine(serving_settings(serving_ws, tmp_path, **NO_EXPLORATION))
+    yield eng
+    eng.state.close()
+
+
+def snapshots(sw: ServingWorkspace) -> Path:
+    return sw.sim.root / "features" / "journey_features"
+
+
+def test_the_list_decides_as_the_endpoint_does(
+    serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
+) -> None:
+    summary = churn_risk_list(engine, snapshots(serving_ws), tmp_path / "out", now=NOW)
+    listed = pd.read_parquet(tmp_path / "out" / "churn_risk.parquet").set_index("customer_id")
+    assert summary.listed == len(listed) > 100
+    assert summary.holdout == int(listed["holdout"].sum()) > 0
+    assert (listed.loc[listed["holdout"], "recommended_action"] == NO_ACTION).all()
+    assert (listed["recommended_action"] != NO_ACTION).any()
+    # the endpoint, on its own (empty) state store, for a sample of the listed customers
+    rt = Runtime(serving_settings(serving_ws, tmp_path / "endpoint", **NO_EXPLORATION))
+    try:
+        for cid in listed.index[:: max(1, len(listed) // 40)]:
+            d = rt.engine.decide(str(cid), DecisionContext(at=NOW))
+            assert d.fallback_reason is None and d.scores is not None
+            row = listed.loc[cid]
+            assert row["churn_risk"] == pytest.approx(d.scores.churn_risk, abs=1e-9)
+            assert row["risk_band"] == d.scores.risk_band
+            assert row["conversion_propensity"] == pytest.approx(d.scores.conversion_propensity)
+            assert row["next_step"] == d.scores.next_steps[0][0]
+            assert bool(row["holdout"]) == d.holdout
+            assert row["recommended_action"] == d.action, cid
+            texts = [r.text for r in d.scores.reasons]
+            assert [row[f"reason_{i}"] for i in range(1, len(texts) + 1)] == texts
+    finally:
+        rt.close()
+
+
+def test_contact_policy_opt_out_and_suppression_leave_customers_out_and_are_counted(
+    serving_ws: ServingWorkspace, tmp_path: Path
+) -> None:
+    settings = serving_settings(serving_ws, tmp_path, exploration={"epsilon": 0.0})
+    settings = settings.model_copy(
+        update={"holdout": settings.holdout.model_copy(update={"share": 0.0})}
+    )
+    rt = Runtime(settings)  # the endpoint writes contacts into the state store the list reads
+    try:
+        first = churn_risk_list(rt.engine, snapshots(serving_ws), tmp_path / "a", now=NOW)
+        before = pd.read_parquet(tmp_path / "a" / "churn_risk.parquet").set_index("customer_id")
+        contacted = before.index[before["recommended_action"] != NO_ACTION][:10]
+        assert len(contacted)
+        for cid in contacted:
+            assert rt.engine.decide(str(cid), DecisionContext(at=NOW)).action != NO_ACTION
+        suppression = set(before.index[-5:])
+        second = churn_risk_list(
+            rt.engine, snapshots(serving_ws), tmp_path / "b", now=NOW, suppression=suppression
+        )
+        after = pd.read_parquet(tmp_path / "b" / "churn_risk.parquet").set_index("customer_id")
+        for cid in contacted:
+            blocked = rt.state.blocked(str(cid), rt.engine._candidates, rt.engine.policy, NOW)
+            assert after.loc[cid, "recommended_action"] not in blocked
+            assert after.loc[cid, "recommended_action"] != before.loc[cid, "recommended_action"]
+    finally:
+        rt.close()
+    assert second.suppressed_list == 5 and not suppression & set(after.index)
+    assert len(after) == len(before) - 5
+    opted = pd.read_parquet(snapshots(serving_ws))
+    latest = opted.sort_values("event_timestamp").groupby("customer_id").tail(1)
+    out = set(latest.loc[latest["marketing_opt_out"] == "true", "customer_id"])
+    assert first.opted_out == len(out) > 0 and not out & set(before.index)
+    assert first.customers_read == len(latest) == first.listed + first.opted_out
+
+
+def test_filters_order_and_repeatability(
+    serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
+) -> None:
+    full = churn_risk_list(engine, snapshots(serving_ws), tmp_path / "full", now=NOW)
+    frame = pd.read_csv(tmp_path / "full" / "churn_risk.csv")
+    expected = frame.sort_values(["churn_risk", "customer_id"], ascending=[False, True])
+    assert frame["customer_id"].tolist() == expected["customer_id"].tolist()
+    segment = str(frame["segment"].value_counts().index[0])
+    filters = ListFilters(segments=(segment,), min_risk=0.1, top=7)
+    small = churn_risk_list(
+        engine, snapshots(serving_ws), tmp_path / "small", now=NOW, filters=filters, chunk_rows=50
+    )
+    got = pd.read_csv(tmp_path / "small" / "churn_risk.csv")
+    want = frame[(frame["segment"] == segment) & (frame["churn_risk"] >= 0.1)].head(7)
+    assert got["customer_id"].tolist() == want["customer_id"].tolist()
+    assert small.listed == len(got) and small.beyond_top == small.customers_read - (
+        small.below_min_risk + small.listed + small.opted_out + small.suppressed
+    )
+    assert small.other_segment == full.customers_read - small.customers_read > 0
+    # chunking does not change the list: same bytes with other chunk sizes
+    churn_risk_list(engine, snapshots(serving_ws), tmp_path / "again", now=NOW, chunk_rows=33)
+    assert (tmp_path / "again" / "churn_risk.csv").read_bytes() == (
+        tmp_path / "full" / "churn_risk.csv"
+    ).read_bytes()
+
+
+def test_a_crash_leaves_the_previous_list_whole(
+    serving_ws: ServingWorkspace,
+    engine: DecisionEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    churn_risk_list(engine, snapshots(serving_ws), out, now=NOW, filters=ListFilters(top=3))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = lists_module.score_chunk
+    calls = {"n": 0}
+
+    def failing(*args: object, **kwargs: object) -> pd.DataFrame:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lists_module, "score_chunk", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        churn_risk_list(engine, snapshots(serving_ws), out, now=NOW, chunk_rows=40)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no work folder left
+
+
+def test_bad_input_gets_clear_errors(
+    serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
+) -> None:
+    with pytest.raises(ListError, match="features build"):
+        churn_risk_list(engine, tmp_path / "nothing", tmp_path / "out", now=NOW)
+    with pytest.raises(ListError, match="--min-risk"):
+        ListFilters(min_risk=1.5)
+    with pytest.raises(ListError, match="--top"):
+        ListFilters(top=0)
+    with pytest.raises(ListError, match="does not exist"):
+        lists_module.read_suppression_list(tmp_path / "missing.csv")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_cli_writes_the_list_and_explains_bad_options(
+    serving_ws: ServingWorkspace, tmp_path: Path
+) -> None:
+    settings = serving_settings(serving_ws, tmp_path)
+    config = tmp_path / "serving.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    suppressed = tmp_path / "dnc.csv"
+    suppressed.write_text(f"customer_id\n{serving_ws.customers[0]}\n")
+    runner = CliRunner()
+    args = ["lists", "churn-risk", "--data-dir", str(serving_ws.sim.root), "--config", str(config)]
+    out = tmp_path / "lists"
+    result = runner.invoke(
+        app,
+        [*args, "--out", str(out), "--top", "20", "--suppression-list", str(suppressed)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "left out: on the suppression list" in result.output
+    frame = pd.read_csv(out / "churn_risk.csv")
+    assert len(frame) == 20 and list(frame.columns) == lists_module.COLUMNS
+    bad = runner.invoke(app, [*args, "--out", str(out), "--min-risk", "3"])
+    assert bad.exit_code == 2 and "--min-risk" in bad.output
+    bad = runner.invoke(app, [*args, "--now", "yesterday"])
+    assert bad.exit_code == 2 and "ISO" in bad.output
