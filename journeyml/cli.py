@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from evaluation.journey_cli import analyze
 from evaluation.monitor_cli import monitor
 from evaluation.policy_cli import evaluate_policy
 from features.cli import app as features_app
@@ -46,5 +47,6 @@ app.command("serve")(serve)
 app.command("serve-keygen")(keygen)
 app.command("serve-sample")(sample)
 app.command("monitor")(monitor)
+app.command("analyze")(analyze)
 app.command("evaluate-policy")(evaluate_policy)
 app.add_typer(lists_app, name="lists", help="Batch lists for marketers (churn risk).")
