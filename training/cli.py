@@ -82,8 +82,10 @@ def train(
     ),
 ) -> None:
     """Train models with baselines, log them to MLflow and register each as challenger."""
+    from training.config import LOWER_IS_BETTER
     from training.labels import LabelError
     from training.pipeline import TrainingError, train_models
+    from training.registry import baseline_values
     from training.tracking import resolve_tracking
 
     names = _models(model)
@@ -119,14 +121,11 @@ def train(
         kind = "binary" if r.model in ("churn", "conversion") else r.model
         for i, metric in enumerate(SHOWN[kind]):
             value = r.metrics.get(metric)
-            bases = {
-                k.removeprefix("baseline_").removesuffix(f"_{metric}"): v
-                for k, v in r.metrics.items()
-                if k.startswith("baseline_") and k.endswith(f"_{metric}")
-            }
+            bases = baseline_values(r.metrics, metric)
             best = ""
             if bases:
-                name, v = max(bases.items(), key=lambda kv: kv[1])
+                pick = min if metric in LOWER_IS_BETTER else max
+                name, v = pick(bases.items(), key=lambda kv: kv[1])
                 best = f"{v:.4f} ({name})"
             champ = r.metrics.get(f"champion_{metric}")
             table.add_row(

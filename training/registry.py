@@ -48,12 +48,18 @@ def _better(metric: str, value: float, reference: float, margin: float) -> bool:
     return value >= reference + margin
 
 
-def _baselines(metrics: dict[str, float], metric: str) -> dict[str, float]:
-    suffix = f"_{metric}"
+BASELINES = ("logreg", "recency_frequency", "markov", "prior", "random")
+"""The baselines a training run logs, as ``baseline_<name>_<metric>``."""
+
+
+def baseline_values(metrics: dict[str, float], metric: str) -> dict[str, float]:
+    """Each baseline's value of ``metric`` in a run's metrics, by baseline name.
+
+    Matched by the known baseline names, so ``baseline_logreg_pr_auc`` is logreg's PR-AUC and
+    never a baseline "logreg_pr" of the AUC.
+    """
     return {
-        key.removeprefix("baseline_").removesuffix(suffix): value
-        for key, value in metrics.items()
-        if key.startswith("baseline_") and key.endswith(suffix)
+        base: metrics[key] for base in BASELINES if (key := f"baseline_{base}_{metric}") in metrics
     }
 
 
@@ -91,7 +97,7 @@ def decide_promotion(
             decision.reasons.append(f"floor {name} {word} {floor:g} not met ({got:.4f})")
         else:
             decision.checks.append(f"floor {name} {word} {floor:g} met ({got:.4f})")
-    for base, ref in sorted(_baselines(metrics, m).items()):
+    for base, ref in sorted(baseline_values(metrics, m).items()):
         if _better(m, value, ref, gate.baseline_margin):
             decision.checks.append(f"{m} {value:.4f} beats baseline {base} ({ref:.4f})")
         else:
