@@ -10,7 +10,7 @@ DATA ?= data
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo stop bento test lint format typecheck clean
+.PHONY: help install demo stop bento browser test lint format typecheck clean
 
 help: ## List the targets with what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -50,7 +50,16 @@ bento: install ## Package the service as a Bento (bentoml build) with the locked
 stop: ## Stop the demo service
 	$(BIN)/journeyml serve --stop --data-dir $(DATA)
 
-test: install ## Run the whole test suite
+# The report browser test opens the HTML reports in Debian's headless Chromium. Install it only
+# when missing; refresh the package lists only if the install fails without them.
+CHROMIUM := /usr/bin/chromium
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+browser: ## Install Debian's chromium (for the report browser test) when it is missing
+	@test -x $(CHROMIUM) || $(APT) install -y chromium \
+		|| { $(APT) update && $(APT) install -y chromium; }
+
+test: install browser ## Run the whole test suite
 	$(BIN)/pytest -n 2
 
 lint: install ## Lint and check formatting with ruff

@@ -163,6 +163,7 @@ class Report:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(self.render())
+            Path(tmp).chmod(0o644)  # mkstemp makes it private; a report is meant to be read
             Path(tmp).replace(path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

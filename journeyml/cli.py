@@ -11,6 +11,7 @@ import typer
 from evaluation.journey_cli import analyze
 from evaluation.monitor_cli import monitor
 from evaluation.policy_cli import evaluate_policy
+from evaluation.report_cli import report
 from features.cli import app as features_app
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
@@ -50,3 +51,4 @@ app.command("monitor")(monitor)
 app.command("analyze")(analyze)
 app.command("evaluate-policy")(evaluate_policy)
 app.add_typer(lists_app, name="lists", help="Batch lists for marketers (churn risk).")
+app.command("report")(report)
