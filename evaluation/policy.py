@@ -27,6 +27,7 @@ import pandas as pd
 
 from evaluation.monitor import _atomic
 from evaluation.ope import BanditLog, evaluate_policy, fit_reward_model, fixed_policy
+from evaluation.policy_learn import LearnerSettings
 from evaluation.policy_sim import PolicyValues, true_policy_values
 from journeyml.config import JourneyMap, matches_any
 from journeyml.events.lake import read_events_sql
@@ -141,8 +142,10 @@ def evaluate_policies(
     simulate_values: bool = True,
     sim_customers: int | None = None,
     sim_days: int | None = None,
+    learn: bool = True,
 ) -> PolicyEvaluation:
-    """Off-policy estimates of the compared policies and, optionally, their true values."""
+    """Off-policy estimates of the compared policies and, optionally, their true values
+    (with ``learn``, also of a policy learned from the logging policy's decision log)."""
     sim_dir, lake = data_dir / "sim", data_dir / "lake"
     log, frame = simulated_bandit_log(sim_dir, lake, journey, horizon_days)
     q = fit_reward_model(log)
@@ -163,6 +166,7 @@ def evaluate_policies(
             sim_customers or int(options["customers"]),
             sim_days or int(options["days"]),
             seed=int(options["seed"]) + 1000,
+            learner=LearnerSettings() if learn else None,
         )
         personas = pd.read_parquet(sim_dir / "truth" / "personas.parquet")
         persona_of = dict(zip(personas["customer_id"], personas["persona"], strict=True))

@@ -30,6 +30,12 @@ def evaluate_policy(
     sim_days: int | None = typer.Option(
         None, "--sim-days", min=30, help="Days per simulated run (default: the log's)."
     ),
+    learned: bool = typer.Option(
+        True,
+        "--learned/--no-learned",
+        help="Also learn a policy from the logging policy's decision log (observable features "
+        "only) and measure its true value in the simulator.",
+    ),
 ) -> None:
     """Value of no action, single actions, random and the oracle: from the log and the truth."""
     from evaluation.policy import NotSimulatedError, evaluate_policies
@@ -38,7 +44,7 @@ def evaluate_policy(
     try:
         journey = load_journey_map(journeys)
         result = evaluate_policies(
-            data_dir, journey, horizon_days, simulate, sim_customers, sim_days
+            data_dir, journey, horizon_days, simulate, sim_customers, sim_days, learned
         )
     except (ConfigError, NotSimulatedError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")

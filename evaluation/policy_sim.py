@@ -9,6 +9,11 @@ and sends each persona the action that is best for it. The oracle's per-persona 
 on one seed and its value measured on another, like any other policy, so it is not scored on
 its own luck.
 
+With ``learner`` settings, a **learned policy** joins them: learned on the choosing seed from
+the logging policy's decision log alone (observable features, logged propensities and the net
+value that followed; see :mod:`evaluation.policy_learn`), never from the latent truth, and
+scored on the evaluation seed like the others.
+
 Incremental values are over no action on the evaluation seed; a policy's *captured share* is
 its incremental value divided by the oracle's.
 """
@@ -22,6 +27,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from evaluation.policy_learn import LearnerSettings, learn_policy
 from journeyml.config import JourneyMap
 from journeyml.simulate.engine import NONE
 from journeyml.simulate.policy import (
@@ -91,11 +97,13 @@ def true_policy_values(
     days: int,
     seed: int = 0,
     start: date = date(2025, 1, 1),
+    learner: LearnerSettings | None = None,
 ) -> PolicyValues:
     """Runs every compared policy in the simulator and returns their true values.
 
-    The oracle's persona choices come from the fixed-action runs on ``seed``; every reported
-    value comes from runs on ``seed + 1``.
+    The oracle's persona choices and the learned policy (row "learned policy", only with
+    ``learner``) come from runs on ``seed``; every reported value comes from runs on
+    ``seed + 1``.
     """
     action_ids = [a.id for a in world.actions]
     names = [p.name for p in world.personas]
@@ -116,6 +124,10 @@ def true_policy_values(
     policies["random"] = random_policy()
     policies["logging policy"] = logging_policy(world)
     policies["oracle (true effects)"] = oracle
+    if learner is not None:
+        policies["learned policy"] = learn_policy(
+            world, journey, logging_policy(world), customers, days, seed, start, learner
+        )
     rows = []
     for label, policy in policies.items():
         value, _ = _run(world, journey, policy, customers, days, evaluation, start)

@@ -58,6 +58,7 @@ def test_the_oracle_beats_every_policy(evaluation: PolicyEvaluation) -> None:
     oracle = tv.loc["oracle (true effects)", "net_value"]
     assert (tv.drop(index="oracle (true effects)")["net_value"] < oracle).all()
     assert tv.loc["oracle (true effects)", "captured_share"] == pytest.approx(1.0)
+    assert "learned policy" in tv.index  # learned from the log, valued on another seed
     assert tv.loc["no action", "incremental"] == 0.0
 
 
@@ -75,7 +76,9 @@ def test_report_cli_and_errors(
 ) -> None:
     report = Report("Policy report")
     add_policy_sections(report, evaluation)
-    assert report.figures >= 3 and "oracle" in report.render()
+    page = report.render()
+    assert report.figures >= 3 and "oracle" in page
+    assert "learned policy" in page and "of the oracle&#x27;s gain (target: 80 %)" in page
     runner = CliRunner()
     result = runner.invoke(
         app,
