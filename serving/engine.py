@@ -269,9 +269,8 @@ class DecisionEngine:
         self, loaded: LoadedModel, x: np.ndarray, values: Mapping[str, Any], outcome: str
     ) -> list[Reason]:
         contrib = loaded.bundle.contributions(x)[0, :-1]
-        order = np.argsort(-contrib)
         out = []
-        for j in order[: self.settings.reasons_top_k]:
+        for j in top_features(contrib[None, :], self.settings.reasons_top_k)[0]:
             if contrib[j] <= 0:
                 break
             name = loaded.bundle.features[j]
@@ -728,6 +727,27 @@ def _why(
         f"{chosen.action} has the highest {basis}: {chosen.expected_value or 0.0:.2f} "
         f"(priority {chosen.priority or 0.0:.2f} after cost); next: {rest}"
     )
+
+
+def top_features(contributions: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the ``k`` largest contributions, largest first.
+
+    Contributions within 1e-9 of each other rank in feature order: the batch list and the
+    endpoint add the same path contributions in different orders, and a tie must not rank
+    two ways. One row or a million, the same function ranks them.
+    """
+    key = np.round(contributions, 9)
+    n, width = key.shape
+    m = min(k + 2, width)  # a few beyond k, so ties at the k-th place are seen
+    if m == 0:
+        return np.empty((n, 0), dtype=np.intp)
+    if m < width:
+        candidates = np.argpartition(-key, m - 1, axis=1)[:, :m]
+    else:
+        candidates = np.tile(np.arange(width), (n, 1))
+    values = np.take_along_axis(key, candidates, axis=1)
+    order = np.lexsort((candidates, -values), axis=1)
+    return np.take_along_axis(candidates, order, axis=1)[:, :k]
 
 
 def reason_text(descriptions: Mapping[str, str], feature: str, shown: str, outcome: str) -> str:

