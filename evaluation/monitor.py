@@ -30,8 +30,9 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -553,12 +554,24 @@ def _psi_from_counts(ref: np.ndarray, cur: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def feature_drift(snapshots: Path, settings: DriftSettings) -> pd.DataFrame:
-    """PSI per feature between the reference snapshots and the latest snapshot time.
+Scorer = Callable[[pd.DataFrame], np.ndarray]
+"""A model's score of snapshot rows (e.g. the champion churn model's calibrated risk)."""
 
-    The reference is the snapshot rows older than ``reference_end_days`` before the latest
-    snapshot time (a sample of ``reference_sample_rows``), what a model trained now has seen.
-    """
+
+@dataclass(frozen=True)
+class DriftFrames:
+    """The snapshot rows drift compares: a reference sample and the latest snapshot time."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    reference_end: datetime
+    current_time: datetime
+
+
+def drift_frames(snapshots: Path, settings: DriftSettings) -> DriftFrames:
+    """The reference is the snapshot rows older than ``reference_end_days`` before the latest
+    snapshot time (a sample of ``reference_sample_rows``), what a model trained now has seen;
+    the current rows are those of the latest snapshot time."""
     glob = str(snapshots / "**" / "*.parquet").replace("'", "''")
     con = duckdb.connect()
     try:
@@ -587,6 +600,18 @@ def feature_drift(snapshots: Path, settings: DriftSettings) -> pd.DataFrame:
             f"no snapshot is older than {settings.reference_end_days} days before the latest "
             f"({latest[0]}): the drift reference is empty (lower drift.reference_end_days)"
         )
+    return DriftFrames(reference, current, cutoff, latest[0])
+
+
+def _level(value: float, settings: DriftSettings) -> str:
+    if value >= settings.psi_alert:
+        return "alert"
+    return "warn" if value >= settings.psi_warn else "ok"
+
+
+def feature_drift(frames: DriftFrames, settings: DriftSettings) -> pd.DataFrame:
+    """PSI per feature between the reference rows and the latest snapshot's rows."""
+    reference, current = frames.reference, frames.current
     rows = []
     for column in current.columns:
         if column in ("customer_id", "event_timestamp"):
@@ -599,18 +624,36 @@ def feature_drift(snapshots: Path, settings: DriftSettings) -> pd.DataFrame:
             )
         else:
             value = categorical_psi(reference[column], current[column])
-        level = (
-            "alert"
-            if value >= settings.psi_alert
-            else "warn"
-            if value >= settings.psi_warn
-            else "ok"
-        )
-        rows.append({"feature": column, "psi": value, "level": level})
+        rows.append({"feature": column, "psi": value, "level": _level(value, settings)})
     out = pd.DataFrame(rows, columns=["feature", "psi", "level"])
-    out.attrs["reference_end"] = str(cutoff)
-    out.attrs["current"] = str(latest[0])
+    out.attrs["reference_end"] = str(frames.reference_end)
+    out.attrs["current"] = str(frames.current_time)
     return out.sort_values(["psi", "feature"], ascending=[False, True], ignore_index=True)
+
+
+def score_drift(
+    frames: DriftFrames, scorers: Mapping[str, Scorer], settings: DriftSettings
+) -> pd.DataFrame:
+    """PSI and mean shift of each model's score between the reference and the latest rows.
+
+    A score can drift while no single feature does (many small moves the model adds up), and
+    a drifting feature the model ignores moves no score: both views are reported.
+    """
+    rows = []
+    for name, scorer in scorers.items():
+        ref = np.asarray(scorer(frames.reference), dtype=float)
+        cur = np.asarray(scorer(frames.current), dtype=float)
+        value = psi(ref, cur, settings.bins)
+        rows.append(
+            {
+                "score": name,
+                "reference_mean": float(np.nanmean(ref)),
+                "current_mean": float(np.nanmean(cur)),
+                "psi": value,
+                "level": _level(value, settings),
+            }
+        )
+    return pd.DataFrame(rows, columns=["score", "reference_mean", "current_mean", "psi", "level"])
 
 
 # -- the whole run ------------------------------------------------------------------------------
@@ -624,9 +667,11 @@ class MonitorResult:
     alerts: pd.DataFrame  # one row per change, with plain-language text
     drift: pd.DataFrame | None
     facts: dict[str, object] = field(default_factory=dict)
+    score_drift: pd.DataFrame | None = None
 
     def write(self, out: Path) -> list[Path]:
-        """kpis.parquet, alerts.csv, alerts.json, drift.csv, summary.json, each atomically."""
+        """kpis.parquet, alerts.csv, alerts.json, drift.csv, score_drift.csv, summary.json,
+        each atomically."""
         out.mkdir(parents=True, exist_ok=True)
         written = [
             _atomic(out / "kpis.parquet", lambda p: self.kpis.to_parquet(p, index=False)),
@@ -641,6 +686,11 @@ class MonitorResult:
         drift = self.drift
         if drift is not None:
             written.append(_atomic(out / "drift.csv", lambda p: drift.to_csv(p, index=False)))
+        scores = self.score_drift
+        if scores is not None:
+            written.append(
+                _atomic(out / "score_drift.csv", lambda p: scores.to_csv(p, index=False))
+            )
         written.append(
             _atomic(
                 out / "summary.json",
@@ -705,8 +755,10 @@ def run_monitor(
     lake: Path,
     settings: MonitorSettings,
     snapshots: Path | None = None,
+    scorers: Mapping[str, Scorer] | None = None,
 ) -> MonitorResult:
-    """KPIs of the lake, their changes, and (when snapshots exist) feature drift."""
+    """KPIs of the lake, their changes, and (when snapshots exist) feature drift and, with
+    ``scorers``, score drift."""
     con = duckdb.connect()
     try:
         series, facts = compute_kpis(con, lake, settings)
@@ -745,12 +797,15 @@ def run_monitor(
         "change_absolute", "change_relative", "affected_customers", "message",
     ]  # fmt: skip
     alert_frame = pd.DataFrame(alerts, columns=columns)
-    drift = None
+    drift = scores = None
     if snapshots is not None and any(snapshots.rglob("*.parquet")):
-        drift = feature_drift(snapshots, settings.drift)
+        frames = drift_frames(snapshots, settings.drift)
+        drift = feature_drift(frames, settings.drift)
+        if scorers:
+            scores = score_drift(frames, scorers, settings.drift)
         facts["drift_reference_end"] = drift.attrs.get("reference_end")
         facts["drift_current"] = drift.attrs.get("current")
     facts["alerts"] = len(alert_frame)
     facts["kpis"] = len(series)
     logger.info("monitoring: %d KPIs, %d alerts", len(series), len(alert_frame))
-    return MonitorResult(kpis, alert_frame, drift, facts)
+    return MonitorResult(kpis, alert_frame, drift, facts, scores)

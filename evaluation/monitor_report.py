@@ -54,6 +54,24 @@ def add_monitoring_sections(report: Report, result: MonitorResult) -> None:
         )
         report.figure(_drift_figure(drift.head(15)), caption="The 15 features that moved most")
         report.table(drift.head(20), caption="PSI per feature (highest first)")
+    if result.score_drift is not None and len(result.score_drift):
+        scores = result.score_drift
+        report.heading("Score drift")
+        moved = scores[scores["level"] != "ok"]
+        report.text(
+            "The champion models' scores of the same rows: "
+            + (
+                "; ".join(
+                    f"{r.score} moved (PSI {r.psi:.2f}, mean {r.reference_mean:.3f} → "
+                    f"{r.current_mean:.3f})"
+                    for r in moved.itertuples()
+                )
+                + ". Check the features that moved and consider retraining."
+                if len(moved)
+                else "no score moved (every PSI below 0.1)."
+            )
+        )
+        report.table(scores, caption="Score PSI and mean, reference against the latest snapshot")
 
 
 def _kpi_figure(frame: pd.DataFrame, kpi: str, step: str, alerts: pd.DataFrame) -> object:

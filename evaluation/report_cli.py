@@ -72,6 +72,11 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
         kpis = pd.read_parquet(folder / "kpis.parquet")
         alerts = pd.read_csv(folder / "alerts.csv")
         drift = pd.read_csv(folder / "drift.csv") if (folder / "drift.csv").is_file() else None
+        scores = (
+            pd.read_csv(folder / "score_drift.csv")
+            if (folder / "score_drift.csv").is_file()
+            else None
+        )
         facts = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read the monitoring output in {folder}: {exc}") from None
@@ -82,7 +87,7 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
             f"{', '.join(sorted(expected - set(kpis.columns)))}: run `{command}` again"
         )
     alerts["end"] = alerts["end"].astype(object).where(alerts["end"].notna(), None)
-    return MonitorResult(kpis, alerts, drift, facts)
+    return MonitorResult(kpis, alerts, drift, facts, scores)
 
 
 def read_policy_evaluation(

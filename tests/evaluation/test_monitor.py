@@ -20,10 +20,12 @@ from evaluation.monitor import (
     Series,
     categorical_psi,
     detect_changes,
+    drift_frames,
     feature_drift,
     load_monitor_settings,
     psi,
     run_monitor,
+    score_drift,
 )
 from evaluation.monitor_report import add_monitoring_sections
 from journeyml.cli import app
@@ -220,11 +222,29 @@ def test_feature_drift_flags_the_feature_that_moved(tmp_path: Path) -> None:
                 "tier": rng.choice(["a", "b"], n, p=[0.8, 0.2] if moved else [0.5, 0.5]),
             }
         ).to_parquet(snaps / f"week{week}.parquet", index=False)
-    drift = feature_drift(snaps, DriftSettings()).set_index("feature")
+    frames = drift_frames(snaps, DriftSettings())
+    assert len(frames.current) == 2000 and frames.current_time == t0 + timedelta(days=63)
+    assert (frames.reference["event_timestamp"] <= t0 + timedelta(days=28)).all()
+    drift = feature_drift(frames, DriftSettings()).set_index("feature")
     assert drift.loc["stable", "level"] == "ok" and drift.loc["stable", "psi"] < 0.05
     assert drift.loc["shifted", "level"] == "alert"
     assert drift.loc["tier", "psi"] == pytest.approx(
         (0.8 - 0.5) * np.log(0.8 / 0.5) + (0.2 - 0.5) * np.log(0.2 / 0.5), abs=0.05
     )
+    # a score reading the shifted feature drifts; one reading the stable feature does not
+    scores = score_drift(
+        frames,
+        {
+            "shifted score": lambda f: 1 / (1 + np.exp(-f["shifted"].to_numpy())),
+            "stable score": lambda f: 1 / (1 + np.exp(-f["stable"].to_numpy())),
+        },
+        DriftSettings(),
+    ).set_index("score")
+    assert scores.loc["shifted score", "level"] == "alert"
+    assert (
+        scores.loc["shifted score", "current_mean"]
+        > scores.loc["shifted score", "reference_mean"] + 0.1
+    )
+    assert scores.loc["stable score", "level"] == "ok"
     with pytest.raises(ValueError, match="reference is empty"):
-        feature_drift(snaps, DriftSettings(reference_end_days=400))
+        drift_frames(snaps, DriftSettings(reference_end_days=400))
