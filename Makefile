@@ -39,6 +39,11 @@ demo: install ## Simulate a journey log and run every stage end to end on embedd
 	@# So that the demo service can start, a model the gates refused on this small simulated
 	@# log is promoted by hand (printed as such); production keeps the gates.
 	$(BIN)/journeyml promote --data-dir $(DATA) --to challenger --only-unset
+	$(BIN)/journeyml lists churn-risk --data-dir $(DATA) --top 500
+	$(BIN)/journeyml analyze --data-dir $(DATA)
+	$(BIN)/journeyml monitor --data-dir $(DATA)
+	$(BIN)/journeyml evaluate-policy --data-dir $(DATA) --sim-customers 600 --sim-days 180
+	$(BIN)/journeyml report --data-dir $(DATA)
 	$(BIN)/journeyml serve --data-dir $(DATA) --detach
 	$(BIN)/journeyml serve-sample --data-dir $(DATA)
 
