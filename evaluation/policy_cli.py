@@ -67,5 +67,17 @@ def evaluate_policy(
         table.add_row(
             str(row.policy), f"{row.value:.2f}", interval, "" if true is None else f"{true:.2f}"
         )
+    estimated = set(result.estimates["policy"].astype(str))
+    for policy, true in truth.items():  # run in the simulator only (e.g. the learned policy)
+        if str(policy) not in estimated:
+            table.add_row(str(policy), "", "", f"{true:.2f}")
     console.print(table)
+    if result.true_values is not None:
+        shares = result.true_values.set_index("policy")["captured_share"]
+        if "learned policy" in shares.index:
+            console.print(
+                f"The policy learned from the decision log captures "
+                f"{shares['learned policy']:.0%} of the oracle's incremental value over no action "
+                "(target 80 %)."
+            )
     console.print(f"Written to {target}")
