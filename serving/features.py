@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.sqlite import _quote_id, _table_id
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
 from features.catalog import VIEWS, FeatureCatalog
@@ -69,9 +73,21 @@ class OnlineFeatures:
     def refresh_views(self) -> None:
         """Re-reads the feature view definitions from the registry."""
         views = {view: self.store.get_feature_view(view) for view in VIEWS}
-        with self._lock:
-            self._views = views
-            self._provider = self.store._get_provider()
+        provider = self.store._get_provider()
+        tables = None
+        if type(provider.online_store).__name__ == "SqliteOnlineStore":
+            config = self.store.config
+            versioning = config.registry.enable_online_feature_view_versioning
+            tables = {
+                view: _quote_id(_table_id(config.project, table, versioning))
+                for view, table in views.items()
+            }
+        with self._lock:  # one swap: a read in flight keeps the state it started with
+            self._state: tuple[dict[str, Any], Any, dict[str, str] | None] = (
+                views,
+                provider,
+                tables,
+            )
 
     def read(
         self, customer_ids: list[str], now: datetime | None = None, deadline_ms: float | None = None
@@ -85,26 +101,28 @@ class OnlineFeatures:
         return rows
 
     def _read(self, customer_ids: list[str], now: datetime) -> list[CustomerFeatures]:
-        keys = _entity_keys(customer_ids)
-        views, provider = self._views, self._provider
         values: list[dict[str, Any]] = [{} for _ in customer_ids]
         ages: list[list[float]] = [[] for _ in customer_ids]
         stamps: list[list[datetime]] = [[] for _ in customer_ids]
+        views, provider, tables = self._state
+        n_views = len(views)
         try:
-            for view, table in views.items():
+            rows_by_view = (
+                self._sqlite_view_rows(provider, tables, customer_ids)
+                if tables is not None
+                else self._feast_view_rows(provider, views, customer_ids)
+            )
+            for view, rows in rows_by_view:
                 specs = self._specs[view]
-                for i, (ts, row) in enumerate(provider.online_read(self.store.config, table, keys)):
+                for i, (ts, row) in enumerate(rows):
                     if ts is None or row is None:
                         for name in specs:
                             values[i][name] = None
                         continue
-                    if ts.tzinfo is None:
-                        ts = ts.replace(tzinfo=UTC)
                     age = max((now - ts).total_seconds(), 0.0)
                     ages[i].append(age)
                     stamps[i].append(ts)
-                    for name, proto in row.items():
-                        value = feast_value_type_to_python_type(proto)
+                    for name, value in row.items():
                         if name in self._ageing and value is not None:
                             value = float(value) + age / 86400.0
                         values[i][name] = value
@@ -121,11 +139,74 @@ class OnlineFeatures:
                     values=values[i],
                     found=found,
                     age_seconds=oldest,
-                    stale=(not found) or len(ages[i]) < len(views) or (oldest or 0) > self._budget,
+                    stale=(not found) or len(ages[i]) < n_views or (oldest or 0) > self._budget,
                     snapshot_at=min(stamps[i]) if found else None,
                 )
             )
         return out
+
+    def _feast_view_rows(
+        self, provider: Any, views: dict[str, Any], customer_ids: list[str]
+    ) -> Iterator[tuple[str, list[_ViewRow]]]:
+        """Per view, each customer's (feature timestamp, {feature: value}) or (None, None),
+        through Feast's ``provider.online_read`` (any online store)."""
+        keys = _entity_keys(customer_ids)
+        config = self.store.config
+        for view, table in views.items():
+            rows: list[_ViewRow] = []
+            for ts, row in provider.online_read(config, table, keys):
+                if ts is None or row is None:
+                    rows.append((None, None))
+                    continue
+                decoded = {n: feast_value_type_to_python_type(v) for n, v in row.items()}
+                rows.append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), decoded))
+            yield view, rows
+
+    def _sqlite_view_rows(
+        self, provider: Any, tables: dict[str, str], customer_ids: list[str]
+    ) -> Iterator[tuple[str, list[_ViewRow]]]:
+        """The SQLite online store's tables read in one query for every view.
+
+        The rows Feast's ``SqliteOnlineStore.online_read`` reads (one per feature, the value a
+        serialised ``ValueProto``), in one ``UNION ALL`` instead of a query per view, decoded
+        without Feast's per-row timestamp conversion and generic type dispatch. Measured on
+        the benchmark workspace (4 views, 136 features): 0.37-0.46 ms a customer against
+        1.04-1.06 ms through ``provider.online_read`` and Feast's decoding.
+        A test holds it equal to Feast's read.
+        """
+        config = self.store.config
+        version = config.entity_key_serialization_version
+        keys = [serialize_entity_key(k, version) for k in _entity_keys(customer_ids)]
+        where = ",".join("?" * len(keys))
+        # +event_ts: the stored value as it is (epoch seconds), without the sqlite3 converter
+        # Feast registers for the column's declared type, which runs once per feature row
+        sql = " UNION ALL ".join(
+            f"SELECT {v}, entity_key, feature_name, value, +event_ts FROM {table} "
+            f"WHERE entity_key IN ({where})"
+            for v, table in enumerate(tables.values())
+        )
+        conn = provider.online_store._get_conn(config)
+        position = {k: i for i, k in enumerate(keys)}
+        views = list(tables)
+        rows: list[list[dict[str, Any] | None]] = [[None] * len(keys) for _ in views]
+        newest: list[list[Any]] = [[None] * len(keys) for _ in views]
+        for v, key, name, blob, ts in conn.execute(sql, keys * len(views)).fetchall():
+            i = position[key]
+            row = rows[v][i]
+            if row is None:
+                row = rows[v][i] = {}
+                newest[v][i] = ts
+            elif ts > newest[v][i]:
+                newest[v][i] = ts
+            row[name] = _value(blob)
+        for v, view in enumerate(views):
+            yield (
+                view,
+                [
+                    (None, None) if row is None else (_utc(ts), row)
+                    for row, ts in zip(rows[v], newest[v], strict=True)
+                ],
+            )
 
     def close(self) -> None:
         """Nothing to release: the store's connections belong to the Feast store."""
@@ -148,3 +229,35 @@ def set_sqlite_busy_timeout(store: FeatureStore, deadline_ms: float) -> None:
     get_conn = getattr(online, "_get_conn", None)
     if get_conn is not None and type(online).__name__ == "SqliteOnlineStore":
         get_conn(store.config).execute(f"PRAGMA busy_timeout = {int(deadline_ms)}")
+
+
+_ViewRow = tuple[datetime | None, dict[str, Any] | None]
+
+
+def _utc(ts: Any) -> datetime:
+    """A stored feature timestamp as an aware UTC datetime (Feast stores epoch seconds)."""
+    if isinstance(ts, datetime):
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    if isinstance(ts, bytes | str):
+        text = ts.decode() if isinstance(ts, bytes) else ts
+        if text.lstrip("-").isdigit():
+            return datetime.fromtimestamp(int(text), UTC)
+        parsed = datetime.fromisoformat(text)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(int(ts), UTC)
+
+
+def _value(blob: bytes) -> Any:
+    """A serialised ``ValueProto`` as a Python value (scalars directly, the rest via Feast)."""
+    proto = ValueProto.FromString(blob)
+    kind = proto.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    if kind in _SCALARS:
+        return getattr(proto, kind)
+    return feast_value_type_to_python_type(proto)
+
+
+_SCALARS = frozenset(
+    {"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"}
+)

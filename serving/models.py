@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from serving.config import ServingSettings
 from training.bundle import MANIFEST_TAG, ModelBundle, load_model_bundle
@@ -60,6 +60,8 @@ class ModelSet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._download_root = Path(tempfile.mkdtemp(prefix="journeyml-models-"))
+        self._fingerprint: tuple[tuple[str, str, str], ...] | None = None
+        self._registry_db: Any = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -95,6 +97,10 @@ class ModelSet:
         """
         from mlflow.exceptions import MlflowException
 
+        fingerprint = self._alias_fingerprint()
+        if fingerprint is not None and fingerprint == self._fingerprint and not self._errors:
+            return []  # no alias moved since the last full refresh
+        self._fingerprint = fingerprint
         roles = (*self.settings.models.required, *self.settings.models.optional)
         current = dict(self._models)
         changed: list[str] = []
@@ -131,6 +137,35 @@ class ModelSet:
             self._models = MappingProxyType(current)
         return changed
 
+    def _alias_fingerprint(self) -> tuple[tuple[str, str, str], ...] | None:
+        """Every ``(model, alias, version)`` of the serving alias, in one SQL query on the
+        registry's database, or None when that is not possible (then every refresh asks MLflow).
+
+        Resolving the four aliases through the MLflow client costs 11-23 ms of Python every
+        ``refresh_seconds``, which held the event loop's GIL long enough to show in the
+        service's p99 latency; this query costs well under a millisecond. It only tells
+        whether something moved: the versions themselves are still resolved through MLflow.
+        """
+        uri = self.settings.resolved_tracking_uri()
+        if not uri.startswith(("sqlite:", "postgresql")):
+            return None
+        try:
+            import sqlalchemy as sa
+
+            if self._registry_db is None:
+                self._registry_db = sa.create_engine(uri, pool_size=1, max_overflow=1)
+            with self._registry_db.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT name, alias, version FROM registered_model_aliases "
+                        "WHERE alias = :alias"
+                    ),
+                    {"alias": self.settings.models.alias},
+                ).all()
+        except Exception:  # an older schema or an unreachable database: ask MLflow
+            return None
+        return tuple(sorted((str(n), str(a), str(v)) for n, a, v in rows))
+
     def start(self) -> None:
         """Loads the models once, then keeps re-reading the aliases in the background."""
         self.refresh()
@@ -147,3 +182,5 @@ class ModelSet:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._registry_db is not None:
+            self._registry_db.dispose()

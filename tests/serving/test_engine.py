@@ -132,6 +132,27 @@ def test_store_failures_and_model_failures_fall_back_without_raising(
     assert runtime.state.decision(d.decision_id) is not None  # fallbacks are logged too
 
 
+def test_the_one_query_sqlite_read_equals_feasts_read(
+    runtime: Runtime, serving_ws: ServingWorkspace
+) -> None:
+    features = runtime.engine.features
+    assert isinstance(features, OnlineFeatures)
+    views, provider, tables = features._state
+    assert tables is not None  # the embedded store takes the one-query path
+    ids = [*serving_ws.customers[::15], "never-seen"]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    fast = features.read(ids, now)
+    features._state = (views, provider, None)  # Feast's provider.online_read, view by view
+    try:
+        slow = features.read(ids, now)
+    finally:
+        features._state = (views, provider, tables)
+    assert [r.found for r in fast] == [r.found for r in slow] == [True] * (len(ids) - 1) + [False]
+    for a, b in zip(fast, slow, strict=True):
+        assert a.values == b.values
+        assert (a.age_seconds, a.stale, a.snapshot_at) == (b.age_seconds, b.stale, b.snapshot_at)
+
+
 def test_fifty_concurrent_calls_for_one_customer_never_break_a_cap(
     serving_ws: ServingWorkspace, tmp_path: Path
 ) -> None:
@@ -249,6 +270,12 @@ def test_a_moved_alias_is_served_without_restart_or_failed_calls(
             except BaseException as exc:
                 failures.append(exc)
 
+    # while no alias moves, a refresh is one query on the registry, not four MLflow lookups
+    assert rt.models.refresh() == []
+    real_client = rt.models.client
+    rt.models.client = lambda: pytest.fail("asked MLflow although no alias moved")  # type: ignore[method-assign]
+    assert rt.models.refresh() == []
+    rt.models.client = real_client  # type: ignore[method-assign]
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
