@@ -30,7 +30,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -258,17 +258,27 @@ class DecisionEngine:
     # -- scores ----------------------------------------------------------------------------
 
     def _model_row(
-        self, loaded: LoadedModel, values: Mapping[str, Any], now: datetime
+        self,
+        loaded: LoadedModel,
+        values: Mapping[str, Any],
+        now: datetime,
+        rows: dict[Hashable, np.ndarray],
     ) -> np.ndarray:
+        """The model's input row; models that encode alike (the churn and conversion models
+        read the same feature service) share one encoding per decision through ``rows``."""
         bundle = loaded.bundle
-        cal = bundle.calendar_features
-        row = {**values, **calendar_values(cal, now)} if cal else values
-        return bundle.encode_rows([row])
+        key = bundle.encoding_key
+        if key not in rows:
+            cal = bundle.calendar_features
+            row = {**values, **calendar_values(cal, now)} if cal else values
+            rows[key] = bundle.encode_rows([row])
+        return rows[key]
 
     def _reasons(
-        self, loaded: LoadedModel, x: np.ndarray, values: Mapping[str, Any], outcome: str
-    ) -> list[Reason]:
-        contrib = loaded.bundle.contributions(x)[0, :-1]
+        self, loaded: LoadedModel, x: np.ndarray, contributions: np.ndarray,
+        values: Mapping[str, Any], outcome: str,
+    ) -> list[Reason]:  # fmt: skip
+        contrib = contributions[0, :-1]
         out = []
         for j in top_features(contrib[None, :], self.settings.reasons_top_k)[0]:
             if contrib[j] <= 0:
@@ -284,20 +294,22 @@ class DecisionEngine:
         """Every model's score for one customer's features (raises if a required model fails)."""
         models = self.models.models
         churn, conversion = models["churn"], models["conversion"]
-        xc = self._model_row(churn, values, now)
-        risk = float(churn.bundle.predict_proba_matrix(xc)[0])
-        xv = self._model_row(conversion, values, now)
-        conv = float(conversion.bundle.predict_proba_matrix(xv)[0])
+        rows: dict[Hashable, np.ndarray] = {}
+        xc = self._model_row(churn, values, now, rows)
+        p_churn, c_churn = churn.bundle.predict_proba_explained(xc)
+        xv = self._model_row(conversion, values, now, rows)
+        p_conv, c_conv = conversion.bundle.predict_proba_explained(xv)
+        risk, conv = float(p_churn[0]), float(p_conv[0])
         steps: list[tuple[str, float]] = []
         if "next_step" in models:
             ns = models["next_step"]
-            probs = ns.bundle.predict_proba_matrix(self._model_row(ns, values, now))[0]
+            probs = ns.bundle.predict_proba_matrix(self._model_row(ns, values, now, rows))[0]
             top = np.argsort(-probs)[: self.settings.next_steps_top_k]
             steps = [(ns.bundle.classes[i], float(probs[i])) for i in top]
         uplift: dict[str, dict[str, float]] = {}
         if "uplift" in models:
             up = models["uplift"]
-            effects = up.bundle.predict_effects_matrix(self._model_row(up, values, now))
+            effects = up.bundle.predict_effects_matrix(self._model_row(up, values, now, rows))
             for j, action in enumerate(up.bundle.actions):
                 uplift[action] = {o: float(e[0, j]) for o, e in effects.items()}
         return Scores(
@@ -306,8 +318,10 @@ class DecisionEngine:
             conversion_propensity=conv,
             next_steps=steps,
             uplift=uplift,
-            reasons=self._reasons(churn, xc, values, "churn risk"),
-            conversion_reasons=self._reasons(conversion, xv, values, "conversion propensity"),
+            reasons=self._reasons(churn, xc, c_churn, values, "churn risk"),
+            conversion_reasons=self._reasons(
+                conversion, xv, c_conv, values, "conversion propensity"
+            ),
         )
 
     # -- one decision ----------------------------------------------------------------------

@@ -190,6 +190,10 @@ def test_contributions_add_up_to_the_raw_score_and_follow_the_splits(tmp_path: P
     raw = loaded.boosters["model"].predict(x, raw_score=True)
     np.testing.assert_allclose(contrib.sum(axis=1), raw, atol=1e-9)  # local accuracy
     np.testing.assert_allclose(loaded.contributions(x[:1]), contrib[:1])  # one row = the batch
+    # the real-time path's probability from the contributions is the model's own
+    proba, explained = loaded.predict_proba_explained(x)
+    np.testing.assert_allclose(proba, loaded.predict_proba_matrix(x), atol=1e-12)
+    np.testing.assert_allclose(explained, contrib)
     # n drives the label: higher n must be credited with more churn on average
     n = x[:, 0]
     assert np.corrcoef(n, contrib[:, 0])[0, 1] > 0.8
