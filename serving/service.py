@@ -85,6 +85,10 @@ class JourneyML:
         return _send(ctx, self.runtime.feedback(req))
 
 
+# Every API answers JSON. Said once here; otherwise BentoML derives the media type from the
+# output model's JSON schema on every response (0.24 ms each, and garbage for the collector).
+for _api in cast(Any, JourneyML).apis.values():
+    _api.output_spec.media_type = "application/json"
 cast(Any, JourneyML).add_asgi_middleware(  # the decorator returns a bentoml Service
     RequestGuard, keyring=load_keyring(SETTINGS), max_body_bytes=SETTINGS.limits.max_body_bytes
 )

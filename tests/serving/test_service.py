@@ -79,6 +79,7 @@ def test_next_best_action_answers_with_reasons(
         headers=H,
     )
     assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
     body = r.json()
     assert body["decision_id"] and body["scores"]["risk_band"] in ("high", "medium", "low")
     assert body["reason_codes"]["risk"] and body["reason_codes"]["action"]
