@@ -217,19 +217,7 @@ def _matrix_figure(frame: pd.DataFrame, row: str, col: str, order: list[str]) ->
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel("next")
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            v = float(matrix.to_numpy(float)[i, j])
-            if v >= 0.01:
-                ax.text(
-                    j,
-                    i,
-                    f"{v:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if v > 0.5 else "#1d2330",
-                )
+    _annotate(ax, matrix.to_numpy(float), "{:.2f}", dark_above=0.5, smallest=0.01)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
@@ -447,19 +435,7 @@ def _cohort_figure(cohorts: pd.DataFrame) -> Any:
     ax.set_yticks(range(len(matrix)), [str(c)[:7] for c in matrix.index], fontsize=8)
     ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], fontsize=8)
     ax.set_xlabel("months since first activity")
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            v = float(matrix.to_numpy(float)[i, j])
-            if np.isfinite(v):
-                ax.text(
-                    j,
-                    i,
-                    f"{v:.0%}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if v > 0.6 else "#1d2330",
-                )
+    _annotate(ax, matrix.to_numpy(float), "{:.0%}", dark_above=0.6, smallest=-np.inf)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
@@ -695,3 +671,14 @@ def _persona_figure(personas: pd.DataFrame) -> Any:
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
+
+
+def _annotate(ax: Any, values: np.ndarray, fmt: str, dark_above: float, smallest: float) -> None:
+    """Writes each finite cell of a heatmap at least ``smallest`` into it, in white on dark
+    cells (above ``dark_above``)."""
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v) and v >= smallest:
+            ax.text(
+                j, i, fmt.format(v), ha="center", va="center", fontsize=7,
+                color="white" if v > dark_above else "#1d2330",
+            )  # fmt: skip
