@@ -201,30 +201,15 @@ def build_journey_report(data_dir: Path) -> Report:
 
 
 def add_journey_analytics(report: Report, folder: Path, data_dir: Path) -> bool:
-    """Adds the journey analytics sections (funnel, transitions, moments that matter).
-
-    This is the one place the journey report reaches for the analytics stage, which is
-    developed separately (``evaluation/journey.py`` and ``evaluation/journey_report.py``,
-    ``journeyml analyze``). It is imported here, lazily and only here, so that the journey
-    report keeps working on an installation without that stage: an :class:`ImportError`
-    (the modules, or the names ``read_journey_result`` and ``add_journey_sections``, are
-    not there) adds a note instead of the sections, and is logged. Any other error is a bug
-    and is raised.
+    """Adds the journey analytics sections (funnel, transitions, moments that matter) of
+    ``journeyml analyze``, or a note saying how to get them.
 
     Returns:
         Whether the analytics sections were added.
     """
-    try:
-        from evaluation.journey import read_journey_result
-        from evaluation.journey_report import add_journey_sections
-    except ImportError as exc:
-        logger.info("journey analytics not available: %s", exc)
-        report.note(
-            "Journey analytics (funnel, transitions, moments that matter) are not part of "
-            "this installation yet; this report shows journey health only.",
-            "info",
-        )
-        return False
+    from evaluation.journey import read_journey_result
+    from evaluation.journey_report import add_journey_sections
+
     if not folder.is_dir():
         report.note(
             f"No journey analytics yet: run `journeyml analyze --data-dir {data_dir}` to add the "

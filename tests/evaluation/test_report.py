@@ -34,7 +34,6 @@ from evaluation.model_report import (
 from evaluation.monitor import MonitorResult
 from evaluation.report_cli import (
     ReportInputError,
-    add_journey_analytics,
     build_journey_report,
     read_monitor_result,
     read_policy_evaluation,
@@ -466,18 +465,6 @@ def test_journey_and_policy_reports_content(written: dict[str, str]) -> None:
     assert "Policy value from the decision log" in policy and "doubly robust" in policy
     assert "True values in the simulator" in policy and "oracle" in policy
     assert "Action mix by segment" in policy
-
-
-def test_journey_analytics_are_optional(
-    workspace: ReportWorkspace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without the analytics stage installed, the journey report is journey health alone."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "evaluation.journey_report", None)  # import fails
-    report = Report("Journey report")
-    assert not add_journey_analytics(report, workspace.root / "evaluation" / "journey", Path("d"))
-    assert "are not part of this installation yet" in _text(report.render())
 
 
 def test_a_stale_output_is_flagged(workspace: ReportWorkspace, tmp_path: Path) -> None:
