@@ -48,7 +48,7 @@ from serving.features import (
 )
 from serving.models import LoadedModel, ModelSet
 from serving.state import Candidate, ChannelCap, ContactPolicy, DecisionRecord, StateStore
-from training.bundle import CALENDAR_FEATURES, calendar_values
+from training.bundle import CALENDAR_FEATURES, ModelBundle, calendar_values
 
 logger = logging.getLogger(__name__)
 
@@ -643,25 +643,46 @@ class DecisionEngine:
     # -- batch -----------------------------------------------------------------------------
 
     def decide_frame(
-        self, frame: pd.DataFrame, now: datetime, context: DecisionContext | None = None
+        self,
+        frame: pd.DataFrame,
+        now: datetime,
+        context: DecisionContext | None = None,
+        reasons: int = 0,
     ) -> pd.DataFrame:
         """The batch path: decisions for a frame of customers' features (no state writes).
 
         The same scores, rules (vectorised) and arbitration as :meth:`decide`; the contact
         policy comes from the caller (``blocked`` columns ``blocked__<action>``). Returns one
-        row per customer: scores, the chosen action, its priority and the runner-up.
+        row per customer: scores, the chosen action, its priority and the runner-up; with
+        ``reasons``, also that many churn reasons in plain words (``reason_1``, ...), as
+        :meth:`decide` gives them.
         """
         context = context or DecisionContext()
         models = self.models.models
         n, k = len(frame), len(self.actions)
-        churn = models["churn"].bundle.predict_proba(frame, as_of=now)
-        conv = models["conversion"].bundle.predict_proba(frame, as_of=now)
+        encoded: dict[Hashable, np.ndarray] = {}  # models that encode alike share one matrix
+
+        def matrix(bundle: ModelBundle) -> np.ndarray:
+            if bundle.encoding_key not in encoded:
+                encoded[bundle.encoding_key] = bundle.encode(frame, as_of=now)
+            return encoded[bundle.encoding_key]
+
+        churn_bundle = models["churn"].bundle
+        churn, contributions = churn_bundle.predict_proba_explained(matrix(churn_bundle))
+        conv = models["conversion"].bundle.predict_proba_matrix(matrix(models["conversion"].bundle))
         out = pd.DataFrame({"churn_risk": churn, "conversion_propensity": conv}, index=frame.index)
+        if reasons:
+            texts = reason_texts(
+                contributions, churn_bundle.features, frame, self.descriptions, "churn risk",
+                reasons,
+            )  # fmt: skip
+            for r, column in enumerate(texts, start=1):
+                out[f"reason_{r}"] = column
         ec = er = None
         known = [False] * k
         if "uplift" in models:
             up = models["uplift"].bundle
-            effects = up.predict_effects_matrix(up.encode(frame, as_of=now))
+            effects = up.predict_effects_matrix(matrix(up))
             col = {a: j for j, a in enumerate(up.actions)}
             ec, er = np.zeros((n, k)), np.zeros((n, k))
             for j, a in enumerate(self.actions):
@@ -672,7 +693,7 @@ class DecisionEngine:
         steps: dict[str, Any] = {"next_step": None, "next_step_probability": np.nan}
         if "next_step" in models:
             ns = models["next_step"].bundle
-            probs = ns.predict_proba(frame, as_of=now)
+            probs = ns.predict_proba_matrix(matrix(ns))
             top = probs.argmax(axis=1)
             steps = {
                 "next_step": np.asarray(ns.classes, dtype=object)[top],
@@ -762,6 +783,38 @@ def top_features(contributions: np.ndarray, k: int) -> np.ndarray:
     values = np.take_along_axis(key, candidates, axis=1)
     order = np.lexsort((candidates, -values), axis=1)
     return np.take_along_axis(candidates, order, axis=1)[:, :k]
+
+
+def reason_texts(
+    contributions: np.ndarray,
+    features: Sequence[str],
+    frame: pd.DataFrame,
+    descriptions: dict[str, str],
+    outcome: str,
+    k: int = 3,
+) -> list[list[str | None]]:
+    """The ``k`` features that raise the score most, per row, in plain words (None past the
+    positive ones): :meth:`DecisionEngine._reasons` over a frame, for the batch path."""
+    contrib = contributions[:, : len(features)]
+    n = len(contrib)
+    k = min(k, contrib.shape[1])
+    top = top_features(contrib, k)
+    values = np.take_along_axis(contrib, top, axis=1)
+    columns: dict[int, np.ndarray] = {}
+    for j in np.unique(top):
+        name = features[j]
+        if name in frame.columns:
+            columns[int(j)] = frame[name].to_numpy(dtype=object)
+    out: list[list[str | None]] = []
+    for r in range(k):
+        texts: list[str | None] = [None] * n
+        for i in np.flatnonzero(values[:, r] > 0):
+            j = int(top[i, r])
+            column = columns.get(j)
+            shown = show_value(column[i]) if column is not None else "missing"
+            texts[i] = reason_text(descriptions, features[j], shown, outcome)
+        out.append(texts)
+    return out
 
 
 def reason_text(descriptions: Mapping[str, str], feature: str, shown: str, outcome: str) -> str:

@@ -52,9 +52,6 @@ from serving.engine import (
     NO_ACTION,
     DecisionEngine,
     holdout_flag,
-    reason_text,
-    show_value,
-    top_features,
 )
 from serving.models import ModelSet
 from serving.state import Candidate, StateStore
@@ -205,38 +202,6 @@ def read_suppression_list(path: Path) -> set[str]:
 # -- scoring one chunk --------------------------------------------------------------------------
 
 
-def top_reasons(
-    contributions: np.ndarray,
-    features: Sequence[str],
-    frame: pd.DataFrame,
-    descriptions: dict[str, str],
-    outcome: str,
-    k: int = 3,
-) -> list[list[str | None]]:
-    """The ``k`` features that raise the score most, per row, in plain words (None past the
-    positive ones) — the endpoint's :meth:`DecisionEngine._reasons`, over a frame."""
-    contrib = contributions[:, : len(features)]
-    n = len(contrib)
-    k = min(k, contrib.shape[1])
-    top = top_features(contrib, k)
-    values = np.take_along_axis(contrib, top, axis=1)
-    columns: dict[int, np.ndarray] = {}
-    for j in np.unique(top):
-        name = features[j]
-        if name in frame.columns:
-            columns[int(j)] = frame[name].to_numpy(dtype=object)
-    out: list[list[str | None]] = []
-    for r in range(k):
-        texts: list[str | None] = [None] * n
-        for i in np.flatnonzero(values[:, r] > 0):
-            j = int(top[i, r])
-            column = columns.get(j)
-            shown = show_value(column[i]) if column is not None else "missing"
-            texts[i] = reason_text(descriptions, features[j], shown, outcome)
-        out.append(texts)
-    return out
-
-
 def age_rows(chunk: pd.DataFrame, ageing: Sequence[str], now: datetime) -> pd.DataFrame:
     """Recency features advanced by the age of their snapshot row at ``now``, as the
     endpoint's online read does (:class:`serving.features.OnlineFeatures`)."""
@@ -281,18 +246,9 @@ def score_chunk(
         known = policy_rows.reindex(chunk.index)
         present = [c for c in blocked if c in known.columns]
         frame = chunk.assign(**{c: known[c].eq(True).to_numpy(dtype=bool) for c in present})
-    decided = engine.decide_frame(frame, now)
+    decided = engine.decide_frame(frame, now, reasons=3)
     settings = engine.settings
-    churn = engine.models.models["churn"].bundle
-    x = churn.encode(chunk, as_of=now)
-    reasons = top_reasons(
-        churn.contributions(x),
-        churn.features,
-        chunk,
-        engine.descriptions,
-        "churn risk",
-        3,
-    )
+    reasons = [decided[f"reason_{r}"].to_numpy(dtype=object) for r in (1, 2, 3)]
     ids = chunk[ENTITY].astype(str).to_numpy(dtype=object)
     share, salt = settings.holdout.share, settings.holdout.salt
     holdout = np.fromiter((holdout_flag(c, share, salt) for c in ids), bool, len(ids))
