@@ -12,7 +12,17 @@ from journeyml.config import CONFIG_DIR, StrictModel, load_config
 ModelName = Literal["churn", "conversion", "next_step", "uplift"]
 MODEL_NAMES: tuple[ModelName, ...] = ("churn", "conversion", "next_step", "uplift")
 
-LOWER_IS_BETTER = frozenset({"ece", "log_loss", "brier", "ece_truth", "auc_gap_to_truth"})
+LOWER_IS_BETTER = frozenset(
+    {
+        "ece",
+        "log_loss",
+        "brier",
+        "ece_truth",
+        "auc_gap_to_truth",
+        "auc_gap_to_truth_within_cutoffs",
+        "auc_gap_to_truth_between_cutoffs",
+    }
+)
 """Metrics whose floor is a ceiling and whose improvement is a decrease."""
 
 

@@ -61,6 +61,13 @@ def compare_with_truth(
         ``auc_gap_to_truth`` (the first minus the second), ``ece_truth_rows`` (the model
         against observed labels on those rows), ``mae_to_truth`` (mean |p_model − p_true|),
         ``mean_true_probability`` and ``truth_rows``; empty when no row has truth.
+
+        The pooled AUCs also rank customers of different cutoffs against each other, so the
+        truth, which knows the season ahead, gains from cutoffs whose base rates differ. When
+        the truth covers several cutoffs, ``auc_gap_to_truth_within_cutoffs`` is the row-
+        weighted mean of the gap within each cutoff (ranking alone) and
+        ``auc_gap_to_truth_between_cutoffs`` the pooled gap minus it (what the model loses by
+        not knowing each cutoff's base rate, e.g. a season the training log never showed).
     """
     column = TRUTH_COLUMN[label]
     scored = pd.DataFrame(
@@ -77,7 +84,17 @@ def compare_with_truth(
         return {}
     auc_truth = float(roc_auc_score(joined["y"], joined[column]))
     auc_model = float(roc_auc_score(joined["y"], joined["p_model"]))
+    within = _within_cutoff_gap(joined, column)
+    decomposition = (
+        {
+            "auc_gap_to_truth_within_cutoffs": within,
+            "auc_gap_to_truth_between_cutoffs": (auc_truth - auc_model) - within,
+        }
+        if within is not None
+        else {}
+    )
     return {
+        **decomposition,
         "auc_truth": auc_truth,
         "auc_model_on_truth_rows": auc_model,
         "auc_gap_to_truth": auc_truth - auc_model,
@@ -92,6 +109,22 @@ def compare_with_truth(
         "mean_model_probability": float(joined["p_model"].mean()),
         "truth_rows": float(len(joined)),
     }
+
+
+def _within_cutoff_gap(joined: pd.DataFrame, column: str) -> float | None:
+    """Row-weighted mean over cutoffs of AUC(truth) − AUC(model) within the cutoff; None
+    with fewer than two cutoffs that have both label values."""
+    gaps, weights = [], []
+    for _, group in joined.groupby("cutoff", sort=True):
+        if group["y"].nunique() < 2:
+            continue
+        gaps.append(
+            roc_auc_score(group["y"], group[column]) - roc_auc_score(group["y"], group["p_model"])
+        )
+        weights.append(len(group))
+    if len(gaps) < 2:
+        return None
+    return float(np.average(gaps, weights=weights))
 
 
 def compare_effects_with_truth(
