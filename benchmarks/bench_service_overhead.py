@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_serving import build_workspace  # noqa: E402
+from benchmarks.bench_serving import build_workspace, serving_config  # noqa: E402
 from serving.auth import generate_key, hash_key  # noqa: E402
 
 Message = dict[str, Any]
@@ -112,16 +112,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     data = build_workspace(Path(args.workdir), args.customers, "sqlite")
-    state = data / "serving" / f"overhead-{int(time.time())}"
-    state.mkdir(parents=True, exist_ok=True)
-    config = state / "serving.yaml"
-    config.write_text(
-        "data_dir: " + json.dumps(str(data.resolve())) + "\n"
-        f"state_url: sqlite:///{state / 'state.db'}\n"
-        f"event_store_url: sqlite:///{state / 'events.db'}\n"
-        "holdout: {share: 0.05, salt: bench}\n",
-        encoding="utf-8",
-    )
+    config = serving_config(data, "overhead")
     key = generate_key()
     os.environ.update(
         JOURNEYML_SERVING_CONFIG=str(config),

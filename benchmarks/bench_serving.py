@@ -99,6 +99,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serving_config(data: Path, prefix: str) -> Path:
+    """A serving config for one run: the workspace's models and features, fresh state stores."""
+    state = data / "serving" / f"{prefix}-{int(time.time())}"
+    state.mkdir(parents=True, exist_ok=True)
+    config = state / "serving.yaml"
+    config.write_text(
+        "data_dir: " + json.dumps(str(data.resolve())) + "\n"
+        f"state_url: sqlite:///{state / 'state.db'}\n"
+        f"event_store_url: sqlite:///{state / 'events.db'}\n"
+        "holdout: {share: 0.05, salt: bench}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
 def start(kind: str, data: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     if kind == "bentoml":
         cmd = [
@@ -209,16 +224,7 @@ def main() -> None:
         .tolist()
     )
     key = generate_key()
-    state = data / "serving" / f"bench-{int(time.time())}"
-    state.mkdir(parents=True, exist_ok=True)
-    config = state / "serving.yaml"
-    config.write_text(
-        "data_dir: " + json.dumps(str(data.resolve())) + "\n"
-        f"state_url: sqlite:///{state / 'state.db'}\n"
-        f"event_store_url: sqlite:///{state / 'events.db'}\n"
-        "holdout: {share: 0.05, salt: bench}\n",
-        encoding="utf-8",
-    )
+    config = serving_config(data, "bench")
     env = {
         **os.environ,
         "JOURNEYML_SERVING_CONFIG": str(config),

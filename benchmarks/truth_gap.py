@@ -45,7 +45,7 @@ from journeyml.config import load_journey_map  # noqa: E402
 from training.bundle import encode_frame  # noqa: E402
 from training.config import load_training_config  # noqa: E402
 from training.metrics import expected_calibration_error  # noqa: E402
-from training.models import BinaryJourneyModel, fit_vocabularies  # noqa: E402
+from training.models import BinaryJourneyModel, fit_vocabularies, lightgbm_params  # noqa: E402
 from training.pipeline import prepare_data, read_model_features, with_calendar  # noqa: E402
 from training.truth import compare_with_truth, load_truth  # noqa: E402
 
@@ -176,19 +176,7 @@ def main() -> None:
         vocab = fit_vocabularies(x[tr], categorical)
         encoded = encode_frame(x, features, vocab)
         target = state[truth_column].to_numpy(float)
-        params = {
-            "objective": "cross_entropy",
-            "learning_rate": 0.05,
-            "num_leaves": 31,
-            "min_data_in_leaf": 100,
-            "feature_fraction": 0.8,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": 1.0,
-            "verbose": -1,
-            "seed": config.seed,
-            "num_threads": config.num_threads,
-        }
+        params = lightgbm_params("cross_entropy", config.seed, config.num_threads, {})
         train_set = lgb.Dataset(
             encoded[tr], target[tr], feature_name=features, categorical_feature=categorical
         )
