@@ -45,8 +45,13 @@ from journeyml.config import load_journey_map  # noqa: E402
 from training.bundle import encode_frame  # noqa: E402
 from training.config import load_training_config  # noqa: E402
 from training.metrics import expected_calibration_error  # noqa: E402
-from training.models import BinaryJourneyModel, fit_vocabularies, lightgbm_params  # noqa: E402
-from training.pipeline import prepare_data, read_model_features, with_calendar  # noqa: E402
+from training.models import fit_vocabularies, lightgbm_params  # noqa: E402
+from training.pipeline import (  # noqa: E402
+    binary_model,
+    prepare_data,
+    read_model_features,
+    with_calendar,
+)
 from training.truth import compare_with_truth, load_truth  # noqa: E402
 
 HIDDEN = ("alive", "stage", "persona", "satisfaction", "engagement")
@@ -60,7 +65,7 @@ def simulate_hidden(root: Path, customers: int, days: int, rollouts: int) -> Pat
     from journeyml.simulate.world import World
 
     out = root / "sim_hidden"
-    if not (out / "truth" / "customers.parquet").is_file():
+    if not (out / "truth" / "customers.parquet").is_file():  # cached
         simulate(
             World(),
             load_journey_map(),
@@ -79,7 +84,7 @@ def simulate_hidden(root: Path, customers: int, days: int, rollouts: int) -> Pat
     same = [duckdb.sql(digest.format(p / "events")).fetchall()[0] for p in (root / "sim", out)]
     if same[0] != same[1]:
         raise SystemExit(f"the re-simulated event log differs from {root / 'sim'}: {same}")
-    return out / "truth" / "customers.parquet"
+    return out / "truth"
 
 
 def main() -> None:
@@ -93,7 +98,7 @@ def main() -> None:
     started = time.perf_counter()
     if not (root / "features").exists():
         build_world(root, args.customers, args.days)
-    hidden_path = simulate_hidden(root, args.customers, args.days, args.rollouts)
+    hidden_folder = simulate_hidden(root, args.customers, args.days, args.rollouts)
 
     journey, settings, config = load_journey_map(), load_feature_settings(), load_training_config()
     data = prepare_data(root, journey, settings, config)
@@ -101,10 +106,10 @@ def main() -> None:
     truth = load_truth(root / "sim" / "truth")
     if truth is None:
         raise SystemExit(f"no truth under {root / 'sim'}")
-    hidden = pd.read_parquet(hidden_path)
-    hidden["cutoff"] = pd.to_datetime(hidden["cutoff"], utc=True)
-    hidden["customer_id"] = hidden["customer_id"].astype(str)
-    hidden["alive"] = hidden["alive"].astype(float)
+    hidden_truth = load_truth(hidden_folder)
+    if hidden_truth is None:
+        raise SystemExit(f"no truth under {hidden_folder}")
+    hidden = hidden_truth.customers.assign(alive=lambda f: f["alive"].astype(float))
     keys = rows[["customer_id", "cutoff"]].assign(customer_id=rows["customer_id"].astype(str))
     state = keys.merge(hidden, how="left", on=["customer_id", "cutoff"])
     if state["persona"].isna().any():
@@ -142,19 +147,7 @@ def main() -> None:
             model_settings: Any = settings_,
             y: np.ndarray = y,
         ) -> np.ndarray:
-            model = BinaryJourneyModel(
-                inputs,
-                cats,
-                imbalance=model_settings.imbalance,
-                calibration=model_settings.calibration,
-                monotone_increasing=model_settings.monotone_increasing,
-                monotone_decreasing=model_settings.monotone_decreasing,
-                params=dict(model_settings.lightgbm),
-                num_boost_round=model_settings.num_boost_round,
-                early_stopping_rounds=model_settings.early_stopping_rounds,
-                random_state=config.seed,
-                num_threads=config.num_threads,
-            )
+            model = binary_model(inputs, cats, model_settings, config)
             model.fit(frame[tr], y[tr], eval_set=(frame[va], y[va]))
             return np.asarray(model.predict_proba(frame[te]))
 

@@ -196,6 +196,28 @@ def with_calendar(
     return replace(spec, features=(*spec.features, *names)), x
 
 
+def binary_model(
+    features: Sequence[str],
+    categorical: Sequence[str],
+    settings: BinaryModelSettings,
+    config: TrainingConfig,
+) -> BinaryJourneyModel:
+    """The churn or conversion model as configured, not yet fitted."""
+    return BinaryJourneyModel(
+        list(features),
+        list(categorical),
+        imbalance=settings.imbalance,
+        calibration=settings.calibration,
+        monotone_increasing=settings.monotone_increasing,
+        monotone_decreasing=settings.monotone_decreasing,
+        params=settings.lightgbm,
+        num_boost_round=settings.num_boost_round,
+        early_stopping_rounds=settings.early_stopping_rounds,
+        random_state=config.seed,
+        num_threads=config.num_threads,
+    )
+
+
 def _split_masks(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return {s: (rows["split"] == s).to_numpy() for s in SPLITS}
 
@@ -250,19 +272,9 @@ def fit_binary_task(
         if len(np.unique(y[m])) < 2:
             raise TrainingError(f"{name}: the {s} period has only one label value")
     features = list(spec.features)
-    model = BinaryJourneyModel(
-        features,
-        spec.categorical,
-        imbalance=settings.imbalance,
-        calibration=settings.calibration,
-        monotone_increasing=settings.monotone_increasing,
-        monotone_decreasing=settings.monotone_decreasing,
-        params=settings.lightgbm,
-        num_boost_round=settings.num_boost_round,
-        early_stopping_rounds=settings.early_stopping_rounds,
-        random_state=config.seed,
-        num_threads=config.num_threads,
-    ).fit(x[tr], y[tr], eval_set=(x[va], y[va]))
+    model = binary_model(features, spec.categorical, settings, config).fit(
+        x[tr], y[tr], eval_set=(x[va], y[va])
+    )
     p_test = model.predict_proba(x[te])
     metrics = binary_metrics(y[te], p_test)
     metrics.update(_prefixed("validation_", binary_metrics(y[va], model.predict_proba(x[va]))))
