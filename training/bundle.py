@@ -34,8 +34,10 @@ carries it as the tag ``bundle_manifest_sha256``).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -290,6 +292,97 @@ def _threads(x: np.ndarray) -> dict[str, int]:
     return {"num_threads": 1} if len(x) < 2048 else {}
 
 
+PREDICT_NORMAL = 0
+"""LightGBM's ``C_API_PREDICT_NORMAL``: probabilities (the objective's transform applied)."""
+PREDICT_LEAF = 2
+"""LightGBM's ``C_API_PREDICT_LEAF_INDEX``: the leaf of every tree."""
+ROW_PATH_MAX_ROWS = 32
+"""Up to this many rows are predicted one at a time through :class:`RowPredictor`."""
+
+
+class RowPredictor:
+    """LightGBM's single-row fast path (``LGBM_BoosterPredictForMatSingleRowFast``) for one model.
+
+    ``Booster.predict`` costs ~0.1 ms on one row whatever the model: it builds a predictor and a
+    parameter set on every call. The fast path sets them up once, so a one-row prediction
+    costs the tree walk alone (measured on the demo's churn model, 4 µs against 100 µs for its
+    leaves); the real-time decision makes five such calls. Results equal ``Booster.predict``
+    (tested), with the same iterations (the booster's best iteration, else all).
+
+    It owns a booster handle of its own, loaded from the model's text, so freeing it never
+    depends on the order in which Python collects the ``lightgbm.Booster``; a lock guards the
+    configuration, which keeps its buffers between calls.
+    """
+
+    def __init__(self, booster: Any, predict_type: int) -> None:
+        from lightgbm.basic import _LIB  # the library lightgbm has loaded (no second copy)
+
+        self._lib = _LIB
+        self._handle = ctypes.c_void_p()
+        self._fast = ctypes.c_void_p()
+        self.n_features = int(booster.num_feature())
+        iterations = ctypes.c_int(0)
+        self._check(
+            _LIB.LGBM_BoosterLoadModelFromString(
+                booster.model_to_string(num_iteration=-1).encode(),
+                ctypes.byref(iterations),
+                ctypes.byref(self._handle),
+            )
+        )
+        best = int(getattr(booster, "best_iteration", -1) or -1)  # as Booster.predict does
+        size = ctypes.c_int64(0)
+        self._check(
+            _LIB.LGBM_BoosterCalcNumPredict(
+                self._handle, ctypes.c_int(1), ctypes.c_int(predict_type), ctypes.c_int(0),
+                ctypes.c_int(best), ctypes.byref(size),
+            )
+        )  # fmt: skip
+        self.size = int(size.value)
+        self._check(
+            _LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+                self._handle, ctypes.c_int(predict_type), ctypes.c_int(0), ctypes.c_int(best),
+                ctypes.c_int(1),  # C_API_DTYPE_FLOAT64
+                ctypes.c_int32(self.n_features), b"num_threads=1", ctypes.byref(self._fast),
+            )
+        )  # fmt: skip
+        self._lock = threading.Lock()
+
+    def _check(self, code: int) -> None:
+        if code != 0:
+            message = self._lib.LGBM_GetLastError().decode("utf-8", "replace")
+            raise BundleError(f"LightGBM single-row prediction: {message}")
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions of a few rows, one row at a time: shape ``(len(x), size)``."""
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise BundleError(
+                f"the model reads {self.n_features} features, the input has shape {x.shape}"
+            )
+        out = np.empty((len(x), self.size), dtype=np.float64)
+        written = ctypes.c_int64(0)
+        with self._lock:
+            for i in range(len(x)):
+                self._check(
+                    self._lib.LGBM_BoosterPredictForMatSingleRowFast(
+                        self._fast, ctypes.c_void_p(x[i].ctypes.data), ctypes.byref(written),
+                        ctypes.c_void_p(out[i].ctypes.data),
+                    )
+                )  # fmt: skip
+        return out
+
+    def __del__(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if self._fast:  # the configuration holds a lock on the booster: freed first
+            lib.LGBM_FastConfigFree(self._fast)
+            self._fast = ctypes.c_void_p()
+        if self._handle:
+            lib.LGBM_BoosterFree(self._handle)
+            self._handle = ctypes.c_void_p()
+
+
 # -- the bundle ----------------------------------------------------------------------------
 
 
@@ -310,6 +403,9 @@ class ModelBundle:
     vocabularies: dict[str, list[str]]
     calibrator: dict[str, Any] = field(default_factory=dict)
     _path_cache: PathTables | None = field(default=None, repr=False, compare=False)
+    _row_predictors: dict[tuple[str, int], tuple[Any, RowPredictor]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def kind(self) -> str:
@@ -369,25 +465,33 @@ class ModelBundle:
         (None, NaN) stays NaN, an unseen string gets the code ``len(vocabulary)``.
         """
         index = self._vocabulary_index()
-        out = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        plan = [(name, index.get(name)) for name in self.features]
+        nan = float("nan")
+        out = np.empty((len(rows), len(plan)), dtype=np.float64)
         for i, row in enumerate(rows):
-            try:
-                values = [row[name] for name in self.features]
-            except KeyError as exc:
-                raise BundleError(f"input is missing feature {exc.args[0]}") from None
-            for j, (name, value) in enumerate(zip(self.features, values, strict=True)):
-                codes = index.get(name)
+            line: list[float] = []
+            append = line.append
+            for name, codes in plan:  # one pass, values gathered in a list (0.09 -> 0.07 ms)
+                try:
+                    value = row[name]
+                except KeyError:
+                    raise BundleError(f"input is missing feature {name}") from None
                 if value is None:
-                    out[i, j] = np.nan
+                    append(nan)
                 elif codes is None:
-                    try:
-                        out[i, j] = float(value)
-                    except (TypeError, ValueError):
-                        out[i, j] = np.nan
+                    kind = type(value)
+                    if kind is float or kind is int:
+                        append(value)
+                    else:
+                        try:
+                            append(float(value))
+                        except (TypeError, ValueError):
+                            append(nan)
                 elif isinstance(value, float) and value != value:
-                    out[i, j] = np.nan
+                    append(nan)
                 else:
-                    out[i, j] = codes.get(str(value), len(codes))
+                    append(codes.get(str(value), len(codes)))
+            out[i] = line
         return out
 
     def _vocabulary_index(self) -> dict[str, dict[str, int]]:
@@ -405,7 +509,22 @@ class ModelBundle:
         """Uncalibrated LightGBM probabilities of an encoded matrix."""
         if self.kind == "uplift":
             raise BundleError("an uplift bundle predicts effects: use predict_effects")
-        return np.asarray(self.boosters["model"].predict(x, **_threads(x)))
+        return self._booster_predict("model", x)
+
+    def _booster_predict(self, role: str, x: np.ndarray, leaves: bool = False) -> np.ndarray:
+        """``Booster.predict`` of booster ``role`` (leaf indices if ``leaves``), a few rows
+        through the single-row fast path (:class:`RowPredictor`), larger inputs in one call."""
+        booster = self.boosters[role]
+        if len(x) > ROW_PATH_MAX_ROWS:
+            return np.asarray(booster.predict(x, pred_leaf=leaves, **_threads(x)))
+        kind = PREDICT_LEAF if leaves else PREDICT_NORMAL
+        cached = self._row_predictors.get((role, kind))
+        if cached is None or cached[0] is not booster:  # built once per booster
+            cached = self._row_predictors[(role, kind)] = (booster, RowPredictor(booster, kind))
+        out = cached[1].predict(x)
+        if leaves:
+            return out.astype(np.intp)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def predict_proba(self, frame: pd.DataFrame, as_of: datetime | None = None) -> np.ndarray:
         """Calibrated probabilities: (n,) for binary models, (n, classes) for multiclass."""
@@ -461,8 +580,7 @@ class ModelBundle:
         if self.kind != "binary":
             raise BundleError(f"contributions are defined for binary models, not {self.kind}")
         paths = self._paths()
-        booster = self.boosters["model"]
-        leaves = np.asarray(booster.predict(x, pred_leaf=True, **_threads(x)), dtype=np.intp)
+        leaves = np.asarray(self._booster_predict("model", x, leaves=True), dtype=np.intp)
         return paths.contributions(leaves.reshape(len(x), -1))
 
     def _paths(self) -> PathTables:
@@ -495,7 +613,7 @@ class ModelBundle:
         out: dict[str, np.ndarray] = {}
         base = self.manifest.get("base_effects", {})
         for outcome in self.manifest["outcomes"]:
-            pred = np.asarray(self.boosters[f"effect_{outcome}"].predict(stacked, **_threads(x)))
+            pred = self._booster_predict(f"effect_{outcome}", stacked)
             out[outcome] = pred.reshape(n, k) + np.asarray(
                 base.get(outcome, np.zeros(k)), dtype=float
             )

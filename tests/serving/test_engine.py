@@ -123,10 +123,10 @@ def test_store_failures_and_model_failures_fall_back_without_raising(
 
     churn = runtime.models.models["churn"].bundle
 
-    def broken(x: np.ndarray, **kwargs: object) -> np.ndarray:
+    def broken(role: str, x: np.ndarray, **kwargs: object) -> np.ndarray:
         raise RuntimeError("corrupt model")
 
-    monkeypatch.setattr(churn.boosters["model"], "predict", broken)
+    monkeypatch.setattr(churn, "_booster_predict", broken)  # every LightGBM call of the model
     d = runtime.engine.decide(cid)
     assert d.fallback_reason == "model_error" and d.scores is None
     assert runtime.state.decision(d.decision_id) is not None  # fallbacks are logged too

@@ -16,7 +16,11 @@ from hypothesis import strategies as st
 
 from training import bundle as bundle_module
 from training.bundle import (
+    PREDICT_LEAF,
+    PREDICT_NORMAL,
+    ROW_PATH_MAX_ROWS,
     BundleError,
+    RowPredictor,
     apply_binary_calibrator,
     apply_multiclass_calibrator,
     encode_frame,
@@ -208,3 +212,43 @@ def test_contributions_add_up_to_the_raw_score_and_follow_the_splits(tmp_path: P
     np.testing.assert_allclose(
         loaded.contributions(x), stump.predict(x, pred_contrib=True), atol=1e-9
     )
+
+
+def test_the_single_row_path_predicts_what_the_booster_predicts(tmp_path: Path) -> None:
+    """RowPredictor (LightGBM's single-row fast path) against Booster.predict: probabilities
+    of binary and multiclass models, regression values and leaf indices, on rows with missing
+    values and unseen categories; a bundle routes a few rows through it and more through one
+    Booster.predict call, with equal results."""
+    booster, frame = tiny_booster()
+    rng = np.random.default_rng(3)
+    x = encode_frame(frame, ["n", "stage"], VOCAB)[:40].copy()
+    x[::7, 0] = np.nan
+    x[::5, 1] = len(VOCAB["stage"])  # unseen category
+    labels = rng.integers(0, 3, 400)
+    multi = lgb.train(
+        {"objective": "multiclass", "num_class": 3, "verbose": -1, "min_data_in_leaf": 5},
+        lgb.Dataset(encode_frame(frame, ["n", "stage"], VOCAB), labels),
+        8,
+    )
+    regression = lgb.train(
+        {"objective": "regression", "verbose": -1, "min_data_in_leaf": 5},
+        lgb.Dataset(encode_frame(frame, ["n", "stage"], VOCAB), rng.normal(size=400)),
+        12,
+    )
+    for model in (booster, multi, regression):
+        expected = np.asarray(model.predict(x)).reshape(len(x), -1)
+        np.testing.assert_allclose(RowPredictor(model, PREDICT_NORMAL).predict(x), expected)
+        leaves = np.asarray(model.predict(x, pred_leaf=True)).reshape(len(x), -1)
+        np.testing.assert_array_equal(RowPredictor(model, PREDICT_LEAF).predict(x), leaves)
+    with pytest.raises(BundleError, match="reads 2 features"):
+        RowPredictor(booster, PREDICT_NORMAL).predict(np.zeros((1, 3)))
+
+    write_tiny(tmp_path)
+    loaded = load_model_bundle(tmp_path)
+    few, many = x[:ROW_PATH_MAX_ROWS], x
+    assert len(many) > ROW_PATH_MAX_ROWS
+    np.testing.assert_allclose(loaded.predict_raw_matrix(few), booster.predict(few))
+    np.testing.assert_allclose(loaded.predict_raw_matrix(many), booster.predict(many))
+    np.testing.assert_allclose(loaded.contributions(few), loaded.contributions(many)[: len(few)])
+    loaded.boosters["model"] = regression  # a replaced booster is not served from the cache
+    np.testing.assert_allclose(loaded.predict_raw_matrix(x[:1]), regression.predict(x[:1]))
