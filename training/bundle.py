@@ -346,6 +346,21 @@ class RowPredictor:
             )
         )  # fmt: skip
         self._lock = threading.Lock()
+        # A function object of our own (not the attribute lightgbm uses), typed once, and
+        # buffers at fixed addresses (under the lock): a call passes plain integers, where
+        # asking numpy for an array's address costs more than the prediction.
+        self._predict_row = _LIB["LGBM_BoosterPredictForMatSingleRowFast"]
+        self._predict_row.argtypes = [ctypes.c_void_p] * 4
+        self._predict_row.restype = ctypes.c_int
+        self._row = np.empty(self.n_features, dtype=np.float64)
+        self._result = np.empty(self.size, dtype=np.float64)
+        self._written = ctypes.c_int64(0)
+        self._addresses = (
+            self._fast.value,
+            self._row.ctypes.data,
+            ctypes.addressof(self._written),
+            self._result.ctypes.data,
+        )
 
     def _check(self, code: int) -> None:
         if code != 0:
@@ -354,21 +369,19 @@ class RowPredictor:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predictions of a few rows, one row at a time: shape ``(len(x), size)``."""
-        x = np.ascontiguousarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise BundleError(
                 f"the model reads {self.n_features} features, the input has shape {x.shape}"
             )
         out = np.empty((len(x), self.size), dtype=np.float64)
-        written = ctypes.c_int64(0)
+        row, result, predict = self._row, self._result, self._predict_row
         with self._lock:
             for i in range(len(x)):
-                self._check(
-                    self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                        self._fast, ctypes.c_void_p(x[i].ctypes.data), ctypes.byref(written),
-                        ctypes.c_void_p(out[i].ctypes.data),
-                    )
-                )  # fmt: skip
+                row[:] = x[i]
+                code = predict(*self._addresses)
+                if code != 0:
+                    self._check(code)
+                out[i] = result
         return out
 
     def __del__(self) -> None:
