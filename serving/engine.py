@@ -429,69 +429,40 @@ class DecisionEngine:
                     outcomes[j].reason = rule.explain(action_env)
                     break
         live = [self._candidates[j] for j in range(k) if eligible[j]]
-        if live:
-            try:
-                blocked = self.state.blocked(customer_id, live, self.policy, now)
-            except Exception as exc:
-                logger.error("state store unavailable: %s", type(exc).__name__)
-                return self._fallback(customer_id, ctx, now, "state_store_unavailable", versions)
-            for j, a in enumerate(self.actions):
-                if a.id in blocked:
-                    eligible[j] = False
-                    outcomes[j].removed_by = "contact_policy"
-                    outcomes[j].reason = blocked[a.id]
-        matrix = self._matrix(scores, ctx, eligible[None, :])
-        known = self._uplift_known(scores)
-        prio, value, bases = priorities(self.actions, matrix, known, self._mode(scores))
-        for j in range(k):
-            outcomes[j].basis = bases[j]
-            outcomes[j].expected_value = float(value[0, j])
-            if eligible[j] and math.isfinite(prio[0, j]):
-                outcomes[j].priority = float(prio[0, j])
-            elif eligible[j]:
-                eligible[j] = False
-                outcomes[j].removed_by = "arbitration"
-                outcomes[j].reason = "no uplift estimate for this action"
         holdout = holdout_flag(customer_id, self.settings.holdout.share, self.settings.holdout.salt)
         decision_id = uuid.uuid4().hex
-        none = CandidateOutcome(NO_ACTION, None, 0.0, "none", 0.0)
-        while True:
-            ranked = sorted(
-                [o for j, o in enumerate(outcomes) if eligible[j]] + [none],
-                key=lambda o: (-(o.priority or 0.0), o.action != NO_ACTION),
-            )
-            chosen, propensity, explored = self._choose(ranked)
-            if holdout:
-                chosen, propensity = none, 1.0
-            record = self._record(
-                decision_id,
-                customer_id,
-                ctx,
-                now,
-                chosen,
-                propensity,
-                holdout,
-                explored,
-                None,
-                outcomes,
-                values,
-                versions,
-                scores,
-            )
+        picked: dict[str, Any] = {}
+
+        def choose(blocked: dict[str, str]) -> tuple[DecisionRecord, Candidate | None]:
+            """Ranks and picks once the contact history is read (under the customer's lock)."""
+            try:
+                ranked = self._rank(outcomes, eligible, scores, ctx, blocked)
+                chosen, propensity, explored = self._choose(ranked)
+                if holdout:
+                    chosen = next(o for o in ranked if o.action == NO_ACTION)
+                    propensity = 1.0
+                record = self._record(
+                    decision_id, customer_id, ctx, now, chosen, propensity, holdout, explored,
+                    None, outcomes, values, versions, scores,
+                )  # fmt: skip
+            except Exception as exc:  # the engine's own error, not the store's: raised
+                picked["error"] = exc
+                raise
+            picked.update(ranked=ranked, chosen=chosen, propensity=propensity, explored=explored)
             contact = None
             if chosen.action != NO_ACTION:
                 contact = Candidate(chosen.action, chosen.channel or "")
-            try:
-                result = self.state.commit(record, contact, self.policy)
-            except Exception as exc:
-                logger.error("state store unavailable: %s", type(exc).__name__)
-                return self._fallback(customer_id, ctx, now, "state_store_unavailable", versions)
-            if result.ok:
-                break
-            j = [a.id for a in self.actions].index(chosen.action)
-            eligible[j] = False
-            outcomes[j].removed_by = "contact_policy"
-            outcomes[j].reason = result.reason
+            return record, contact
+
+        try:
+            self.state.settle(customer_id, live, self.policy, now, choose)
+        except Exception as exc:
+            if picked.get("error") is exc:
+                raise
+            logger.error("state store unavailable: %s", type(exc).__name__)
+            return self._fallback(customer_id, ctx, now, "state_store_unavailable", versions)
+        ranked, chosen = picked["ranked"], picked["chosen"]
+        propensity, explored = picked["propensity"], picked["explored"]
         return Decision(
             decision_id=decision_id,
             customer_id=customer_id,
@@ -507,6 +478,38 @@ class DecisionEngine:
             explored=explored,
             model_versions=versions,
             policy_version=self.catalog.version,
+        )
+
+    def _rank(
+        self,
+        outcomes: list[CandidateOutcome],
+        eligible: np.ndarray,
+        scores: Scores | None,
+        ctx: DecisionContext,
+        blocked: Mapping[str, str],
+    ) -> list[CandidateOutcome]:
+        """Removes what the contact policy blocks, prices the rest and ranks them, "no action"
+        included (``eligible`` and ``outcomes`` are updated with every removal)."""
+        for j, a in enumerate(self.actions):
+            if eligible[j] and a.id in blocked:
+                eligible[j] = False
+                outcomes[j].removed_by = "contact_policy"
+                outcomes[j].reason = blocked[a.id]
+        matrix = self._matrix(scores, ctx, eligible[None, :])
+        known = self._uplift_known(scores)
+        prio, value, bases = priorities(self.actions, matrix, known, self._mode(scores))
+        for j in range(len(self.actions)):
+            outcomes[j].basis = bases[j]
+            outcomes[j].expected_value = float(value[0, j])
+            if eligible[j] and math.isfinite(prio[0, j]):
+                outcomes[j].priority = float(prio[0, j])
+            elif eligible[j]:
+                eligible[j] = False
+                outcomes[j].removed_by = "arbitration"
+                outcomes[j].reason = "no uplift estimate for this action"
+        return sorted(
+            [o for j, o in enumerate(outcomes) if eligible[j]] + [_no_action()],
+            key=lambda o: (-(o.priority or 0.0), o.action != NO_ACTION),
         )
 
     def _mode(self, scores: Scores | None) -> str:
@@ -744,6 +747,11 @@ class DecisionEngine:
         out["priority"] = np.where(choose, best_prio, 0.0)
         out["expected_value"] = np.where(choose, value[np.arange(n), best_action], 0.0)
         return out
+
+
+def _no_action() -> CandidateOutcome:
+    """The "no action" candidate every ranking ends with (priority 0)."""
+    return CandidateOutcome(NO_ACTION, None, 0.0, "none", 0.0)
 
 
 def _why(

@@ -313,6 +313,36 @@ def test_a_refused_commit_writes_nothing(store: StateStore) -> None:
     assert count_rows(store, store.decisions) == 1
 
 
+def test_settle_reads_the_history_once_and_writes_what_was_chosen(store: StateStore) -> None:
+    """The real-time path: the policy's verdict on every candidate, then the record and its
+    contact written in the same transaction; a blocked or mismatched pick writes nothing."""
+    policy = ContactPolicy((ChannelCap("email", 1, 7),), 0.0, 0, 0.0)
+    assert send(store, "d1", T0, EMAIL_1, policy)
+    seen: list[dict[str, str]] = []
+
+    def pick(action: Candidate | None, decision_id: str = "d2") -> Any:
+        def choose(blocked: dict[str, str]) -> tuple[DecisionRecord, Candidate | None]:
+            seen.append(blocked)
+            chosen = action.action_id if action else "none"
+            channel = action.channel if action else None
+            return record(decision_id, T0 + D, action=chosen, channel=channel), action
+
+        return choose
+
+    assert store.settle("cust-1", ALL, policy, T0 + D, pick(SMS)) == store.decision("d2")
+    assert seen[-1] == store.blocked("cust-1", ALL, policy, T0 + D) and "newsletter" in seen[-1]
+    assert count_rows(store, store.contacts) == 2
+    with pytest.raises(ValueError, match="blocked by the contact policy"):
+        store.settle("cust-1", ALL, policy, T0 + D, pick(EMAIL_2, "d3"))
+    with pytest.raises(ValueError, match="another customer or time"):
+        store.settle("cust-2", ALL, policy, T0 + D, pick(None, "d4"))
+    with pytest.raises(DuplicateDecisionError):
+        store.settle("cust-1", [], policy, T0 + D, pick(None, "d2"))
+    assert seen[-1] == {}  # no candidates: no history read
+    assert store.decision("d3") is None and store.decision("d4") is None
+    assert count_rows(store, store.contacts) == 2 and count_rows(store, store.decisions) == 2
+
+
 def test_no_contact_logs_only_the_decision(store: StateStore) -> None:
     policy = ContactPolicy((ChannelCap("any", 0, 7),), 24.0, 1, 30.0)
     held_out = record("d1", T0, holdout=True, propensity=1.0)
