@@ -343,6 +343,41 @@ def test_settle_reads_the_history_once_and_writes_what_was_chosen(store: StateSt
     assert count_rows(store, store.contacts) == 2 and count_rows(store, store.decisions) == 2
 
 
+def test_the_checkpointer_starts_the_log_over_under_steady_writes(tmp_path: Path) -> None:
+    """A round copies the whole log and restarts it itself, even with a commit landing while
+    it copies the bulk, so SQLite's own checkpoint never runs inside a request's commit."""
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    assert store._checkpointer is not None
+    store._checkpointer.stop()
+    checkpointer = state_module._Checkpointer(store.engine, 1.0)
+    original = state_module._wal_checkpoint
+    calls = 0
+
+    def checkpoint_with_a_commit_beside(conn: Any) -> tuple[int, int, int]:
+        nonlocal calls
+        calls += 1
+        result = original(conn)
+        if calls == 1:  # a decision commits while the bulk is copied
+            assert store.commit(record("beside", T0), None, NO_POLICY).ok
+        return result
+
+    try:
+        for i in range(200):
+            assert store.commit(record(f"d{i}", T0 + i * US), None, NO_POLICY).ok
+        state_module._wal_checkpoint = checkpoint_with_a_commit_beside
+        assert checkpointer.checkpoint() == "restarted"
+        state_module._wal_checkpoint = original
+        assert store.commit(record("after", T0 + D), None, NO_POLICY).ok
+        with store.engine.connect() as conn:
+            logged = original(conn)[1]
+        assert logged < 20  # the log holds the last commit only: it started over
+        assert store.decision("beside") is not None and store.decision("after") is not None
+        assert checkpointer.checkpoint() == "restarted"
+    finally:
+        state_module._wal_checkpoint = original
+        store.close()
+
+
 def test_no_contact_logs_only_the_decision(store: StateStore) -> None:
     policy = ContactPolicy((ChannelCap("any", 0, 7),), 24.0, 1, 30.0)
     held_out = record("d1", T0, holdout=True, propensity=1.0)
