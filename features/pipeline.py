@@ -17,7 +17,8 @@ over the events (in DuckDB each one costs a sort-and-tree pass per column); inst
    (``count_bits`` bits each, sized from the data), so a handful of columns carries them all.
 2. What depends on the order of events (the latest event types, stage changes, the latest
    survey answers) comes from one sort of the events by customer, time and event id, using only
-   ``ROW_NUMBER``/``LAG``/``LEAD``, reduced to the same cells.
+   ``ROW_NUMBER``/``LAG``, reduced to the same cells (a cell's latest value is the
+   ``ARG_MAX`` by position of the rows that set it).
 3. One window pass over the cells keeps running totals of the packed counts and carries the
    latest values forward.
 4. ``ASOF JOIN`` reads the running state of the last cell before T and before each T - W; a
@@ -224,29 +225,13 @@ def feature_query(
         + f" AS types{j}"
         for j in range(n_type_packs)
     ]
-    # the row is the last one of its cell where cond holds: it carries the cell's latest value
-    closing = [("types", "is_activity = 1")] + [
-        (lv.name, f"{lv.name} IS NOT NULL") for lv in catalog.last_values
-    ]
-    next_in_cell = [
-        f"LEAD(CASE WHEN {cond} THEN r END, 1 IGNORE NULLS) OVER w AS next_{name}"
-        for name, cond in closing
-    ]
-
-    def closes(name: str, cond: str) -> str:
-        return f"{cond} AND (next_{name} IS NULL OR next_{name} <> r)"
-
     change = "stage_idx IS NOT NULL AND (prior_stage IS NULL OR stage_idx <> prior_stage)"
     b_cols = [
         *(f"{packed(i, 'ordered')} AS q{i}" for i in ordered_packs),
-        *(
-            f"CASE WHEN {closes(lv.name, f'{lv.name} IS NOT NULL')} THEN {lv.name} END AS {lv.name}"
-            for lv in catalog.last_values
-        ),
-        *(
-            f"CASE WHEN {closes('types', 'is_activity = 1')} THEN types{j} END AS types{j}"
-            for j in range(n_type_packs)
-        ),
+        *(lv.name for lv in catalog.last_values),
+        *(f"types{j}" for j in range(n_type_packs)),
+        "is_activity",
+        "seq",
         # a stage change, as (position among the customer's events, stage, previous + 1)
         f"CASE WHEN {change} THEN (seq << 16) + (stage_idx << 8)"
         " + COALESCE(prior_stage + 1, 0) END AS stage_code",
@@ -255,8 +240,15 @@ def feature_query(
     ]
     b_aggs = [
         *(f"SUM(q{i}) AS q{i}" for i in ordered_packs),
-        *(f"MAX({lv.name}) AS {lv.name}" for lv in catalog.last_values),
-        *(f"MAX(types{j}) AS types{j}" for j in range(n_type_packs)),
+        # the latest value in the cell: that of the last row (by seq) where it is set
+        *(
+            f"ARG_MAX({lv.name}, seq) FILTER (WHERE {lv.name} IS NOT NULL) AS {lv.name}"
+            for lv in catalog.last_values
+        ),
+        *(
+            f"ARG_MAX(types{j}, seq) FILTER (WHERE is_activity = 1) AS types{j}"
+            for j in range(n_type_packs)
+        ),
         "MAX(stage_code) AS stage_code",
         "MAX(stage_since) AS stage_since",
         "MAX(stage_idx) AS furthest_stage",
@@ -408,7 +400,7 @@ ordered AS (
     SELECT cid, ts, r, stage_idx, is_activity{last_value_names},
         ROW_NUMBER() OVER w AS seq,
         LAG(stage_idx, 1 IGNORE NULLS) OVER w AS prior_stage,
-        {_list([*type_packs_sql, *next_in_cell])}
+        {_list(type_packs_sql)}
     FROM (
         SELECT cid, ts, event_id, code, stage_idx, is_activity, {cell},
             {_list([f"{lv.expr} AS {lv.name}" for lv in catalog.last_values], 12)}
