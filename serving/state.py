@@ -349,15 +349,16 @@ class StateStore:
         candidates: Sequence[Candidate],
         policy: ContactPolicy,
         now: datetime,
-        choose: Callable[[dict[str, str]], tuple[DecisionRecord, Candidate | None]],
-    ) -> DecisionRecord:
+        choose: Callable[[dict[str, str]], tuple[DecisionRecord, Candidate | None] | None],
+    ) -> DecisionRecord | None:
         """Decides and logs in one transaction under the customer's lock.
 
         Reads the customer's contacts once, gives ``choose`` the candidates the policy blocks
-        at ``now`` (with the reasons), and writes the record and contact it returns. No other
-        decision for the customer can interleave, so the contact cannot break the policy; the
-        read-then-commit pair (:meth:`blocked`, :meth:`commit`) costs a second connection and
-        history query (0.2-0.3 ms a decision on SQLite).
+        at ``now`` (with the reasons), and writes the record and contact it returns (nothing
+        if it returns None, and then returns None). No other decision for the customer can
+        interleave, so the contact cannot break the policy; a separate read (:meth:`blocked`)
+        before the write would cost a second connection and history query (0.2-0.3 ms a
+        decision on SQLite).
 
         Raises:
             DuplicateDecisionError: the decision id is already stored (nothing is written).
@@ -371,7 +372,10 @@ class StateStore:
             if candidates and _active(policy):
                 history = self._history(conn, customer_id, now_us)
                 blocked = blocked_reasons(history, candidates, policy, now_us)
-            record, contact = choose(blocked)
+            chosen = choose(blocked)
+            if chosen is None:
+                return None
+            record, contact = chosen
             if record.customer_id != customer_id or record.decided_at != now:
                 raise ValueError(
                     f"decision {record.decision_id}: recorded for another customer or time"
@@ -415,26 +419,30 @@ class StateStore:
     ) -> CommitResult:
         """Logs a decision, and its contact if any, in one transaction under the customer's lock.
 
-        With a contact, the policy is checked again at ``record.decided_at``: if the contact
-        would break it nothing is written and the result says why (the engine then tries its
-        next candidate).
+        With a contact, the policy is checked at ``record.decided_at`` under the lock: if the
+        contact would break it nothing is written and the result says why. (A decision the
+        engine ranks uses :meth:`settle`; this logs one already made, e.g. a fallback.)
 
         Raises:
             DuplicateDecisionError: the decision id is already stored (the first is kept).
             ValueError: an invalid record (naive time, malformed id, not JSON-able).
         """
-        now_us = _to_us(record.decided_at, "decided_at")
-        row = _decision_row(record, now_us, contact)
-        with self._transaction(record.customer_id) as conn:
-            if contact is not None and _active(policy):
-                history = self._history(conn, record.customer_id, now_us)
-                reason = blocked_reasons(history, [contact], policy, now_us).get(contact.action_id)
-                if reason is not None:
-                    logger.debug(
-                        "contact refused for customer %s: %s", hashed_id(record.customer_id), reason
-                    )
-                    return CommitResult(False, reason)
-            self._insert(conn, row, record, contact, now_us)
+        _to_us(record.decided_at, "decided_at")  # a naive time is refused before the lock
+        refused: list[str] = []
+
+        def keep(blocked: dict[str, str]) -> tuple[DecisionRecord, Candidate | None] | None:
+            if contact is not None and contact.action_id in blocked:
+                refused.append(blocked[contact.action_id])
+                return None
+            return record, contact
+
+        candidates = [contact] if contact is not None else []
+        self.settle(record.customer_id, candidates, policy, record.decided_at, keep)
+        if refused:
+            logger.debug(
+                "contact refused for customer %s: %s", hashed_id(record.customer_id), refused[0]
+            )
+            return CommitResult(False, refused[0])
         return CommitResult(True)
 
     def record_feedback(
