@@ -125,6 +125,7 @@ class ModelSet:
                     expected_manifest_sha256=(mv.tags or {}).get(MANIFEST_TAG),
                     dst_path=self._download_root / f"{name}-{version}-{time.time_ns()}",
                 )
+                bundle.prepare_row_path()  # here, not in the first request after the load
             except Exception as exc:
                 self._errors[role] = f"{name} v{version} failed to load: {exc}"
                 logger.error("%s v%s failed to load: %s", name, version, exc)

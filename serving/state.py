@@ -385,34 +385,25 @@ class StateStore:
                     f"decision {record.decision_id}: {contact.action_id} is blocked by the "
                     f"contact policy ({blocked[contact.action_id]})"
                 )
-            self._insert(conn, _decision_row(record, now_us, contact), record, contact, now_us)
+            row = _decision_row(record, now_us, contact)
+            try:
+                conn.execute(self._ins_decision, row)
+            except sa.exc.IntegrityError:
+                raise DuplicateDecisionError(
+                    f"decision {record.decision_id} is already stored"
+                ) from None
+            if contact is not None:
+                conn.execute(
+                    self._ins_contact,
+                    {
+                        "decision_id": record.decision_id,
+                        "customer_id": record.customer_id,
+                        "action_id": contact.action_id,
+                        "channel": contact.channel,
+                        "sent_at_us": now_us,
+                    },
+                )
         return record
-
-    def _insert(
-        self,
-        conn: sa.Connection,
-        row: dict[str, Any],
-        record: DecisionRecord,
-        contact: Candidate | None,
-        now_us: int,
-    ) -> None:
-        try:
-            conn.execute(self._ins_decision, row)
-        except sa.exc.IntegrityError:
-            raise DuplicateDecisionError(
-                f"decision {record.decision_id} is already stored"
-            ) from None
-        if contact is not None:
-            conn.execute(
-                self._ins_contact,
-                {
-                    "decision_id": record.decision_id,
-                    "customer_id": record.customer_id,
-                    "action_id": contact.action_id,
-                    "channel": contact.channel,
-                    "sent_at_us": now_us,
-                },
-            )
 
     def commit(
         self, record: DecisionRecord, contact: Candidate | None, policy: ContactPolicy

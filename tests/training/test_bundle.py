@@ -250,5 +250,10 @@ def test_the_single_row_path_predicts_what_the_booster_predicts(tmp_path: Path) 
     np.testing.assert_allclose(loaded.predict_raw_matrix(few), booster.predict(few))
     np.testing.assert_allclose(loaded.predict_raw_matrix(many), booster.predict(many))
     np.testing.assert_allclose(loaded.contributions(few), loaded.contributions(many)[: len(few)])
+    loaded.prepare_row_path()  # built at load by serving: the predictors the calls then use
+    prepared = dict(loaded._row_predictors)
+    assert {key[1] for key in prepared} == {PREDICT_LEAF, PREDICT_NORMAL}
+    loaded.contributions(few)
+    assert loaded._row_predictors == prepared
     loaded.boosters["model"] = regression  # a replaced booster is not served from the cache
     np.testing.assert_allclose(loaded.predict_raw_matrix(x[:1]), regression.predict(x[:1]))
