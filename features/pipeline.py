@@ -21,8 +21,12 @@ over the events (in DuckDB each one costs a sort-and-tree pass per column); inst
    ``ARG_MAX`` by position of the rows that set it).
 3. One window pass over the cells keeps running totals of the packed counts and carries the
    latest values forward.
-4. ``ASOF JOIN`` reads the running state of the last cell before T and before each T - W; a
-   window count is the difference of two readings (field by field: counts never borrow).
+4. ``ASOF JOIN`` reads the running state of the last cell before T and, stacked in a second
+   one, before each T - W (pivoted back to one row per snapshot by one aggregation); a window
+   count is the difference of two readings (field by field: counts never borrow).
+
+The rows come out in no particular order: a final sort of the wide rows cost a third of the
+build at 10M events (it held every row in memory before the first could be written).
 
 :func:`to_spark_sql` transpiles the query to Spark SQL, writing each ``ASOF JOIN`` as a range
 join on the cell's validity interval, so the same definition runs on a cluster. DuckDB runs it
@@ -286,21 +290,26 @@ def feature_query(
     ]
     lagged = [
         *(
-            f"c.p{i}"
+            f"p{i}"
             for i in range(n_packs)
             if any(c.windows and slot[c.name].pack == i for c in counts)
         ),
-        *(f"c.{c.name}" for c in amounts if c.windows),
+        *(c.name for c in amounts if c.windows),
+    ]
+    # one row per snapshot with every look-back reading side by side (a pivot of the stacked
+    # ASOF readings; one aggregation is cheaper than a join per look-back)
+    lookback = [
+        f"MAX({col}) FILTER (WHERE lag_days = {w}) AS w{w}_{col}" for w in lags for col in lagged
     ]
     readings = ["a.customer_id", "a.cid", "a.snapshot_ts", "a.t AS snapshot_us"]
     for c in catalog.counters:
         sl = slot.get(c.name)
         for w in c.windows:
             if sl is None:
-                readings.append(f"a.{c.name} - COALESCE(w{w}.{c.name}, 0) AS {c.name}__w{w}")
+                readings.append(f"a.{c.name} - COALESCE(b.w{w}_{c.name}, 0) AS {c.name}__w{w}")
             else:
                 readings.append(
-                    f"((a.p{sl.pack} - COALESCE(w{w}.p{sl.pack}, 0)) >> {sl.shift}) & {mask}"
+                    f"((a.p{sl.pack} - COALESCE(b.w{w}_p{sl.pack}, 0)) >> {sl.shift}) & {mask}"
                     f" AS {c.name}__w{w}"
                 )
         if c.total:
@@ -324,11 +333,6 @@ def feature_query(
         "a.stage_since AS stage_since_ts",
         "a.furthest_stage",
     ]
-    lag_joins = "".join(
-        f"\n    LEFT JOIN lagged AS w{w} ON w{w}.cid = a.cid AND w{w}.t = a.t"
-        f" AND w{w}.lag_days = {w}"
-        for w in lags
-    )
     type_names = "".join(
         f"\n    LEFT JOIN types AS n{i} ON n{i}.code = r.code_{i}" for i in range(1, k + 1)
     )
@@ -448,17 +452,24 @@ now AS (
     ASOF JOIN state AS c ON c.cid = s.cid AND s.t > c.r
 ),
 lagged AS (
-    SELECT s.cid, s.t, s.lag_days, {", ".join(lagged)}
+    SELECT s.cid, s.t, s.lag_days, {", ".join(f"c.{col}" for col in lagged)}
     FROM (
         SELECT cid, t, l.lag_days, t - l.lag_days * {_DAY} AS b
         FROM snaps CROSS JOIN (VALUES {", ".join(f"({w})" for w in lags)}) AS l(lag_days)
     ) AS s
     ASOF JOIN state AS c ON c.cid = s.cid AND s.b > c.r
 ),
+lookback AS (
+    SELECT cid, t,
+        {_list(lookback)}
+    FROM lagged
+    GROUP BY cid, t
+),
 readings AS (
     SELECT
         {_list(readings)}
-    FROM now AS a{lag_joins}
+    FROM now AS a
+    LEFT JOIN lookback AS b ON b.cid = a.cid AND b.t = a.t
 ),
 profiled AS (
     SELECT r.*,
@@ -472,7 +483,6 @@ SELECT
     {features}
 FROM profiled
 WHERE c_events__total > 0
-ORDER BY cid, snapshot_us
 """
 
 

@@ -45,6 +45,13 @@ def write_lake(lake: Path, events: pa.Table, customers: pa.Table | None = None) 
     return lake
 
 
+def by_customer_and_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """Snapshot rows sorted by customer, then snapshot time (the pipeline keeps no order)."""
+    return frame.sort_values(["customer_id", "event_timestamp"], kind="stable").reset_index(
+        drop=True
+    )
+
+
 def compute_features(
     events: pa.Table,
     cutoffs: Sequence[datetime],
@@ -59,7 +66,7 @@ def compute_features(
             con, journey_map, "SELECT * FROM ev_arrow", None, catalog.settings.profile_attributes
         )
         register_snapshots_for_cutoffs(con, list(cutoffs))
-        return con.execute(feature_query(catalog)).df()
+        return con.execute(feature_query(catalog)).df().pipe(by_customer_and_time)
     finally:
         con.close()
 

@@ -26,7 +26,7 @@ from features.pipeline import (
     register_snapshots_for_cutoffs,
 )
 from journeyml.config import JourneyMap
-from tests.features.helpers import events_table
+from tests.features.helpers import by_customer_and_time, events_table
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 # midnight cutoffs, and one in the middle of a day (like the "now" snapshot): its look-back
@@ -178,7 +178,7 @@ def sql_features(
         )
         register_snapshots_for_cutoffs(con, CUTOFFS)
         query = feature_query(catalog, journey_map.experience.score_property, count_bits)
-        return con.execute(query).df()
+        return con.execute(query).df().pipe(by_customer_and_time)
     finally:
         con.close()
 

@@ -26,7 +26,13 @@ from features.pipeline import (
 )
 from features.settings import FeatureSettings
 from journeyml.config import JourneyMap
-from tests.features.helpers import compute_features, day, events_table, write_lake
+from tests.features.helpers import (
+    by_customer_and_time,
+    compute_features,
+    day,
+    events_table,
+    write_lake,
+)
 
 LOG = [
     {
@@ -245,7 +251,11 @@ def _run_query(
             con, journey_map, "SELECT * FROM ev_arrow", None, catalog.settings.profile_attributes
         )
         register_snapshots_for_cutoffs(con, cutoffs)
-        return con.execute(feature_query(catalog, count_bits=count_bits)).df()
+        return (
+            con.execute(feature_query(catalog, count_bits=count_bits))
+            .df()
+            .pipe(by_customer_and_time)
+        )
     finally:
         con.close()
 
