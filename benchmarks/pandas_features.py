@@ -214,7 +214,8 @@ def compute_pandas_features(
 
     Returns:
         ``customer_id``, ``event_timestamp`` and every catalog feature, one row per snapshot,
-        sorted by customer and time (the SQL pipeline's output layout).
+        sorted by customer and time (the order the parity checks compare in; the SQL
+        pipeline writes its rows in no particular order).
     """
     settings = catalog.settings
     stamps = pd.to_datetime(pd.Series(list(cutoffs)), utc=True).astype("datetime64[us, UTC]")
