@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.features.helpers import by_customer_and_time
 from tests.training.conftest import Trained
 from training.bundle import ModelBundle, load_model_bundle
 from training.pipeline import TrainedModel
@@ -21,7 +22,7 @@ def churn(trained: Trained) -> ModelBundle:
 
 @pytest.fixture(scope="module")
 def rows(trained: Trained) -> pd.DataFrame:
-    snaps = pd.read_parquet(trained.ws.root / "features" / "journey_features")
+    snaps = by_customer_and_time(pd.read_parquet(trained.ws.root / "features" / "journey_features"))
     return snaps.sample(n=400, random_state=1).reset_index(drop=True)
 
 

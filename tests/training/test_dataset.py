@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from features.store import Workspace, open_store
+from tests.features.helpers import by_customer_and_time
 from tests.training.conftest import SimWorkspace
 from training.dataset import describe_service, read_features
 
@@ -18,7 +19,7 @@ def test_duckdb_engine_matches_feast_get_historical_features(sim_ws: SimWorkspac
     spec = describe_service(store, "churn_v1")
     assert spec.version == "v1"
     assert "stage" in spec.categorical and "events_7d" not in spec.categorical
-    snaps = pd.read_parquet(sim_ws.root / "features" / "journey_features")
+    snaps = by_customer_and_time(pd.read_parquet(sim_ws.root / "features" / "journey_features"))
     picked = snaps.sample(n=40, random_state=0)[["customer_id", "event_timestamp"]]
     ts = pd.to_datetime(picked["event_timestamp"], utc=True)
     entities = pd.concat(
@@ -48,7 +49,9 @@ def test_duckdb_engine_matches_feast_get_historical_features(sim_ws: SimWorkspac
 def test_features_are_the_snapshot_at_the_cutoff(sim_ws: SimWorkspace) -> None:
     store = open_store(sim_ws.settings.store, Workspace(sim_ws.root))
     spec = describe_service(store, "next_step_v1")
-    snaps = pd.read_parquet(sim_ws.root / "features" / "journey_features").head(30)
+    snaps = by_customer_and_time(
+        pd.read_parquet(sim_ws.root / "features" / "journey_features")
+    ).head(30)
     got = read_features(store, spec, snaps[["customer_id", "event_timestamp"]], "duckdb")
     for name in spec.features:
         if name in spec.categorical:
