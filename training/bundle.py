@@ -530,7 +530,8 @@ class ModelBundle:
         through the single-row fast path (:class:`RowPredictor`), larger inputs in one call."""
         booster = self.boosters[role]
         if len(x) > ROW_PATH_MAX_ROWS:
-            return np.asarray(booster.predict(x, pred_leaf=leaves, **_threads(x)))
+            out = np.asarray(booster.predict(x, pred_leaf=leaves, **_threads(x)))
+            return out.astype(np.intp, copy=False) if leaves else out
         out = self._row_predictor(role, PREDICT_LEAF if leaves else PREDICT_NORMAL).predict(x)
         if leaves:
             return out.astype(np.intp)
@@ -609,7 +610,7 @@ class ModelBundle:
         if self.kind != "binary":
             raise BundleError(f"contributions are defined for binary models, not {self.kind}")
         paths = self._paths()
-        leaves = np.asarray(self._booster_predict("model", x, leaves=True), dtype=np.intp)
+        leaves = self._booster_predict("model", x, leaves=True)
         return paths.contributions(leaves.reshape(len(x), -1))
 
     def _paths(self) -> PathTables:
