@@ -205,27 +205,42 @@ def test_holdout_customers_get_the_control_action_flagged(
 def test_epsilon_exploration_records_the_probability_of_the_chosen_action(
     serving_ws: ServingWorkspace, tmp_path: Path
 ) -> None:
+    epsilon = 0.5
     rt = Runtime(
         serving_settings(
             serving_ws,
             tmp_path,
             holdout={"share": 0.0, "salt": "x"},
-            exploration={"method": "epsilon", "epsilon": 0.5},
+            exploration={"method": "epsilon", "epsilon": epsilon},
         )
     )
     rt.engine.rng = random.Random(3)
+    explored, expected_explored = 0, 0.0
     try:
-        for cid in serving_ws.customers[:40]:
+        for cid in serving_ws.customers[:200]:
             d = rt.engine.decide(cid)
             k = len(d.ranked)
-            assert 0.0 < d.propensity <= 1.0
+            if k == 1:  # nothing to explore: "no action" alone
+                assert d.propensity == 1.0 and not d.explored
+                continue
+            # Written out by hand: epsilon-greedy picks the best with 1 - eps + eps/k and any
+            # other candidate with eps/k; these are the logged propensities OPE divides by.
             if d.explored:
-                assert d.propensity == pytest.approx(0.5 / k)
+                assert d.action != d.ranked[0].action
+                assert d.propensity == pytest.approx(epsilon / k)
+            else:
+                assert d.action == d.ranked[0].action
+                assert d.propensity == pytest.approx(1 - epsilon + epsilon / k)
+            explored += d.explored
+            expected_explored += epsilon * (k - 1) / k
             record = rt.state.decision(d.decision_id)
             assert record is not None and record.explored == d.explored
             assert record.propensity == d.propensity
     finally:
         rt.close()
+    # Exploration really happens, at its configured rate (binomial, 200 draws: 4 sd ~ 28).
+    assert explored > 0
+    assert abs(explored - expected_explored) < 4 * (200 * 0.25) ** 0.5
 
 
 def test_batch_path_chooses_what_the_real_time_path_chooses(
