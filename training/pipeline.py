@@ -141,8 +141,15 @@ def prepare_data(
     feature_settings: FeatureSettings,
     config: TrainingConfig,
 ) -> PreparedData:
-    """Labels the lake, splits by time and opens the feature store of the workspace."""
-    from features.store import Workspace, open_store
+    """Labels the lake, splits by time and opens the feature store of the workspace.
+
+    The feature definitions of this journey map and these feature settings are registered in
+    Feast first (as ``journeyml features apply`` does; applying the same definitions again
+    changes nothing), so training never depends on a separate apply step having been run with
+    the same configuration.
+    """
+    from features.catalog import build_catalog
+    from features.store import Workspace, apply_definitions, open_store
 
     started = time.perf_counter()
     ws = Workspace(data_dir)
@@ -154,6 +161,7 @@ def prepare_data(
     if rows.empty:
         raise TrainingError("no active customers at the labelled cutoffs")
     store = open_store(feature_settings.store, ws)
+    apply_definitions(store, build_catalog(journey_map, feature_settings), ws)
     return PreparedData(labels, plan, rows, store, time.perf_counter() - started)
 
 
@@ -165,8 +173,7 @@ def read_model_features(
         spec = describe_service(data.store, service)
     except Exception as exc:
         raise TrainingError(
-            f"feature service {service!r} is not in the Feast registry ({exc}); run "
-            "`journeyml features build` and `journeyml features apply` first"
+            f"feature service {service!r} could not be read from the Feast registry ({exc})"
         ) from None
     # services with the same views and features (churn_v1, conversion_v1) are read once
     key = repr((spec.features, [(v.name, v.source_path, v.ttl) for v in spec.views]))

@@ -128,3 +128,25 @@ def test_bundle_predictions_match_the_run_and_are_probabilities(trained: Trained
     assert set(effects) == {"convert", "churn"}
     assert list(effects["convert"].columns) == up.actions
     assert np.all(np.abs(effects["convert"].to_numpy()) <= 1.5)
+
+
+def test_training_registers_its_feature_services_without_features_apply(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """A workspace whose snapshots were built but never applied to Feast trains as it is;
+    preparing twice (a second run on the same registry) changes nothing."""
+    from features.store import Workspace, open_store
+    from journeyml.config import load_journey_map
+    from training.pipeline import prepare_data, read_model_features
+
+    (tmp_path / "lake").symlink_to(trained.ws.root / "lake")
+    (tmp_path / "features").symlink_to(trained.ws.root / "features")
+    assert not (tmp_path / "feast").exists()
+    journey_map = load_journey_map()
+    for _ in range(2):
+        data = prepare_data(tmp_path, journey_map, trained.ws.settings, trained.config)
+        spec, x = read_model_features(data, "churn_v1", trained.config, {})
+        assert len(x) == len(data.rows) and spec.features
+    store = open_store(trained.ws.settings.store, Workspace(tmp_path))
+    services = [s.name for s in store.list_feature_services()]
+    assert sorted(services) == sorted(set(services)) and "churn_v1" in services
