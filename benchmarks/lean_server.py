@@ -21,7 +21,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from journeyml.config import CONFIG_DIR
 from serving.auth import RequestGuard
 from serving.config import load_serving_settings
 from serving.runtime import Runtime, freeze_heap, load_keyring
@@ -32,7 +31,7 @@ INLINE = os.environ.get("JOURNEYML_INLINE", "1") == "1"
 
 def build() -> RequestGuard:
     settings = load_serving_settings(
-        os.environ.get("JOURNEYML_SERVING_CONFIG", str(CONFIG_DIR / "serving.yaml")),
+        os.environ.get("JOURNEYML_SERVING_CONFIG") or None,
         os.environ.get("JOURNEYML_DATA_DIR"),
     )
     runtime = Runtime(settings)

@@ -11,8 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR
-
 console = Console()
 err = Console(stderr=True)
 
@@ -22,8 +20,10 @@ def analyze(
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <data-dir>/evaluation/journey)."
     ),
-    config: Path = typer.Option(
-        CONFIG_DIR / "journeys.yaml", "--config", help="Journey map (stages, conversions, churn)."
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Journey map (stages, conversions, churn); default: journeys.yaml of --config-dir.",
     ),
     cutoff: str | None = typer.Option(
         None,

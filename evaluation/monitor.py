@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
-from journeyml.config import CONFIG_DIR, StrictModel, load_config
+from journeyml.config import StrictModel, config_path, load_config
 from journeyml.events.lake import read_events_sql
 
 logger = logging.getLogger(__name__)
@@ -113,9 +113,10 @@ class MonitorSettings(StrictModel):
         return items
 
 
-def load_monitor_settings(path: str | Path = CONFIG_DIR / "monitoring.yaml") -> MonitorSettings:
-    """Reads and validates the monitoring settings (a ConfigError names every bad key)."""
-    return load_config(path, MonitorSettings)
+def load_monitor_settings(path: str | Path | None = None) -> MonitorSettings:
+    """Reads and validates the monitoring settings (``monitoring.yaml`` of the config folder
+    by default); a ConfigError names every bad key."""
+    return load_config(path or config_path("monitoring.yaml"), MonitorSettings)
 
 
 # -- KPIs ---------------------------------------------------------------------------------------

@@ -9,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR
-
 if TYPE_CHECKING:
     from evaluation.monitor import Scorer
 
@@ -20,16 +18,17 @@ err = Console(stderr=True)
 
 def monitor(
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Workspace folder."),
-    config: Path = typer.Option(
-        CONFIG_DIR / "monitoring.yaml", "--config", help="Monitoring settings."
+    config: Path | None = typer.Option(
+        None, "--config", help="Monitoring settings (default: monitoring.yaml of --config-dir)."
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <data-dir>/evaluation/monitoring)."
     ),
-    serving_config: Path = typer.Option(
-        CONFIG_DIR / "serving.yaml",
+    serving_config: Path | None = typer.Option(
+        None,
         "--serving-config",
-        help="Serving settings: where the champion models whose score drift is measured live.",
+        help="Serving settings: where the champion models whose score drift is measured live "
+        "(default: serving.yaml of --config-dir).",
     ),
     fail_on_alert: bool = typer.Option(
         False, "--fail-on-alert", help="Exit with status 3 when there is an alert (schedulers)."
@@ -92,7 +91,7 @@ def monitor(
         raise typer.Exit(3)
 
 
-def champion_scorers(data_dir: Path, serving_config: Path) -> dict[str, Scorer]:
+def champion_scorers(data_dir: Path, serving_config: Path | None) -> dict[str, Scorer]:
     """The champion churn and conversion models as scorers of snapshot rows, or none (with a
     note) when no model is registered yet: monitoring works on a log before any training."""
     from journeyml.config import ConfigError

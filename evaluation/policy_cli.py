@@ -8,15 +8,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR
-
 console = Console()
 err = Console(stderr=True)
 
 
 def evaluate_policy(
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Workspace folder."),
-    journeys: Path = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map."),
+    journeys: Path | None = typer.Option(
+        None, "--journeys", help="Journey map (default: journeys.yaml of --config-dir)."
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <data-dir>/evaluation/policy)."
     ),

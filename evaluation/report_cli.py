@@ -28,8 +28,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR
-
 if TYPE_CHECKING:
     from evaluation.html import Report
     from evaluation.monitor import MonitorResult
@@ -135,7 +133,7 @@ def _stale_note(report: Report, written: Path, lake: Path, command: str) -> None
 # -- the three reports ---------------------------------------------------------------------------
 
 
-def build_model_report(data_dir: Path, config: Path) -> Report:
+def build_model_report(data_dir: Path, config: Path | None) -> Report:
     """The model report from the MLflow store the training settings point to.
 
     Raises:
@@ -259,8 +257,10 @@ def report(
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <data-dir>/reports)."
     ),
-    config: Path = typer.Option(
-        CONFIG_DIR / "models.yaml", "--config", help="Training settings (MLflow, model names)."
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Training settings (MLflow, model names); default: models.yaml of --config-dir.",
     ),
 ) -> None:
     """Write the model, journey and policy reports (self-contained HTML) from stage outputs."""

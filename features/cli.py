@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR, ConfigError
+from journeyml.config import ConfigError
 
 if TYPE_CHECKING:
     from features.catalog import FeatureCatalog
@@ -22,8 +22,12 @@ console = Console()
 err = Console(stderr=True)
 
 DataDir = typer.Option(Path("data"), "--data-dir", help="Workspace folder (lake, features, feast).")
-FeaturesConfig = typer.Option(CONFIG_DIR / "features.yaml", "--config", help="Feature settings.")
-JourneysConfig = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map.")
+FeaturesConfig = typer.Option(
+    None, "--config", help="Feature settings (default: features.yaml of --config-dir)."
+)
+JourneysConfig = typer.Option(
+    None, "--journeys", help="Journey map (default: journeys.yaml of --config-dir)."
+)
 AsOf = typer.Option(
     None, "--as-of", help="Snapshot time, ISO-8601 (naive = UTC). Default: end of the log."
 )
@@ -40,14 +44,16 @@ def _parse_as_of(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _load(config: Path, journeys: Path) -> tuple[JourneyMap, FeatureSettings, FeatureCatalog]:
+def _load(
+    config: Path | None, journeys: Path | None
+) -> tuple[JourneyMap, FeatureSettings, FeatureCatalog]:
     from features.catalog import build_catalog
     from features.settings import load_feature_settings
     from journeyml.config import load_journey_map
 
     try:
         journey_map = load_journey_map(journeys)
-        settings = load_feature_settings(str(config))
+        settings = load_feature_settings(str(config) if config else None)
         return journey_map, settings, build_catalog(journey_map, settings)
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
@@ -57,8 +63,8 @@ def _load(config: Path, journeys: Path) -> tuple[JourneyMap, FeatureSettings, Fe
 @app.command("build")
 def build(
     data_dir: Path = DataDir,
-    config: Path = FeaturesConfig,
-    journeys: Path = JourneysConfig,
+    config: Path | None = FeaturesConfig,
+    journeys: Path | None = JourneysConfig,
     as_of: str | None = AsOf,
 ) -> None:
     """Compute point-in-time journey features at every snapshot from the ingested lake."""
@@ -91,8 +97,8 @@ def build(
 @app.command("apply")
 def apply(
     data_dir: Path = DataDir,
-    config: Path = FeaturesConfig,
-    journeys: Path = JourneysConfig,
+    config: Path | None = FeaturesConfig,
+    journeys: Path | None = JourneysConfig,
 ) -> None:
     """Register the entity, source, feature views and feature services in Feast."""
     from features.store import Workspace, apply_definitions, open_store
@@ -110,8 +116,8 @@ def apply(
 @app.command("materialize")
 def materialize(
     data_dir: Path = DataDir,
-    config: Path = FeaturesConfig,
-    journeys: Path = JourneysConfig,
+    config: Path | None = FeaturesConfig,
+    journeys: Path | None = JourneysConfig,
     as_of: str | None = AsOf,
 ) -> None:
     """Load each customer's latest snapshot into the online store (fast bulk path)."""
@@ -140,8 +146,8 @@ def materialize(
 def show(
     customer_id: str = typer.Argument(..., help="The customer to read."),
     data_dir: Path = DataDir,
-    config: Path = FeaturesConfig,
-    journeys: Path = JourneysConfig,
+    config: Path | None = FeaturesConfig,
+    journeys: Path | None = JourneysConfig,
 ) -> None:
     """Read one customer's online features with their age and stale flags."""
     from features.realtime import read_online
@@ -165,8 +171,8 @@ def show(
 @app.command("sql")
 def sql(
     dialect: str = typer.Option("duckdb", help="duckdb or spark"),
-    config: Path = FeaturesConfig,
-    journeys: Path = JourneysConfig,
+    config: Path | None = FeaturesConfig,
+    journeys: Path | None = JourneysConfig,
 ) -> None:
     """Print the feature query (DuckDB, or transpiled to Spark SQL for a cluster)."""
     from features.pipeline import feature_query, to_spark_sql

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from journeyml.config import CONFIG_DIR, StrictModel, load_config
+from journeyml.config import StrictModel, config_path, load_config
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -98,5 +98,5 @@ class FeatureSettings(StrictModel):
 
 
 def load_feature_settings(path: str | None = None) -> FeatureSettings:
-    """Loads ``configs/features.yaml`` (or ``path``)."""
-    return load_config(path or CONFIG_DIR / "features.yaml", FeatureSettings)
+    """Loads ``path``, or ``features.yaml`` of the config folder (:func:`config_path`)."""
+    return load_config(path or config_path("features.yaml"), FeatureSettings)

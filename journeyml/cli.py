@@ -6,6 +6,9 @@ so ``journeyml --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import typer
 
 from evaluation.journey_cli import analyze
@@ -13,6 +16,7 @@ from evaluation.monitor_cli import monitor
 from evaluation.policy_cli import evaluate_policy
 from evaluation.report_cli import report
 from features.cli import app as features_app
+from journeyml.config import CONFIG_DIR_ENV
 from journeyml.events.cli import app as events_app
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
@@ -31,10 +35,40 @@ app = typer.Typer(
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
+    config_dir: Path | None = typer.Option(
+        None,
+        "--config-dir",
+        envvar=CONFIG_DIR_ENV,
+        help="Folder of the configuration set (journeys.yaml, features.yaml, actions.yaml, "
+        "models.yaml, monitoring.yaml, serving.yaml, events.yaml): one folder per event log. "
+        "A file it does not hold is read from the shipped configs/; a command's own --config "
+        "or --journeys option overrides both.",
+    ),
 ) -> None:
     """Predictive next-best-action for customer journeys."""
     configure_logging(verbose)
+    if config_dir is not None:
+        use_config_dir(ctx, config_dir)
+
+
+def use_config_dir(ctx: typer.Context, folder: Path) -> None:
+    """Makes ``folder`` the config folder of this run (and of the processes it starts, such as
+    the detached server), restoring the previous setting when the command ends."""
+    if not folder.is_dir():
+        typer.echo(f"--config-dir: {folder} is not a folder", err=True)
+        raise typer.Exit(2)
+    before = os.environ.get(CONFIG_DIR_ENV)
+    os.environ[CONFIG_DIR_ENV] = str(folder.resolve())
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(CONFIG_DIR_ENV, None)
+        else:
+            os.environ[CONFIG_DIR_ENV] = before
+
+    ctx.call_on_close(restore)
 
 
 app.command("simulate")(simulate)

@@ -7,6 +7,7 @@ file and the key path of every problem.
 
 from __future__ import annotations
 
+import os
 import re
 from fnmatch import fnmatchcase
 from functools import cached_property
@@ -26,9 +27,32 @@ from pydantic import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+"""The shipped configuration set: defaults that work on any event log."""
+CONFIG_DIR_ENV = "JOURNEYML_CONFIG_DIR"
+"""Environment variable naming the folder configuration files are read from."""
 
 _PATTERN = re.compile(r"^[A-Za-z0-9_.:\-*?\[\]]+$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def config_dir() -> Path:
+    """The folder configuration files are read from: ``$JOURNEYML_CONFIG_DIR`` (which the
+    command's ``--config-dir`` sets for the run), else the shipped ``configs/``."""
+    value = os.environ.get(CONFIG_DIR_ENV, "").strip()
+    return Path(value).expanduser() if value else CONFIG_DIR
+
+
+def config_path(name: str) -> Path:
+    """Where the configuration file ``name`` (``actions.yaml``, ...) is read from by default.
+
+    The file in :func:`config_dir` when it is there; otherwise the shipped default in
+    ``configs/``, so a config folder holds only the files that differ from the defaults (one
+    folder per event log). A per-file option (``--config``, ``--journeys``...) overrides both.
+    """
+    chosen = config_dir() / name
+    if chosen.is_file():
+        return chosen
+    return CONFIG_DIR / name
 
 
 class ConfigError(ValueError):
@@ -282,6 +306,7 @@ class JourneyMap(StrictModel):
         return matches_any(event_type, self.churn.events)
 
 
-def load_journey_map(path: str | Path = CONFIG_DIR / "journeys.yaml") -> JourneyMap:
-    """Loads and validates the journey map (``configs/journeys.yaml`` by default)."""
-    return load_config(path, JourneyMap)
+def load_journey_map(path: str | Path | None = None) -> JourneyMap:
+    """Loads and validates the journey map (``journeys.yaml`` of the config folder by
+    default, see :func:`config_path`)."""
+    return load_config(path or config_path("journeys.yaml"), JourneyMap)

@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, PrivateAttr
 
-from journeyml.config import CONFIG_DIR, ConfigError, StrictModel, load_config, validate_config
+from journeyml.config import (
+    ConfigError,
+    StrictModel,
+    config_path,
+    load_config,
+    validate_config,
+)
 from serving.rules import Rule, RuleError
 
 if TYPE_CHECKING:
@@ -290,11 +296,11 @@ def validate_actions(
 
 
 def load_actions(
-    path: str | Path = CONFIG_DIR / "actions.yaml",
+    path: str | Path | None = None,
     known_names: Iterable[str] | Mapping[str, str] | None = None,
     channels: Iterable[str] = (),
 ) -> ActionsCatalog:
-    """Loads and checks the actions catalog (``configs/actions.yaml`` by default).
+    """Loads and checks the actions catalog (``actions.yaml`` of the config folder by default).
 
     Rules are compiled here, once, and their names checked, so a misspelt feature fails the
     load rather than a decision.
@@ -310,6 +316,7 @@ def load_actions(
     Raises:
         ConfigError: the file is missing or invalid; every problem names the key path.
     """
+    path = path or config_path("actions.yaml")
     try:
         catalog = load_config(path, ActionsCatalog)
     except ConfigError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from journeyml.config import CONFIG_DIR, REPO_ROOT
+from journeyml.config import REPO_ROOT, config_path
 
 console = Console()
 err = Console(stderr=True)
@@ -25,7 +25,9 @@ def _pid_file(data_dir: Path) -> Path:
 
 def serve(
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Workspace folder."),
-    config: Path = typer.Option(CONFIG_DIR / "serving.yaml", "--config", help="Serving settings."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Serving settings (default: serving.yaml of --config-dir)."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(3000, "--port", help="Port."),
     workers: int = typer.Option(1, "--workers", help="Server worker processes."),
@@ -42,6 +44,7 @@ def serve(
     if stop:
         _stop(pid_file)
         return
+    config = config or config_path("serving.yaml")
     try:
         load_serving_settings(config, data_dir)
     except ConfigError as exc:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from journeyml.config import CONFIG_DIR, REPO_ROOT, StrictModel, load_config
+from journeyml.config import REPO_ROOT, StrictModel, config_path, load_config
 
 MODEL_ROLES = ("churn", "conversion", "next_step", "uplift")
 
@@ -73,9 +73,10 @@ class ServingSettings(StrictModel):
     """Everything ``journeyml serve`` reads; see ``configs/serving.yaml``."""
 
     data_dir: str = "data"
-    actions: str = str(CONFIG_DIR / "actions.yaml")
-    features: str = str(CONFIG_DIR / "features.yaml")
-    journeys: str = str(CONFIG_DIR / "journeys.yaml")
+    # unset: the files of the config folder (journeyml.config.config_path), read at load time
+    actions: str = Field(default_factory=lambda: str(config_path("actions.yaml")))
+    features: str = Field(default_factory=lambda: str(config_path("features.yaml")))
+    journeys: str = Field(default_factory=lambda: str(config_path("journeys.yaml")))
     state_url: str | None = None
     event_store_url: str | None = None
     deadline_ms: PositiveFloat = 50.0
@@ -125,10 +126,11 @@ class ServingSettings(StrictModel):
 
 
 def load_serving_settings(
-    path: str | Path = CONFIG_DIR / "serving.yaml", data_dir: str | Path | None = None
+    path: str | Path | None = None, data_dir: str | Path | None = None
 ) -> ServingSettings:
-    """Reads and validates the serving settings; ``data_dir`` overrides the file's."""
-    settings = load_config(path, ServingSettings)
+    """Reads and validates the serving settings (``serving.yaml`` of the config folder by
+    default); ``data_dir`` overrides the file's."""
+    settings = load_config(path or config_path("serving.yaml"), ServingSettings)
     update: dict[str, str] = {}
     if data_dir is not None:
         update["data_dir"] = str(data_dir)

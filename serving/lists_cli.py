@@ -9,8 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR
-
 console = Console()
 err = Console(stderr=True)
 
@@ -31,7 +29,9 @@ def _when(text: str | None, option: str) -> datetime | None:
 @app.command("churn-risk")
 def churn_risk(
     data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Workspace folder."),
-    config: Path = typer.Option(CONFIG_DIR / "serving.yaml", "--config", help="Serving settings."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Serving settings (default: serving.yaml of --config-dir)."
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <data-dir>/lists)."
     ),

@@ -1,7 +1,8 @@
 """The BentoML service: HTTP in and out, nothing else (the logic is in :mod:`serving.runtime`).
 
 Run with ``journeyml serve`` or ``bentoml serve serving.service:JourneyML``. Settings come from
-``$JOURNEYML_SERVING_CONFIG`` (default ``configs/serving.yaml``) and ``$JOURNEYML_DATA_DIR``.
+``$JOURNEYML_SERVING_CONFIG`` (default ``serving.yaml`` of ``$JOURNEYML_CONFIG_DIR`` or
+``configs/``) and ``$JOURNEYML_DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any, cast
 import bentoml
 from starlette.responses import JSONResponse
 
-from journeyml.config import CONFIG_DIR
 from serving.auth import RequestGuard
 from serving.config import load_serving_settings
 from serving.runtime import Reply, Runtime, freeze_heap, load_keyring, quiet_server_logs
@@ -26,7 +26,7 @@ from serving.schemas import (
 )
 
 SETTINGS = load_serving_settings(
-    os.environ.get("JOURNEYML_SERVING_CONFIG", str(CONFIG_DIR / "serving.yaml")),
+    os.environ.get("JOURNEYML_SERVING_CONFIG") or None,
     os.environ.get("JOURNEYML_DATA_DIR"),
 )
 quiet_server_logs()

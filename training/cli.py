@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR, ConfigError
+from journeyml.config import ConfigError
 
 if TYPE_CHECKING:
     from features.settings import FeatureSettings
@@ -33,7 +33,9 @@ SHOWN = {
 }
 
 DataDir = typer.Option(Path("data"), "--data-dir", help="Workspace folder (lake, features, feast).")
-ModelsConfig = typer.Option(CONFIG_DIR / "models.yaml", "--config", help="Training settings.")
+ModelsConfig = typer.Option(
+    None, "--config", help="Training settings (default: models.yaml of --config-dir)."
+)
 
 
 def _models(model: str) -> list[str]:
@@ -44,7 +46,7 @@ def _models(model: str) -> list[str]:
 
 
 def _load(
-    config: Path, features_config: Path, journeys: Path
+    config: Path | None, features_config: Path | None, journeys: Path | None
 ) -> tuple[TrainingConfig, FeatureSettings, JourneyMap]:
     from features.settings import load_feature_settings
     from journeyml.config import load_journey_map
@@ -53,7 +55,7 @@ def _load(
     try:
         return (
             load_training_config(config),
-            load_feature_settings(str(features_config)),
+            load_feature_settings(str(features_config) if features_config else None),
             load_journey_map(journeys),
         )
     except ConfigError as exc:
@@ -64,11 +66,13 @@ def _load(
 def train(
     model: str = typer.Option("all", "--model", help="all, churn, conversion, next_step, uplift."),
     data_dir: Path = DataDir,
-    config: Path = ModelsConfig,
-    features_config: Path = typer.Option(
-        CONFIG_DIR / "features.yaml", "--features-config", help="Feature settings."
+    config: Path | None = ModelsConfig,
+    features_config: Path | None = typer.Option(
+        None, "--features-config", help="Feature settings (default: features.yaml of --config-dir)."
     ),
-    journeys: Path = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map."),
+    journeys: Path | None = typer.Option(
+        None, "--journeys", help="Journey map (default: journeys.yaml of --config-dir)."
+    ),
     truth: Path | None = typer.Option(
         None,
         "--truth",
@@ -159,7 +163,7 @@ def promote(
         "start when a gate refused a model).",
     ),
     data_dir: Path = DataDir,
-    config: Path = ModelsConfig,
+    config: Path | None = ModelsConfig,
 ) -> None:
     """Move the champion alias to the challenger if it passes the gates (or to --to VERSION)."""
     from training.config import load_training_config

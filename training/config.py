@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from journeyml.config import CONFIG_DIR, StrictModel, load_config
+from journeyml.config import StrictModel, config_path, load_config
 
 ModelName = Literal["churn", "conversion", "next_step", "uplift"]
 MODEL_NAMES: tuple[ModelName, ...] = ("churn", "conversion", "next_step", "uplift")
@@ -161,5 +161,5 @@ class TrainingConfig(StrictModel):
 
 
 def load_training_config(path: str | Path | None = None) -> TrainingConfig:
-    """Loads ``configs/models.yaml`` (or ``path``)."""
-    return load_config(path or CONFIG_DIR / "models.yaml", TrainingConfig)
+    """Loads ``path``, or ``models.yaml`` of the config folder (:func:`config_path`)."""
+    return load_config(path or config_path("models.yaml"), TrainingConfig)

@@ -17,12 +17,14 @@ from journeyml.config import (
     CONFIG_DIR,
     ConfigError,
     StrictModel,
+    config_path,
     format_validation_error,
     load_config,
 )
 from journeyml.events.schema import CONTRACT_EVENT_COLUMNS
 
 DEFAULT_EVENTS_CONFIG = CONFIG_DIR / "events.yaml"
+"""The shipped event contract settings (the config folder's ``events.yaml`` wins)."""
 
 #: Names an input column may not be mapped to: ``properties`` is built from the extra columns.
 RESERVED_EVENT_NAMES: frozenset[str] = frozenset({"properties"})
@@ -107,15 +109,16 @@ class EventsConfig(StrictModel):
 
 
 def load_events_config(path: str | Path | None = None) -> EventsConfig:
-    """Loads ``path``, or ``configs/events.yaml`` when it exists, or the defaults.
+    """Loads ``path``, or ``events.yaml`` of the config folder (:func:`config_path`) when it
+    exists, or the defaults.
 
     Raises:
         ConfigError: the file is missing (when ``path`` is given) or invalid.
     """
     if path is None:
-        if not DEFAULT_EVENTS_CONFIG.is_file():
+        path = config_path("events.yaml")
+        if not path.is_file():
             return EventsConfig()
-        path = DEFAULT_EVENTS_CONFIG
     return load_config(path, EventsConfig)
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from journeyml.config import CONFIG_DIR, ConfigError
+from journeyml.config import ConfigError
 
 T = TypeVar("T")
 
@@ -29,8 +29,12 @@ def simulate(
         Path("data/sim"), "--out", help="Output folder (a previous simulation there is replaced)."
     ),
     start: str = typer.Option("2025-01-01", "--start", help="First day (UTC), YYYY-MM-DD."),
-    world: Path = typer.Option(CONFIG_DIR / "simulator.yaml", "--world", help="World config."),
-    journeys: Path = typer.Option(CONFIG_DIR / "journeys.yaml", "--journeys", help="Journey map."),
+    world: Path | None = typer.Option(
+        None, "--world", help="World config (default: simulator.yaml of --config-dir)."
+    ),
+    journeys: Path | None = typer.Option(
+        None, "--journeys", help="Journey map (default: journeys.yaml of --config-dir)."
+    ),
     fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
     incident: list[str] = typer.Option(
         [],
@@ -109,7 +113,7 @@ def simulate(
     Console(emoji=False).print(table)
 
 
-def _load(loader: Callable[[Path], T], path: Path, option: str) -> T:
+def _load(loader: Callable[[Path | None], T], path: Path | None, option: str) -> T:
     """Runs a config loader; a bad file becomes an error naming the option and the key."""
     from journeyml.simulate.run import SimulationError
 

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from journeyml.config import CONFIG_DIR, StrictModel, load_config
+from journeyml.config import StrictModel, config_path, load_config
 
 STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "retention", "advocacy")
 POLICY_FEATURES: tuple[str, ...] = (
@@ -607,5 +607,5 @@ class World(StrictModel):
 
 
 def load_world(path: str | Path | None = None) -> World:
-    """Loads and validates ``configs/simulator.yaml`` (or ``path``)."""
-    return load_config(path or CONFIG_DIR / "simulator.yaml", World)
+    """Loads and validates ``path``, or ``simulator.yaml`` of the config folder."""
+    return load_config(path or config_path("simulator.yaml"), World)
