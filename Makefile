@@ -26,6 +26,9 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced ## Create the virtual environment from uv.lock (exact pinned versions)
 
+# The demo reads the simulator's config set (its actions and monitored steps); a file that
+# folder lacks comes from the shipped configs/.
+demo: export JOURNEYML_CONFIG_DIR = $(CURDIR)/configs/simulator
 demo: install ## Simulate a journey log and run every stage end to end on embedded defaults
 	$(BIN)/journeyml simulate --customers 3000 --days 365 --seed 7 --out $(DATA)/sim
 	$(BIN)/journeyml events validate $(DATA)/sim/events

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_serving import build_workspace  # noqa: E402
+from journeyml.config import SIMULATOR_CONFIG_DIR  # noqa: E402
 
 
 def synthetic_snapshot(source: Path, target: Path, customers: int, at: datetime) -> None:
@@ -78,7 +79,9 @@ def main() -> None:
     from serving.config import load_serving_settings
     from serving.lists import batch_engine, churn_risk_list, latest_snapshot_chunks
 
-    settings = load_serving_settings(ROOT / "configs" / "serving.yaml", data)
+    settings = load_serving_settings(ROOT / "configs" / "serving.yaml", data).model_copy(
+        update={"actions": str(SIMULATOR_CONFIG_DIR / "actions.yaml")}  # simulated workspace
+    )
     engine = batch_engine(settings)
     startup = time.perf_counter() - started
     print(f"start-up (imports, catalogs, four models from MLflow): {startup:.1f} s")

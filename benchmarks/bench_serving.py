@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.loadgen import encode_requests, run_load  # noqa: E402
+from journeyml.config import SIMULATOR_CONFIG_DIR  # noqa: E402
 from serving.auth import generate_key, hash_key  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -106,6 +107,7 @@ def serving_config(data: Path, prefix: str) -> Path:
     config = state / "serving.yaml"
     config.write_text(
         "data_dir: " + json.dumps(str(data.resolve())) + "\n"
+        "actions: " + json.dumps(str(SIMULATOR_CONFIG_DIR / "actions.yaml")) + "\n"
         f"state_url: sqlite:///{state / 'state.db'}\n"
         f"event_store_url: sqlite:///{state / 'events.db'}\n"
         "holdout: {share: 0.05, salt: bench}\n",

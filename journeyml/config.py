@@ -12,7 +12,7 @@ import re
 from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import yaml
 from pydantic import (
@@ -28,6 +28,8 @@ from pydantic import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 """The shipped configuration set: defaults that work on any event log."""
+SIMULATOR_CONFIG_DIR = CONFIG_DIR / "simulator"
+"""The simulator's config set (its actions and monitored steps): ``--config-dir`` of the demo."""
 CONFIG_DIR_ENV = "JOURNEYML_CONFIG_DIR"
 """Environment variable naming the folder configuration files are read from."""
 
@@ -71,9 +73,39 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """Base for configuration models: unknown keys are errors, values are immutable."""
+    """Base for configuration models: unknown keys are errors, values are immutable.
+
+    A list or mapping key written with nothing after it (``eligibility:``, which YAML reads as
+    null) is an empty list or mapping, not an error; keys that may really be null (typed
+    ``... | None``) keep their null.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_collections(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(v is None for v in data.values()):
+            return data
+        fixed = dict(data)
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            if value is None and field is not None:
+                empty = _empty_of(field.annotation)
+                if empty is not None:
+                    fixed[key] = empty
+        return fixed
+
+
+def _empty_of(annotation: Any) -> list[Any] | dict[Any, Any] | None:
+    """The empty value of a list, tuple or mapping annotation; None for anything else
+    (including optional collections, where null means something)."""
+    origin = get_origin(annotation) or annotation
+    if origin in (list, tuple, set, frozenset):
+        return []
+    if origin is dict:
+        return {}
+    return None
 
 
 M = TypeVar("M", bound=BaseModel)

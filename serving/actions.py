@@ -240,7 +240,7 @@ def _problems(
                     rule.check_names(names)
                     rule.check_types(kinds)
                 except RuleError as exc:
-                    problems.append(f"{where}.{stage}[{j}]: {exc}")
+                    problems.append(f"{where}.{stage}[{j}]: action {action.id!r}, {exc}")
                     continue
                 compiled.append((stage, rule))
         stages[action.id] = compiled

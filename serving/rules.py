@@ -1159,7 +1159,11 @@ class Rule:
         parts = []
         for name, _ in unknown:
             close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            if close:
+                hint = f" (did you mean {', '.join(close)}?)"
+            else:  # nothing alike: still point at the nearest names there are
+                nearest = difflib.get_close_matches(name, pool, n=3, cutoff=0.0)
+                hint = f" (closest known names: {', '.join(nearest)})" if nearest else ""
             parts.append(f"{name}{hint}")
         raise RuleError(self.text, "unknown name(s): " + "; ".join(parts), unknown[0][1])
 

@@ -29,11 +29,12 @@ from evaluation.monitor import (
 )
 from evaluation.monitor_report import add_monitoring_sections
 from journeyml.cli import app
-from journeyml.config import ConfigError
+from journeyml.config import SIMULATOR_CONFIG_DIR, ConfigError
 from journeyml.events.schema import NORMALISED_EVENT_SCHEMA
 from tests.features.helpers import write_lake
 
 START = date(2025, 1, 1)
+SIMULATED = SIMULATOR_CONFIG_DIR / "monitoring.yaml"  # the simulator's steps and rates
 
 
 def simulate_lake(root: Path, seed: int, incident: str | None) -> Path:
@@ -64,7 +65,7 @@ def stable(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_payment_incident_raises_an_alert_at_its_start(payment_incident: Path) -> None:
-    result = run_monitor(payment_incident, load_monitor_settings())
+    result = run_monitor(payment_incident, load_monitor_settings(SIMULATED))
     payment = result.alerts[
         (result.alerts["step"] == "payment") & (result.alerts["kpi"] == "step_conversion")
     ]
@@ -81,14 +82,14 @@ def test_a_payment_incident_raises_an_alert_at_its_start(payment_incident: Path)
 
 def test_a_checkout_incident_raises_an_alert_at_its_start(tmp_path: Path) -> None:
     lake = simulate_lake(tmp_path, 4, "checkout:100:14:0.6")
-    alerts = run_monitor(lake, load_monitor_settings()).alerts
+    alerts = run_monitor(lake, load_monitor_settings(SIMULATED)).alerts
     checkout = alerts[(alerts["step"] == "checkout") & (alerts["kpi"] == "step_conversion")]
     assert len(checkout) == 1, alerts
     assert abs((checkout.iloc[0]["start"] - (START + timedelta(days=100))).days) <= 3
 
 
 def test_a_stable_log_raises_no_alert(stable: Path) -> None:
-    result = run_monitor(stable, load_monitor_settings())
+    result = run_monitor(stable, load_monitor_settings(SIMULATED))
     assert result.alerts.empty, result.alerts["message"].tolist()
     # and the KPIs were there to be watched
     assert {"step_conversion", "step_error_rate", "rate", "volume"} <= set(result.kpis["kpi"])
@@ -184,23 +185,24 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
 def test_too_short_or_empty_logs_get_clear_errors(tmp_path: Path) -> None:
     write_lake(tmp_path / "lake", _loop_log(5, loops_from=99))
     with pytest.raises(ValueError, match="complete period"):
-        run_monitor(tmp_path / "lake", load_monitor_settings())
+        run_monitor(tmp_path / "lake", load_monitor_settings(SIMULATED))
 
 
 def test_cli_and_report(payment_incident: Path, tmp_path: Path) -> None:
     data = payment_incident.parent
     runner = CliRunner()
-    result = runner.invoke(app, ["monitor", "--data-dir", str(data), "--out", str(tmp_path)])
+    sim = ["--config-dir", str(SIMULATOR_CONFIG_DIR)]
+    result = runner.invoke(app, [*sim, "monitor", "--data-dir", str(data), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "payment step broke" in result.output
     assert (tmp_path / "alerts.csv").exists() and (tmp_path / "kpis.parquet").exists()
-    failing = runner.invoke(app, ["monitor", "--data-dir", str(data), "--fail-on-alert"])
+    failing = runner.invoke(app, [*sim, "monitor", "--data-dir", str(data), "--fail-on-alert"])
     assert failing.exit_code == 3
     missing = runner.invoke(app, ["monitor", "--data-dir", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no event lake" in missing.output
 
     report = Report("Journey report")
-    add_monitoring_sections(report, run_monitor(payment_incident, load_monitor_settings()))
+    add_monitoring_sections(report, run_monitor(payment_incident, load_monitor_settings(SIMULATED)))
     html = report.render()
     assert report.figures >= 3 and "payment step broke" in html
 

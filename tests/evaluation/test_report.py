@@ -327,7 +327,7 @@ def build_report_workspace(base: Path) -> ReportWorkspace:
     from evaluation.monitor import load_monitor_settings, run_monitor
     from evaluation.policy import evaluate_policies
     from features.store import Workspace
-    from journeyml.config import load_journey_map
+    from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
     from tests.training.conftest import build_sim_workspace, small_config
     from training.pipeline import train_models
     from training.registry import promote_challenger
@@ -355,9 +355,9 @@ def build_report_workspace(base: Path) -> ReportWorkspace:
     client.set_registered_model_alias(churn.name, CHALLENGER, second.version)
     done.config.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     ws = Workspace(root)
-    run_monitor(ws.lake, load_monitor_settings(), ws.snapshots).write(
-        root / "evaluation" / "monitoring"
-    )
+    run_monitor(
+        ws.lake, load_monitor_settings(SIMULATOR_CONFIG_DIR / "monitoring.yaml"), ws.snapshots
+    ).write(root / "evaluation" / "monitoring")
     evaluate_policies(root, journey, sim_customers=50, sim_days=30).write(
         root / "evaluation" / "policy"
     )

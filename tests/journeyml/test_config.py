@@ -144,3 +144,13 @@ def test_wrong_feature_config(tmp_path: Path, data: dict[str, object], message: 
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, data, "features.yaml"), FeatureSettings)
     assert message in str(info.value)
+
+
+def test_a_list_key_with_nothing_after_it_is_an_empty_list(tmp_path: Path) -> None:
+    data = base()
+    data["responses"] = None  # `responses:` with nothing after it
+    data["churn"] = {"inactivity_days": 30, "events": None}
+    journey = load_config(write(tmp_path, data), JourneyMap)
+    assert journey.responses == [] and journey.churn.events == []
+    data["churn"] = {"inactivity_days": None, "events": ["cancel"]}  # optional: null stays null
+    assert load_config(write(tmp_path, data), JourneyMap).churn.inactivity_days is None

@@ -11,7 +11,7 @@ import pytest
 from features.catalog import build_catalog
 from features.online import load_latest_snapshot
 from features.store import Workspace, open_store
-from journeyml.config import JourneyMap, load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, load_journey_map
 from serving.config import AuthSettings, ModelSettings, ServingSettings, load_serving_settings
 from tests.training.conftest import SimWorkspace, build_sim_workspace, small_config
 from training.config import TrainingConfig
@@ -65,6 +65,8 @@ def serving_settings(sw: ServingWorkspace, tmp: Path, **update: object) -> Servi
     base = load_serving_settings()
     values: dict[str, object] = {
         "data_dir": str(sw.sim.root),
+        # a simulated workspace: the simulator's actions (the uplift model's action ids)
+        "actions": str(SIMULATOR_CONFIG_DIR / "actions.yaml"),
         "state_url": f"sqlite:///{tmp / 'state.db'}",
         "event_store_url": f"sqlite:///{tmp / 'events.db'}",
         "models": ModelSettings(

@@ -1,6 +1,7 @@
-"""The actions catalog: the shipped file loads against the real feature catalog and matches the
-simulator's actions, its rules say what the business means, and every configuration mistake
-fails the load with the file and the key path."""
+"""The actions catalog: the shipped default loads on any log's journey map; the simulator's
+catalog (configs/simulator/actions.yaml) loads against the real feature catalog and matches the
+simulator's actions, its rules say what the business means; and every configuration mistake
+fails the load with the file, the key path, the action and the closest known names."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from hypothesis import strategies as st
 
 from features.catalog import FeatureCatalog, build_catalog
 from features.settings import load_feature_settings
-from journeyml.config import CONFIG_DIR, ConfigError, load_journey_map
+from journeyml.config import (
+    CONFIG_DIR,
+    SIMULATOR_CONFIG_DIR,
+    ConfigError,
+    JourneyMap,
+    load_journey_map,
+)
 from journeyml.simulate.world import load_world
 from serving.actions import (
     CONTEXT_NAMES,
@@ -29,7 +36,8 @@ from serving.actions import (
 )
 from serving.rules import Rule
 
-SHIPPED = CONFIG_DIR / "actions.yaml"
+SHIPPED = CONFIG_DIR / "actions.yaml"  # the default for any log
+SIMULATED = SIMULATOR_CONFIG_DIR / "actions.yaml"  # the simulator's actions
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +47,12 @@ def features() -> FeatureCatalog:
 
 @pytest.fixture(scope="module")
 def shipped(features: FeatureCatalog) -> ActionsCatalog:
-    return load_actions(SHIPPED, known_names={f.name: f.dtype for f in features.features})
+    """The simulator's catalog (the tests of what its rules mean use its vocabulary)."""
+    return load_actions(SIMULATED, known_names={f.name: f.dtype for f in features.features})
 
 
 def shipped_data() -> dict[str, Any]:
-    data = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    data = yaml.safe_load(SIMULATED.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
 
@@ -58,8 +67,7 @@ def test_the_shipped_catalog_loads_against_the_real_feature_catalog(
     assert len(shipped.ids) == len(set(shipped.ids)) >= 5
     # as the runtime loads it (feature names only) and with the project's defaults
     names = {f.name for f in features.features}
-    assert load_actions(SHIPPED, known_names=names).ids == shipped.ids
-    assert load_actions().ids == shipped.ids
+    assert load_actions(SIMULATED, known_names=names).ids == shipped.ids
     used = {n for a in shipped.actions for _, r in shipped.rule_stages(a) for n in r.names}
     assert used <= names | set(SCORE_NAMES) | set(CONTEXT_NAMES)
     assert used & names and "churn_risk" in used
@@ -241,7 +249,10 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
         (
             "actions.2.suitability",
             ["a[0] > 1"],
-            ["actions[2].suitability[0]: rule 'a[0] > 1': column 1: subscript `a[0]`"],
+            [
+                "actions[2].suitability[0]: action 'retention_call', rule 'a[0] > 1': column 1: "
+                "subscript `a[0]`"
+            ],
         ),
         (
             "actions.2.applicability",
@@ -283,6 +294,15 @@ def _set(data: dict[str, Any], path: str, value: Any) -> None:
             "actions.0.eligibility",
             "x > 1",
             ["actions[0].eligibility: Input should be a valid list"],
+        ),
+        (
+            "actions.1.eligibility",
+            ["n_cancel_subscripton_90d == 0"],
+            [
+                "actions[1].eligibility[0]: action 'onboarding_help', "
+                "rule 'n_cancel_subscripton_90d == 0'",
+                "did you mean n_cancel_subscription_90d",
+            ],
         ),
         (
             "default_action",
@@ -379,3 +399,98 @@ def test_loading_does_not_change_the_data() -> None:
     before = copy.deepcopy(data)
     validate_actions(data, "inline")
     assert data == before
+
+
+# -- the shipped default works on any log --------------------------------------------------------
+
+FOREIGN_MAPS = {
+    "date-only purchases": {
+        "stages": ["first_order", "repeat"],
+        "stage_events": {"first_order": ["order"]},
+        "conversions": ["order"],
+        "churn": {"inactivity_days": 365},
+    },
+    "clickstream": {
+        "stages": ["browse", "basket", "bought"],
+        "stage_events": {"browse": ["pv_*"], "basket": ["basket_add"], "bought": ["paid"]},
+        "conversions": ["paid"],
+        "treatments": {"patterns": ["promo_*"]},
+    },
+    "subscription": {
+        "stages": ["trial", "subscriber"],
+        "stage_events": {"trial": ["trial_start"], "subscriber": ["renewal", "plan_change"]},
+        "conversions": ["renewal"],
+        "churn": {"inactivity_days": None, "events": ["cancelled"]},
+        "experience": {"support": ["ticket"], "complaints": ["ticket_angry"]},
+    },
+}
+
+
+def _known(journey: JourneyMap) -> dict[str, str]:
+    catalog = build_catalog(journey, load_feature_settings())
+    return {f.name: f.dtype for f in catalog.features}
+
+
+@pytest.mark.parametrize("log", sorted(FOREIGN_MAPS))
+def test_the_default_catalog_loads_on_a_log_the_simulator_did_not_make(log: str) -> None:
+    journey = JourneyMap.model_validate(FOREIGN_MAPS[log])
+    catalog = load_actions(SHIPPED, known_names=_known(journey))
+    assert catalog.ids and "churn_risk" in {
+        n for a in catalog.actions for _, r in catalog.rule_stages(a) for n in r.names
+    }
+    assert load_actions().ids == catalog.ids  # what every command loads without a config dir
+
+
+def test_a_rule_naming_a_feature_this_log_lacks_names_the_action_rule_and_closest_names() -> None:
+    journey = JourneyMap.model_validate(FOREIGN_MAPS["date-only purchases"])
+    with pytest.raises(ConfigError) as info:
+        load_actions(SIMULATED, known_names=_known(journey))
+    problems = info.value.problems
+    cancel = [p for p in problems if "n_cancel_subscription_90d" in p]
+    assert len(cancel) == 5  # every action that reads it, each named
+    assert cancel[0].startswith(
+        "actions[0].eligibility[1]: action 'discount_offer', rule 'n_cancel_subscription_90d == 0'"
+    )
+    offer = next(p for p in problems if "n_offer_redeemed_30d" in p)
+    assert "action 'discount_offer'" in offer and "did you mean n_order_30d" in offer
+    for problem in problems:
+        assert "did you mean" in problem or "closest known names" in problem, problem
+
+
+def test_a_name_with_nothing_alike_still_gets_the_closest_known_names() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_actions(
+            {**shipped_data(), "default_action": "none"} | {"actions": [_one("qqq_zz > 1")]},
+            "inline",
+            known_names={"events_30d": "int64", "tenure_days": "float64"},
+        )
+    assert "closest known names:" in str(info.value)
+
+
+def _one(rule: str) -> dict[str, Any]:
+    return {
+        "id": "a",
+        "channel": "email",
+        "cost": 1.0,
+        "value": 2.0,
+        "objective": "retain",
+        "eligibility": [rule],
+    }
+
+
+def test_an_empty_rule_list_is_an_empty_list(tmp_path: Path) -> None:
+    """``eligibility:`` with nothing after it (YAML null) is no rules, not an error."""
+    head, tail = SHIPPED.read_text(encoding="utf-8").split("\ncontact_policy:")
+    path = tmp_path / "actions.yaml"
+    path.write_text(
+        head
+        + "\n  - id: plain_note\n    channel: email\n    cost: 0\n    value: 1\n"
+        + "    objective: retain\n    eligibility:\n    applicability:\n    suitability:\n"
+        + "\ncontact_policy:"
+        + tail,
+        encoding="utf-8",
+    )
+    catalog = load_actions(path)
+    note = catalog.action("plain_note")
+    assert note.eligibility == note.applicability == note.suitability == []
+    assert catalog.rule_stages("plain_note") == []
