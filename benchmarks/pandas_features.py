@@ -130,17 +130,22 @@ def _per_event_state(
     sums["c_value"] = np.where(act, ev["value"].fillna(0.0).to_numpy(), 0.0)
     sums = sums.groupby(cust.to_numpy(), sort=False).cumsum()
 
-    # journey stage: the latest staged event decides; moving back counts as a regression
-    stage = ev["stage_idx"].astype("float64")
-    prior = stage.groupby(cust).ffill().groupby(cust).shift(1)
+    # journey stage: a stage event moves forward only; a regression event sets its stage; the
+    # stage after an event is the furthest since the customer's latest regression event
+    back = ev["back_idx"].astype("float64")
+    segment = back.notna().astype(np.int64).groupby(cust, sort=False).cumsum()
+    stage = back.fillna(ev["stage_idx"].astype("float64")).fillna(-1.0)  # -1: no stage yet
+    stage = stage.groupby([cust, segment], sort=False).cummax().replace(-1.0, np.nan)
+    prior = stage.groupby(cust, sort=False).shift(1)
     has = stage.notna()
-    moved = has & prior.notna() & (stage != prior)
+    changed = has & (prior.isna() | (stage != prior))
+    moved = changed & prior.notna()
     latest = pd.DataFrame(
         {
-            "cur_stage": stage,
+            "cur_stage": stage.where(changed),
             "prev_stage": prior.where(moved),
-            "stage_since_ts": ts.where(has & (prior.isna() | (stage != prior))),
-            "furthest_stage": stage.groupby(cust).cummax(),
+            "stage_since_ts": ts.where(changed),
+            "furthest_stage": stage.groupby(cust, sort=False).cummax(),
             "last_event_ts": ts.where(act),
             "last_conversion_ts": ts.where(ev["is_conversion"] == 1),
             "last_support_ts": ts.where(ev["is_support"] == 1),

@@ -15,11 +15,12 @@ Definitions, chosen so that each number means one thing:
 - A customer's **channel** is the channel of their first touch (first non-marketing event):
   it is known from the first day and does not depend on later behaviour; a "dominant channel"
   would put customers who buy in the store into the store group *because* they bought.
-- **Funnel**: a customer reaches every stage up to the furthest one their events map to (the
-  journey order implies the earlier ones; customers known before the log starts often first
-  appear in a later stage). Step conversion is reached(i + 1) / reached(i).
-- **Transitions**: stage → stage counts the stage *changes* of each customer's sequence of
-  stage events (the current stage is that of the latest stage event, as in the journey map);
+- **Funnel**: a customer reaches every stage up to the furthest one they reached (the journey
+  order implies the earlier ones; customers known before the log starts often first appear
+  in a later stage). Step conversion is reached(i + 1) / reached(i).
+- **Transitions**: stage → stage counts the stage *changes* of each customer, by the journey
+  map's stage machine (:func:`features.pipeline.stage_machine`, the one the stage features
+  use: forward on stage events, back only on the map's regression events);
   event → event counts consecutive non-marketing events (top event types, others grouped).
   Rows are normalised to probabilities of the next stage or event. Stage transitions and
   paths are broken down by group; the event matrix is overall only (per group it would be
@@ -218,7 +219,7 @@ def open_journeys(lake: Path, journey: JourneyMap) -> duckdb.DuckDBPyConnection:
     Raises:
         JourneyDataError: ``lake`` is not an event lake, or it holds no customer events.
     """
-    from features.pipeline import FeatureBuildError, connect, register_inputs
+    from features.pipeline import FeatureBuildError, connect, register_inputs, stage_machine
     from training.labels import register_label_roles
 
     if not is_lake(lake):
@@ -257,7 +258,7 @@ def open_journeys(lake: Path, journey: JourneyMap) -> duckdb.DuckDBPyConnection:
                     AS last_activity,
                 COALESCE(FIRST(e.channel ORDER BY e.timestamp, e.event_id)
                     FILTER (WHERE e.channel IS NOT NULL), '{UNKNOWN_CHANNEL}') AS channel,
-                MAX(r.stage_idx) AS furthest_stage,
+                MAX(COALESCE(r.stage_idx, r.back_idx)) AS furthest_stage,
                 MIN(e.timestamp) FILTER (WHERE r.is_conversion = 1) AS first_conversion,
                 COUNT(*) FILTER (WHERE r.is_conversion = 1) AS conversions,
                 COALESCE(SUM(e.value) FILTER (WHERE r.is_conversion = 1), 0) AS revenue,
@@ -285,17 +286,19 @@ def open_journeys(lake: Path, journey: JourneyMap) -> duckdb.DuckDBPyConnection:
             "UPDATE cust SET churned = (last_activity IS NULL OR "
             f"COALESCE(last_churn_event >= last_activity, FALSE) {silent})"
         )
+        staged = (
+            "SELECT e.customer_id, e.timestamp AS ts, e.event_id, e.event_type, r.stage_idx, "
+            "r.back_idx FROM events e JOIN roles r USING (event_type) "
+            "WHERE r.stage_idx IS NOT NULL OR r.back_idx IS NOT NULL"
+        )
+        # the journey map's stage machine (features.pipeline.stage_machine), one row per change
         con.execute(
-            """
+            f"""
             CREATE TEMP TABLE moves AS
-            WITH s AS (
-                SELECT e.customer_id, e.timestamp AS ts, e.event_id, r.stage_idx,
-                    LAG(r.stage_idx) OVER (
-                        PARTITION BY e.customer_id ORDER BY e.timestamp, e.event_id) AS prev
-                FROM events e JOIN roles r USING (event_type)
-                WHERE r.stage_idx IS NOT NULL)
-            SELECT customer_id, ts, event_id, prev AS from_idx, stage_idx AS to_idx
-            FROM s WHERE prev IS NULL OR prev <> stage_idx
+            SELECT customer_id, ts, event_id, event_type, stage_prior AS from_idx,
+                stage_now AS to_idx
+            FROM ({stage_machine(staged, "customer_id", "ts, event_id")}) AS s
+            WHERE stage_now IS NOT NULL AND stage_prior IS DISTINCT FROM stage_now
             """
         )
     except BaseException:

@@ -154,6 +154,7 @@ def counted_event_types(journey_map: JourneyMap, settings: FeatureSettings) -> t
         return tuple(dict.fromkeys(settings.count_event_types))
     named = [
         *[p for patterns in journey_map.stage_events.values() for p in patterns],
+        *[p for regression in journey_map.regressions for p in regression.events],
         *journey_map.conversions,
         *journey_map.responses,
         *journey_map.experience.support,
@@ -338,7 +339,7 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
     last_times.append(LastTime("last_complaint_ts", "is_complaint = 1"))
     last_times.append(LastTime("last_action_ts", "is_treatment = 1"))
     add_counter(
-        "c_regressions", "CASE WHEN stage_idx < prior_stage THEN 1 ELSE 0 END", (), total=True
+        "c_regressions", "CASE WHEN stage_now < stage_prior THEN 1 ELSE 0 END", (), total=True
     )
 
     tenure = _days_between("first_ts", "snapshot_us")

@@ -83,13 +83,15 @@ MAX_STAGES = 255
 def event_roles(journey_map: JourneyMap, event_types: list[str]) -> pa.Table:
     """Resolves the journey map for the given event types into a small dimension table."""
     exp = journey_map.experience
-    rows: dict[str, list[object]] = {"event_type": [], "stage_idx": []}
+    rows: dict[str, list[object]] = {"event_type": [], "stage_idx": [], "back_idx": []}
     for col in ROLE_COLUMNS:
         rows[col] = []
     for et in sorted(set(event_types)):
         stage = journey_map.stage_of(et)
         rows["event_type"].append(et)
         rows["stage_idx"].append(None if stage is None else journey_map.stage_index(stage))
+        back = journey_map.regression_to(et)
+        rows["back_idx"].append(None if back is None else journey_map.stage_index(back))
         flags = {
             "is_activity": journey_map.is_activity(et),
             "is_conversion": journey_map.is_conversion(et),
@@ -103,17 +105,53 @@ def event_roles(journey_map: JourneyMap, event_types: list[str]) -> pa.Table:
         for col in ROLE_COLUMNS:
             rows[col].append(int(flags[col]))
     schema = pa.schema(
-        [("event_type", pa.string()), ("stage_idx", pa.int32())]
+        [("event_type", pa.string()), ("stage_idx", pa.int32()), ("back_idx", pa.int32())]
         + [(c, pa.int32()) for c in ROLE_COLUMNS]
     )
     return pa.Table.from_pydict(rows, schema=schema)
 
 
+def stage_machine(source: str, partition: str, order: str, extra: tuple[str, ...] = ()) -> str:
+    """The journey stage of every event's customer, before and after the event: the one
+    definition of the stage machine (features, journey analytics and labels all use it).
+
+    ``source`` is a relation with ``stage_idx`` (the stage an event moves a customer forward
+    to) and ``back_idx`` (the stage a regression event sends a customer back to), from
+    :func:`event_roles`. A stage event moves the customer to its stage when that is later than
+    the current one; a regression event puts the customer at its stage; nothing else moves
+    anyone. So after the latest regression event (or from the start), the stage is the
+    furthest of the regression's stage and every later stage event's: a running count of
+    regression events splits each customer's events into segments, and a running maximum
+    within a segment is the stage (two window passes, no recursion: it transpiles to Spark).
+
+    Returns:
+        ``SELECT`` of every column of ``source`` plus ``stage_now`` (the stage after the event,
+        NULL before any) and ``stage_prior`` (before it), and the ``extra`` expressions, which
+        may use the window ``w`` (the customer's events in order).
+    """
+    rows = "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    extras = "".join(f",\n    {x}" for x in extra)
+    return f"""SELECT *,
+    LAG(stage_now) OVER w AS stage_prior{extras}
+FROM (
+    SELECT *,
+        MAX(COALESCE(back_idx, stage_idx)) OVER (
+            PARTITION BY {partition}, stage_resets ORDER BY {order} {rows}) AS stage_now
+    FROM (
+        SELECT *,
+            COUNT(back_idx) OVER (PARTITION BY {partition} ORDER BY {order} {rows})
+                AS stage_resets
+        FROM ({source}) AS stage_in
+    ) AS stage_seg
+) AS stage_run
+WINDOW w AS (PARTITION BY {partition} ORDER BY {order})"""
+
+
 _MAX_BIGINT = 9_223_372_036_854_775_807
 _DAY = US_PER_DAY
-_TYPE_LEVEL = frozenset({"event_type", "stage_idx", *ROLE_COLUMNS})
+_TYPE_LEVEL = frozenset({"event_type", "stage_idx", "back_idx", *ROLE_COLUMNS})
 """Columns a counter may use to be evaluated once per event type instead of once per event."""
-_ORDERED = frozenset({"prior_stage"})
+_ORDERED = frozenset({"stage_prior", "stage_now"})
 """Per-event columns that exist only once events are in order."""
 _SESSION = "session_start"
 
@@ -229,7 +267,7 @@ def feature_query(
         + f" AS types{j}"
         for j in range(n_type_packs)
     ]
-    change = "stage_idx IS NOT NULL AND (prior_stage IS NULL OR stage_idx <> prior_stage)"
+    change = "stage_now IS NOT NULL AND (stage_prior IS NULL OR stage_now <> stage_prior)"
     b_cols = [
         *(f"{packed(i, 'ordered')} AS q{i}" for i in ordered_packs),
         *(lv.name for lv in catalog.last_values),
@@ -237,10 +275,10 @@ def feature_query(
         "is_activity",
         "seq",
         # a stage change, as (position among the customer's events, stage, previous + 1)
-        f"CASE WHEN {change} THEN (seq << 16) + (stage_idx << 8)"
-        " + COALESCE(prior_stage + 1, 0) END AS stage_code",
+        f"CASE WHEN {change} THEN (seq << 16) + (stage_now << 8)"
+        " + COALESCE(stage_prior + 1, 0) END AS stage_code",
         f"CASE WHEN {change} THEN ts END AS stage_since",
-        "stage_idx",
+        "stage_now",
     ]
     b_aggs = [
         *(f"SUM(q{i}) AS q{i}" for i in ordered_packs),
@@ -255,7 +293,7 @@ def feature_query(
         ),
         "MAX(stage_code) AS stage_code",
         "MAX(stage_since) AS stage_since",
-        "MAX(stage_idx) AS furthest_stage",
+        "MAX(stage_now) AS furthest_stage",
     ]
     cell_cols = [
         *(
@@ -344,11 +382,33 @@ def feature_query(
     )
     profile = [f"c.{attr} AS profile_{attr}" for attr in catalog.settings.profile_attributes]
     before_last = "e.timestamp < (SELECT MAX(snapshot_ts) FROM snapshots)"
-    last_value_names = "".join(f", {lv.name}" for lv in catalog.last_values)
     type_cols = [
         *(f"t.{c}" for c in ("stage_idx", *ROLE_COLUMNS)),
         *(f"t.tp{i}" for i in range(n_packs)),
     ]
+    # events in order with the stage machine's state before and after each (its one definition)
+    ordered = stage_machine(
+        f"""SELECT cid, ts, event_id, code, stage_idx, back_idx, is_activity, {cell},
+    {_list([f"{lv.expr} AS {lv.name}" for lv in catalog.last_values], 4)}
+FROM (
+    SELECT k.cid, EPOCH_US(e.timestamp) AS ts, e.event_id, t.code, t.stage_idx,
+        t.back_idx, t.is_activity,
+        CASE WHEN t.is_nps = 1 THEN
+            TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
+        END AS nps_score,
+        CASE WHEN t.is_csat = 1 THEN
+            TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
+        END AS csat_score
+    FROM events AS e
+    JOIN types AS t ON t.event_type = e.event_type
+    JOIN customer_ids AS k ON k.customer_id = e.customer_id
+    WHERE {before_last}
+) AS x
+""",
+        "cid",
+        "ts, event_id",
+        ("ROW_NUMBER() OVER w AS seq", *type_packs_sql),
+    ).replace("\n", "\n    ")
     return f"""
 WITH customer_ids AS (
     SELECT customer_id, ROW_NUMBER() OVER (ORDER BY customer_id) AS cid
@@ -404,29 +464,7 @@ cells_a AS (
     GROUP BY cid, r
 ),
 ordered AS (
-    SELECT cid, ts, r, stage_idx, is_activity{last_value_names},
-        ROW_NUMBER() OVER w AS seq,
-        LAG(stage_idx, 1 IGNORE NULLS) OVER w AS prior_stage,
-        {_list(type_packs_sql)}
-    FROM (
-        SELECT cid, ts, event_id, code, stage_idx, is_activity, {cell},
-            {_list([f"{lv.expr} AS {lv.name}" for lv in catalog.last_values], 12)}
-        FROM (
-            SELECT k.cid, EPOCH_US(e.timestamp) AS ts, e.event_id, t.code, t.stage_idx,
-                t.is_activity,
-                CASE WHEN t.is_nps = 1 THEN
-                    TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
-                END AS nps_score,
-                CASE WHEN t.is_csat = 1 THEN
-                    TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
-                END AS csat_score
-            FROM events AS e
-            JOIN types AS t ON t.event_type = e.event_type
-            JOIN customer_ids AS k ON k.customer_id = e.customer_id
-            WHERE {before_last}
-        ) AS x
-    ) AS y
-    WINDOW w AS (PARTITION BY cid ORDER BY ts, event_id)
+    {ordered}
 ),
 cells_b AS (
     SELECT cid, r,

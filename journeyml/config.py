@@ -223,13 +223,32 @@ class Experience(StrictModel):
     _patterns = field_validator("support", "complaints", "nps", "csat")(_check_patterns)
 
 
+class Regression(StrictModel):
+    """Events that move a customer back: after one of ``events`` the customer is at stage ``to``."""
+
+    events: list[str]
+    to: str
+
+    _patterns = field_validator("events")(_check_patterns)
+
+    @field_validator("events")
+    @classmethod
+    def _some_event(cls, events: list[str]) -> list[str]:
+        if not events:
+            raise ValueError("list at least one event type that moves a customer back")
+        return events
+
+
 class JourneyMap(StrictModel):
     """The journey map: stages, what moves a customer between them, and what counts as what.
 
-    A customer's current stage is the stage of their latest event that maps to a stage; events
-    that map to none (email opens, marketing actions) leave the stage as it was. A move to an
-    earlier stage is a regression. Patterns are shell-style (``checkout_*``); an exact event
-    type name wins over a pattern, and among patterns the first listed stage wins.
+    Stages only move forward on the customer's own behaviour: an event of ``stage_events``
+    moves a customer to its stage when that stage is later than the current one, and leaves an
+    earlier or equal stage as it is (a page view never sends a buyer back to "awareness").
+    Only the events named in ``regressions`` move a customer back, to the stage their entry
+    names. Events that map to no stage (email opens, marketing actions) leave it unchanged.
+    Patterns are shell-style (``checkout_*``); an exact event type name wins over a pattern,
+    among patterns the first listed stage wins, and a regression event is never a stage event.
     """
 
     stages: list[str] = Field(
@@ -240,6 +259,7 @@ class JourneyMap(StrictModel):
     churn: ChurnDefinition = Field(default_factory=ChurnDefinition)
     horizons: Horizons = Field(default_factory=Horizons)
     treatments: Treatments = Field(default_factory=Treatments)
+    regressions: list[Regression] = Field(default_factory=list)
     responses: list[str] = Field(default_factory=list)
     experience: Experience = Field(default_factory=Experience)
 
@@ -288,6 +308,25 @@ class JourneyMap(StrictModel):
                             f"{exact[p]!r} and {stage!r}"
                         )
                     exact[p] = stage
+        back: dict[str, str] = {}
+        for i, regression in enumerate(self.regressions):
+            if regression.to not in self.stages:
+                raise ValueError(
+                    f"regressions.{i}.to: {regression.to!r} is not a stage "
+                    f"(stages: {', '.join(self.stages)})"
+                )
+            for p in regression.events:
+                if p in exact:
+                    raise ValueError(
+                        f"regressions.{i}: event type {p!r} is also a stage event of "
+                        f"{exact[p]!r}; an event either moves a customer forward or back"
+                    )
+                if p in back and back[p] != regression.to:
+                    raise ValueError(
+                        f"regressions: event type {p!r} moves back to both {back[p]!r} "
+                        f"and {regression.to!r}"
+                    )
+                back[p] = regression.to
         return self
 
     @cached_property
@@ -305,14 +344,27 @@ class JourneyMap(StrictModel):
         return [(p, stage) for stage, pats in ordered for p in pats if any(c in p for c in "*?[")]
 
     def stage_of(self, event_type: str) -> str | None:
-        """The stage an event type moves a customer to, or None when it moves nobody."""
-        if self.is_treatment(event_type):
+        """The stage an event type moves a customer forward to, or None when it moves nobody
+        forward (no stage, a marketing action, or a regression event)."""
+        if self.is_treatment(event_type) or self.regression_to(event_type) is not None:
             return None
         if event_type in self._exact_stage:
             return self._exact_stage[event_type]
         for pattern, stage in self._glob_stage:
             if fnmatchcase(event_type, pattern):
                 return stage
+        return None
+
+    def regression_to(self, event_type: str) -> str | None:
+        """The stage a regression event sends a customer back to, None for other events.
+
+        The first entry of ``regressions`` that matches wins.
+        """
+        if self.is_treatment(event_type):
+            return None
+        for regression in self.regressions:
+            if matches_any(event_type, regression.events):
+                return regression.to
         return None
 
     def stage_index(self, stage: str) -> int:

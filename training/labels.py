@@ -10,8 +10,12 @@ strictly before T; labels use events at or after T, inside a horizon from the jo
 - **churn**: an explicit churn event in ``[T, T + churn_days)``, or (when the journey map has
   ``inactivity_days``) no activity at all in that window.
 - **conversion**: a conversion event in ``[T, T + conversion_days)``.
-- **next event type / next stage**: the first activity event (the first event that maps to a
-  stage) in ``[T, T + next_step_days)``, ``"none"`` when there is none.
+- **next event type**: the first activity event in ``[T, T + next_step_days)``, ``"none"``
+  when there is none.
+- **next stage**: the stage the customer moves to next, by the journey map's stage machine
+  (:func:`features.pipeline.stage_machine`: forward on stage events, back only on regression
+  events): the stage after their first stage change in ``[T, T + next_step_days)``,
+  ``"none"`` when their stage does not change in that window.
 
 Only cutoffs whose longest horizon ends inside the log (``T + max horizon <= last event``)
 are labelled. Event roles come from :func:`features.pipeline.event_roles` through
@@ -35,6 +39,7 @@ from features.pipeline import (
     plan_snapshots,
     register_inputs,
     register_snapshots_for_cutoffs,
+    stage_machine,
 )
 from features.settings import FeatureSettings
 from journeyml.config import JourneyMap
@@ -80,7 +85,7 @@ def register_label_roles(con: duckdb.DuckDBPyConnection, journey_map: JourneyMap
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE label_roles AS
-        SELECT r.event_type, r.stage_idx, r.is_activity, r.is_conversion, c.is_churn
+        SELECT r.event_type, r.stage_idx, r.back_idx, r.is_activity, r.is_conversion, c.is_churn
         FROM roles AS r JOIN churn_arrow AS c USING (event_type)
         """
     )
@@ -99,13 +104,31 @@ def label_query(journey_map: JourneyMap) -> str:
     def within(days: int) -> str:
         return f"ev.ts >= n.cutoff AND ev.ts < n.cutoff + INTERVAL {days} DAY"
 
+    staged = (
+        "SELECT e.customer_id, e.timestamp AS ts, e.event_id, r.stage_idx, r.back_idx "
+        "FROM events AS e JOIN label_roles AS r ON r.event_type = e.event_type "
+        "WHERE (r.stage_idx IS NOT NULL OR r.back_idx IS NOT NULL) "
+        "AND e.customer_id IN (SELECT customer_id FROM entities)"
+    )
+
     return f"""
 WITH ev AS (
     SELECT e.customer_id, e.timestamp AS ts, e.event_id, e.event_type,
         r.stage_idx, r.is_activity, r.is_conversion, r.is_churn
     FROM events AS e JOIN label_roles AS r ON r.event_type = e.event_type
     WHERE r.is_activity = 1 OR r.is_conversion = 1 OR r.is_churn = 1
-        OR r.stage_idx IS NOT NULL
+),
+moves AS (
+    SELECT customer_id, ts, event_id, stage_now
+    FROM ({stage_machine(staged, "customer_id", "ts, event_id")}) AS s
+    WHERE stage_now IS NOT NULL AND stage_prior IS DISTINCT FROM stage_now
+),
+next_move AS (
+    SELECT n.customer_id, n.cutoff, FIRST(ev.stage_now ORDER BY ev.ts, ev.event_id)
+        AS next_stage_idx
+    FROM entities AS n
+    JOIN moves AS ev ON ev.customer_id = n.customer_id AND {within(h.next_step_days)}
+    GROUP BY n.customer_id, n.cutoff
 ),
 agg AS (
     SELECT n.customer_id, n.cutoff,
@@ -118,9 +141,7 @@ agg AS (
         COUNT(ev.ts) FILTER (WHERE {within(h.conversion_days)} AND ev.is_conversion = 1)
             AS conversions_h,
         FIRST(ev.event_type ORDER BY ev.ts, ev.event_id)
-            FILTER (WHERE {within(h.next_step_days)} AND ev.is_activity = 1) AS next_type,
-        FIRST(ev.stage_idx ORDER BY ev.ts, ev.event_id)
-            FILTER (WHERE {within(h.next_step_days)} AND ev.stage_idx IS NOT NULL) AS next_stage_idx
+            FILTER (WHERE {within(h.next_step_days)} AND ev.is_activity = 1) AS next_type
     FROM entities AS n
     LEFT JOIN ev ON ev.customer_id = n.customer_id
         AND ev.ts >= n.cutoff - INTERVAL {lookback} DAY
@@ -128,10 +149,11 @@ agg AS (
     GROUP BY n.customer_id, n.cutoff
 ),
 flags AS (
-    SELECT *,
+    SELECT agg.*, m.next_stage_idx,
         last_activity IS NOT NULL
             AND (last_churn_event IS NULL OR last_churn_event < last_activity) AS active
     FROM agg
+    LEFT JOIN next_move AS m ON m.customer_id = agg.customer_id AND m.cutoff = agg.cutoff
 )
 SELECT
     customer_id,

@@ -280,6 +280,7 @@ def _known_to(journey: JourneyMap, event_type: str) -> bool:
     exp = journey.experience
     return bool(
         journey.stage_of(event_type)
+        or journey.regression_to(event_type)
         or journey.is_response(event_type)
         or journey.is_conversion(event_type)
         or journey.is_churn_event(event_type)

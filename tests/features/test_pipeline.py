@@ -104,11 +104,12 @@ def frame(journey_map: JourneyMap, catalog: FeatureCatalog) -> pd.DataFrame:
         ("a", 4, "value_mean_30d", 50.0),
         ("a", 4, "stage", "purchase"),
         ("a", 12, "events_7d", 1),  # only the product view is within [5 Jan, 12 Jan)
-        ("a", 12, "stage", "consideration"),
-        ("a", 12, "previous_stage", "purchase"),
+        # a product view after the purchase is generic: the stage stays (no regression)
+        ("a", 12, "stage", "purchase"),
+        ("a", 12, "previous_stage", "consideration"),
         ("a", 12, "furthest_stage", "purchase"),
-        ("a", 12, "stage_regressions", 1),
-        ("a", 12, "days_in_stage", 1.5),
+        ("a", 12, "stage_regressions", 0),
+        ("a", 12, "days_in_stage", 8.5),
         ("a", 12, "tenure_days", 10.5),
         ("a", 12, "actions_7d", 1),  # the offer is a treatment: counted as an action...
         ("a", 12, "last_event_1", "product_view"),  # ...not as customer behaviour

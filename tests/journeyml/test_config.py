@@ -98,6 +98,7 @@ def test_missing_file(tmp_path: Path) -> None:
         ("purchase", "purchase"),
         ("referral", "advocacy"),
         ("email_open", None),  # a response moves nobody
+        ("payment_failed", None),  # a regression event moves back, never forward
         ("action_discount_offer", None),  # a marketing action is not customer behaviour
         ("something_new", None),
     ],

@@ -123,6 +123,7 @@ def test_log_follows_the_contract(run: Path) -> None:
     for t in ev["event_type"].unique():
         known = (
             JOURNEY.stage_of(t)
+            or JOURNEY.regression_to(t)
             or JOURNEY.is_treatment(t)
             or JOURNEY.is_response(t)
             or JOURNEY.is_churn_event(t)

@@ -72,6 +72,12 @@ LOG = [
     # k: next event after the 14-day next-step horizon → next step none
     ev("k", T - 1 * D, "page_view"),
     ev("k", T + 14 * D, "page_view"),
+    # l: a page view after buying is generic: the stage does not change → next stage none
+    ev("l", T - 3 * D, "purchase"),
+    ev("l", T + 2 * D, "page_view"),
+    # m: a failed payment after buying is a regression: back to consideration
+    ev("m", T - 3 * D, "purchase"),
+    ev("m", T + 2 * D, "payment_failed"),
     # z: keeps the log going
     ev("z", T - 100 * D, "page_view"),
     ev("z", T + 100 * D, "page_view"),
@@ -82,15 +88,17 @@ EXPECTED = {
     "a": (True, 0, 1, "purchase", "purchase"),
     "b": (True, 1, 0, "none", "none"),
     "c": (False, None, 0, "none", "none"),
-    "c2": (True, 0, 0, "login", "retention"),
+    "c2": (True, 0, 0, "login", "consideration"),
     "d": (False, None, 0, "none", "none"),
-    "e": (True, 1, 0, "login", "retention"),
+    "e": (True, 1, 0, "login", "consideration"),
     "f": (True, 1, 0, "none", "none"),
     "g": (True, 0, 1, "none", "none"),
     "h": (True, 0, 0, "email_open", "consideration"),
     "i": (True, 1, 0, "none", "none"),
-    "j": (True, 0, 0, "login", "retention"),
+    "j": (True, 0, 0, "login", "consideration"),
     "k": (True, 0, 0, "none", "none"),
+    "l": (True, 0, 0, "page_view", "none"),
+    "m": (True, 0, 0, "payment_failed", "consideration"),
 }
 
 
