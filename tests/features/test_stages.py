@@ -5,16 +5,21 @@ definition that features, journey analytics and labels use)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from evaluation.journey import open_journeys
 from features.catalog import build_catalog
 from features.pipeline import connect, register_inputs, stage_machine
 from features.settings import FeatureSettings
 from journeyml.config import JourneyMap
+from journeyml.events.config import EventsConfig
+from journeyml.events.ingest import ingest_events
 from tests.features.helpers import compute_features, day, events_table
+from tests.foreign_logs import generate_clickstream
 
 # the shipped map (configs/journeys.yaml), restated so the table below reads on its own
 MAP = JourneyMap.model_validate(
@@ -181,3 +186,43 @@ def test_an_event_cannot_move_both_ways() -> None:
     data["regressions"] = [{"events": ["purchase"], "to": "awareness"}]
     with pytest.raises(ValueError, match=r"'purchase' is also a stage event of 'purchase'"):
         JourneyMap.model_validate(data)
+
+
+# -- on a log the simulator did not make ----------------------------------------------------------
+
+CLICKSTREAM_MAP = JourneyMap.model_validate(
+    {
+        "stages": ["browse", "interest", "checkout", "customer"],
+        "stage_events": {
+            "browse": ["home", "search", "catalog"],
+            "interest": ["product", "add_item"],
+            "checkout": ["cart", "shipping", "payment"],
+            "customer": ["order_placed"],
+        },
+        "regressions": [{"events": ["payment_error"], "to": "checkout"}],
+        "conversions": ["order_placed"],
+        "churn": {"inactivity_days": 30},
+        "horizons": {"churn_days": 14, "conversion_days": 14, "next_step_days": 7},
+    }
+)
+
+
+def test_a_foreign_clickstream_moves_back_only_on_its_regressions(tmp_path: Path) -> None:
+    log = generate_clickstream(tmp_path / "log", n_users=150, seed=3, days=60, incidents=())
+    config = EventsConfig(memory_limit="512MB", threads=1).with_column_maps(log.column_map)
+    ingest_events(log.events_csv, tmp_path / "lake", config=config)
+    con = open_journeys(tmp_path / "lake", CLICKSTREAM_MAP)
+    try:
+        moves = con.execute(
+            "SELECT event_type, from_idx, to_idx FROM moves WHERE from_idx IS NOT NULL"
+        ).df()
+    finally:
+        con.close()
+    back = moves[moves["to_idx"] < moves["from_idx"]]
+    assert len(moves) > 100
+    # every session starts at "home" or "search": with the latest event deciding, most stage
+    # changes would be regressions; here only payment errors after an order move anyone back
+    assert set(back["event_type"]) <= {"payment_error"}
+    assert len(back) / len(moves) < 0.10
+    forward = moves[moves["to_idx"] > moves["from_idx"]]
+    assert forward["event_type"].map(CLICKSTREAM_MAP.stage_of).notna().all()
