@@ -222,6 +222,13 @@ def _print_summary(out: Console, s: EventsSummary, dropped: dict[str, int]) -> N
         f"  rows: {s.rows_read:,} read, {s.rows_valid:,} valid"
         + (f" ({_plural(n_dropped, 'duplicate')} dropped)" if n_dropped else "")
     )
+    if s.duplicates_kept:
+        out.print(
+            f"  identical rows: {_plural(s.duplicates_kept, 'repeated row')} kept as events "
+            f"of their own ({s.duplicate_rows_reason})"
+        )
+    elif n_dropped and dropped.get("duplicate_row"):
+        out.print(f"  identical rows: dropped ({s.duplicate_rows_reason})")
     out.print(f"  customers: {s.customers:,}")
     if s.first is not None and s.last is not None:
         out.print(f"  time range (UTC): {s.first:%Y-%m-%d %H:%M:%S} .. {s.last:%Y-%m-%d %H:%M:%S}")

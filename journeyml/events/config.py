@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
 
@@ -63,6 +64,11 @@ class EventsConfig(StrictModel):
         max_examples: offending rows shown per problem.
         memory_limit: DuckDB's memory limit; beyond it DuckDB spills to a temporary folder.
         threads: DuckDB worker threads (default: one per core).
+        dedupe: rows without an event_id that are identical in every column: ``drop`` keeps
+            the first, ``keep`` keeps each as an event of its own, ``auto`` keeps them when no
+            timestamp of the input has a time of day (a date-only log: two equal orders by one
+            customer on one day are real) and drops them otherwise. Duplicate event ids are
+            always dropped.
     """
 
     column_map: dict[str, str] = Field(default_factory=dict)
@@ -71,6 +77,7 @@ class EventsConfig(StrictModel):
     max_examples: PositiveInt = Field(default=5, le=100)
     memory_limit: str = "4GB"
     threads: PositiveInt | None = None
+    dedupe: Literal["auto", "drop", "keep"] = "auto"
 
     @field_validator("column_map")
     @classmethod

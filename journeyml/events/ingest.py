@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -72,6 +72,7 @@ from journeyml.events.staging import (
     build_customers,
     extra_values,
     fingerprint_sql,
+    has_time_of_day,
     prepare_events,
     properties_sql,
     stage_customers,
@@ -100,6 +101,10 @@ class EventsSummary:
         top_event_types: the most frequent event types with their counts.
         property_keys: the extra columns, kept as properties.
         columns: contract columns present in the input.
+        duplicate_rows: what was done with rows identical in every column and without an
+            event_id: ``dropped`` or ``kept``.
+        duplicate_rows_reason: why (the ``dedupe`` setting, and for ``auto`` what decided).
+        duplicates_kept: such rows kept as events of their own (beyond the first copy).
     """
 
     source: str
@@ -114,6 +119,9 @@ class EventsSummary:
     top_event_types: list[tuple[str, int]]
     property_keys: list[str]
     columns: list[str]
+    duplicate_rows: str = "dropped"
+    duplicate_rows_reason: str = ""
+    duplicates_kept: int = 0
 
 
 @dataclass(frozen=True)
@@ -420,9 +428,11 @@ def _prepare(
 
     clock = time.perf_counter()
     values = extra_values(con, "staged", plan, fmt)
-    prepare_events(con, properties_sql(values))
+    keep, reason = _dedupe_rule(con, config)
+    prepare_events(con, properties_sql(values), keep_identical_rows=keep)
     con.execute("DROP TABLE staged")
-    dropped = _count_duplicates(con, lines, k, problems)
+    dropped = _count_duplicates(con, lines, k, problems, reason)
+    kept = _count_kept_copies(con, lines, k, problems, reason) if keep else 0
     if customers_record is not None:
         ref = "customers_out"
     elif existing_customers is not None:
@@ -442,6 +452,12 @@ def _prepare(
 
     logger.debug("normalised and deduplicated in %.2f s", _lap(clock))
     summary = _summarise(con, source, fmt, plan, rows, present, list(values))
+    summary = replace(
+        summary,
+        duplicate_rows="kept" if keep else "dropped",
+        duplicate_rows_reason=reason,
+        duplicates_kept=kept,
+    )
     return _Prepared(
         summary,
         customers_summary,
@@ -459,8 +475,60 @@ def _source_label(source: Path, customers: str | Path | None) -> str:
     return str(source) if customers is None else f"{source} (customers: {customers})"
 
 
+def _dedupe_rule(con: duckdb.DuckDBPyConnection, config: EventsConfig) -> tuple[bool, str]:
+    """Whether rows identical in every column (no event_id) are kept, and why."""
+    if config.dedupe == "keep":
+        return True, "dedupe: keep"
+    if config.dedupe == "drop":
+        return False, "dedupe: drop"
+    if has_time_of_day(con, "staged"):
+        return False, "dedupe: auto, and the timestamps have times of day"
+    return True, (
+        "dedupe: auto, and no timestamp has a time of day (a date-only log: equal events of "
+        "one customer on one day are real)"
+    )
+
+
+def _count_kept_copies(
+    con: duckdb.DuckDBPyConnection,
+    lines: LineIndex,
+    k: int,
+    problems: list[Problem],
+    reason: str,
+) -> int:
+    n = int(
+        con.execute("SELECT count(*) FROM prepared WHERE __generated AND __copy > 1").fetchall()[0][
+            0
+        ]
+    )
+    if n:
+        shown = f"customer_id || ' ' || event_type || ' ' || strftime(timestamp, '{ISO_FORMAT}')"
+        rows = con.execute(
+            f"SELECT __file, __row, {shown} FROM prepared WHERE __generated AND __copy > 1 "
+            "ORDER BY __file, __row LIMIT ?",
+            [k],
+        ).fetchall()
+        problems.append(
+            Problem(
+                Severity.WARNING,
+                "(row)",
+                "duplicate_row_kept",
+                f"rows identical in every column to an earlier row (no event_id): kept as "
+                f"events of their own ({reason}; set dedupe: drop in the event contract to "
+                "drop them)",
+                count=n,
+                examples=tuple(lines.example(int(f), int(r), v) for f, r, v in rows),
+            )
+        )
+    return n
+
+
 def _count_duplicates(
-    con: duckdb.DuckDBPyConnection, lines: LineIndex, k: int, problems: list[Problem]
+    con: duckdb.DuckDBPyConnection,
+    lines: LineIndex,
+    k: int,
+    problems: list[Problem],
+    reason: str = "",
 ) -> dict[str, int]:
     counts = dict.fromkeys(("duplicate_event_id", "duplicate_row"), 0)
     for generated, n in con.execute(
@@ -484,7 +552,8 @@ def _count_duplicates(
                 Severity.WARNING,
                 "(row)",
                 "duplicate_row",
-                "exact duplicate rows (no event_id): dropped, the first occurrence is kept",
+                "exact duplicate rows (no event_id): dropped, the first occurrence is kept"
+                + (f" ({reason})" if reason else ""),
                 count=int(n),
                 examples=examples,
             )
@@ -679,7 +748,12 @@ def _batch_record(
         format=ev.format,
         inputs=ev.inputs,
         column_map=dict(config.column_map),
-        rows=RowCounts(read=ev.rows_read, written=int(n), dropped=dict(prep.dropped)),
+        rows=RowCounts(
+            read=ev.rows_read,
+            written=int(n),
+            dropped=dict(prep.dropped),
+            duplicates_kept=ev.duplicates_kept,
+        ),
         time_range=TimeRange(first=first, last=last) if first is not None else None,
         customers=int(customers),
         event_types=int(types),

@@ -72,11 +72,13 @@ class InputFileRecord(_Record):
 
 
 class RowCounts(_Record):
-    """Rows read, written, and dropped by reason (``duplicate_event_id``, ...)."""
+    """Rows read, written, and dropped by reason (``duplicate_event_id``, ...); rows identical
+    in every column to another but kept as events of their own (``dedupe``)."""
 
     read: int
     written: int
     dropped: dict[str, int]
+    duplicates_kept: int = 0
 
 
 class TimeRange(_Record):

@@ -155,29 +155,60 @@ def content_id_sql() -> str:
     return f"substr(sha256({content}), 1, 32)"
 
 
-def prepare_events(con: duckdb.DuckDBPyConnection, properties: str) -> None:
+def prepare_events(
+    con: duckdb.DuckDBPyConnection, properties: str, keep_identical_rows: bool = False
+) -> None:
     """Creates ``prepared``: normalised events, ids filled in, occurrences numbered.
 
     The first occurrence of an id by timestamp, then file, then row is kept (``__rn = 1``).
+    With ``keep_identical_rows``, rows without an id that are identical in every column are
+    each kept: the n-th copy (n > 1, in file order) gets the content id of the row and ``n``,
+    so ids stay the same when the same file is ingested again. ``__copy`` numbers the copies
+    (1 for every row when they are not kept).
     """
+    if keep_identical_rows:
+        ids = (
+            "CASE WHEN given_id IS NOT NULL OR __copy = 1 THEN coalesce(given_id, __hash) "
+            "ELSE substr(sha256(__hash || '#' || CAST(__copy AS VARCHAR)), 1, 32) END"
+        )
+        copy = (
+            "row_number() OVER (PARTITION BY given_id IS NULL, coalesce(given_id, __hash) "
+            "ORDER BY __file, __row)"
+        )
+    else:
+        ids, copy = "coalesce(given_id, __hash)", "1"
     con.execute(
         f"""
         CREATE TABLE prepared AS
         SELECT *, row_number() OVER (
             PARTITION BY event_id ORDER BY timestamp, __file, __row) AS __rn
         FROM (
-            SELECT __file, __row,
-                   coalesce(given_id, {content_id_sql()}) AS event_id,
-                   given_id IS NULL AS __generated,
+            SELECT __file, __row, {ids} AS event_id,
+                   given_id IS NULL AS __generated, __copy,
                    customer_id, timestamp, event_type, channel, value, session_id, properties
             FROM (
-                SELECT __file, __row, event_id AS given_id, customer_id, timestamp, event_type,
-                       channel, value, session_id, {properties} AS properties
-                FROM staged
+                SELECT *, {copy} AS __copy
+                FROM (
+                    SELECT *, CASE WHEN given_id IS NULL THEN {content_id_sql()} END AS __hash
+                    FROM (
+                        SELECT __file, __row, event_id AS given_id, customer_id, timestamp,
+                               event_type, channel, value, session_id,
+                               {properties} AS properties
+                        FROM staged
+                    )
+                )
             )
         )
         """
     )
+
+
+def has_time_of_day(con: duckdb.DuckDBPyConnection, table: str = "staged") -> bool:
+    """Whether some timestamp of ``table`` is not at midnight UTC (False for a date-only log)."""
+    row = con.execute(
+        f"SELECT bool_or(timestamp <> date_trunc('day', timestamp)) FROM {table}"
+    ).fetchall()[0]
+    return bool(row[0])
 
 
 def build_batch(con: duckdb.DuckDBPyConnection, lake_events_sql: str | None) -> None:

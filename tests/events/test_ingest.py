@@ -90,7 +90,7 @@ def test_manifest_records_the_batch(
     src = write_text(
         "export.csv", "user_id,ts,event,amount\nu1,2024-03-01,buy,5\nu1,2024-03-01,buy,5\n"
     )
-    config = config.with_column_maps(
+    config = config.model_copy(update={"dedupe": "drop"}).with_column_maps(
         {"user_id": "customer_id", "ts": "timestamp", "event": "event_type", "amount": "value"}
     )
     ingest(src, tmp_path / "lake", config)

@@ -373,6 +373,8 @@ def test_other_files_are_still_checked_when_one_is_broken(
 
 
 def test_duplicates_are_dropped_and_counted(write_text: WriteText, config: EventsConfig) -> None:
+    # identical rows of a date-only log are kept under dedupe: auto (tests/events/test_dedupe.py)
+    config = config.model_copy(update={"dedupe": "drop"})
     path = write_text(
         "log.csv",
         "customer_id,timestamp,event_type,event_id\n"
