@@ -27,11 +27,20 @@ LOWER_IS_BETTER = frozenset(
 
 
 class SplitSettings(StrictModel):
-    """Time-based train / validation / test periods over the labelled cutoffs."""
+    """Time-based train / validation / test periods over the labelled cutoffs.
+
+    ``validation: customers`` (default) holds out a share of the customers of the training
+    window (all their cutoffs) for early stopping and calibration, so validation sits next to
+    the data the model learns from; ``period`` takes the ``validation_days`` before the test
+    period instead (a purge gap away from training). Either way the test period comes last,
+    after a purge gap, and is seen by nothing but the final evaluation.
+    """
 
     test_days: PositiveInt = 84
     validation_days: PositiveInt = 56
     purge: bool = True
+    validation: Literal["customers", "period"] = "customers"
+    validation_share: float = Field(default=0.2, gt=0.0, lt=0.5)
 
 
 class FeatureReadSettings(StrictModel):

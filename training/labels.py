@@ -25,12 +25,14 @@ range join and one aggregation: no per-customer loops.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -290,11 +292,17 @@ def build_labels(
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """Which labelled cutoffs train, validate and test a model."""
+    """Which labelled cutoffs train, validate and test a model.
+
+    With ``held_out_share > 0`` validation is a group of customers inside the training window:
+    ``train`` and ``validation`` list the same cutoffs, and a customer belongs to validation
+    (at all of them) when :func:`held_out_customers` says so.
+    """
 
     train: tuple[datetime, ...]
     validation: tuple[datetime, ...]
     test: tuple[datetime, ...]
+    held_out_share: float = 0.0
 
     def of(self, cutoff: datetime) -> Split | None:
         for name in ("train", "validation", "test"):
@@ -312,8 +320,22 @@ class SplitPlan:
         return out
 
 
+def held_out_customers(customer_ids: pd.Series | np.ndarray, share: float) -> np.ndarray:
+    """Whether each customer is in the held-out validation group: a fixed function of the id
+    (its sha256), so a customer is in the same group at every cutoff and in every run."""
+    ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
+    unique = ids.drop_duplicates()
+    fraction = {
+        c: int.from_bytes(hashlib.sha256(c.encode("utf-8")).digest()[:8], "big") / 2.0**64
+        for c in unique
+    }
+    return ids.map(fraction).to_numpy(dtype=np.float64) < share
+
+
 def plan_splits(cutoffs: list[datetime], split: SplitSettings, gap_days: int) -> SplitPlan:
-    """Splits cutoffs by time: test last, validation before it, train before that.
+    """Splits cutoffs by time: test last; before it (after a purge gap) training, with
+    validation either a held-out group of the training window's customers
+    (``split.validation == "customers"``) or the period before the test (``"period"``).
 
     With ``split.purge``, a cutoff of an earlier split is kept only when its label window
     (``gap_days``) ends at or before the first cutoff of the next split.
@@ -328,6 +350,16 @@ def plan_splits(cutoffs: list[datetime], split: SplitSettings, gap_days: int) ->
     last = ordered[-1]
     test = [t for t in ordered if t > last - timedelta(days=split.test_days)]
     test_start = test[0]
+    if split.validation == "customers":
+        train = [t for t in ordered if t <= test_start - gap and t < test_start]
+        if not train:
+            raise LabelError(
+                f"no training cutoffs: {len(ordered)} labelled cutoffs from "
+                f"{ordered[0]:%Y-%m-%d} to {last:%Y-%m-%d} leave none before the test period "
+                f"({split.test_days} days) and the {gap.days}-day purge gap; use a longer log "
+                "or shorter split periods in configs/models.yaml"
+            )
+        return SplitPlan(tuple(train), tuple(train), tuple(test), split.validation_share)
     val_end = test_start - gap
     val = [
         t
@@ -351,10 +383,17 @@ def plan_splits(cutoffs: list[datetime], split: SplitSettings, gap_days: int) ->
 
 
 def assign_splits(frame: pd.DataFrame, plan: SplitPlan) -> pd.Series:
-    """The split of every row (``None`` for cutoffs in a purge gap)."""
+    """The split of every row (``None`` for cutoffs in a purge gap); with a customer-grouped
+    plan, rows of the training window go to validation when their customer is held out."""
+    cutoff = pd.to_datetime(frame["cutoff"], utc=True)
     lookup = {
         pd.Timestamp(t): name
-        for name in ("train", "validation", "test")
+        for name in ("validation", "train", "test")
         for t in getattr(plan, name)
     }
-    return pd.to_datetime(frame["cutoff"], utc=True).map(lookup)
+    out = cutoff.map(lookup)
+    if plan.held_out_share > 0:
+        out = out.where(out != "validation", "train")
+        held = held_out_customers(frame["customer_id"], plan.held_out_share)
+        out = out.where(~((out == "train").to_numpy() & held), "validation")
+    return out

@@ -518,20 +518,9 @@ def uplift_units_from_decisions(
     features are read as of the decision (Feast point-in-time), its outcomes are the labels
     computed at the decision time.
     """
-    grid = pd.DataFrame(
-        {
-            "cutoff": pd.to_datetime(
-                [*data.plan.train, *data.plan.validation, *data.plan.test], utc=True
-            )
-        }
-    )
-    grid["split"] = (
-        ["train"] * len(data.plan.train)
-        + ["validation"] * len(data.plan.validation)
-        + ["test"] * len(data.plan.test)
-    )
+    cutoffs = sorted({*data.plan.train, *data.plan.validation, *data.plan.test})
+    grid = pd.DataFrame({"cutoff": pd.to_datetime(cutoffs, utc=True)})
     grid["cutoff"] = grid["cutoff"].astype("datetime64[us, UTC]")
-    grid = grid.sort_values("cutoff")
     cadence = pd.Timedelta(days=7)
     if len(grid) > 1:
         cadence = grid["cutoff"].diff().dropna().min()
@@ -541,6 +530,7 @@ def uplift_units_from_decisions(
         & (log["timestamp"] < grid["cutoff"].iloc[-1] + cadence)
     ]
     log = pd.merge_asof(log, grid, left_on="timestamp", right_on="cutoff", direction="backward")
+    log["split"] = assign_splits(log, data.plan).to_numpy()
     log = log[log["split"].notna() & (log["timestamp"] - log["cutoff"] < cadence)]
     settings = config.models.uplift
     caps = {
@@ -845,6 +835,8 @@ def log_task(
             "split_test_days": config.split.test_days,
             "split_validation_days": config.split.validation_days,
             "split_purge": config.split.purge,
+            "split_validation": config.split.validation,
+            "split_validation_share": config.split.validation_share,
         }
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         with tempfile.TemporaryDirectory(prefix="plots-") as tmp:

@@ -206,7 +206,9 @@ def weekly(n: int) -> list[datetime]:
 
 def test_splits_are_by_time_with_a_purge_gap() -> None:
     cutoffs = weekly(30)
-    plan = plan_splits(cutoffs, SplitSettings(test_days=28, validation_days=28), gap_days=30)
+    plan = plan_splits(
+        cutoffs, SplitSettings(test_days=28, validation_days=28, validation="period"), gap_days=30
+    )
     assert plan.test == tuple(cutoffs[26:])  # the last 4 weeks
     # validation ends 30 days (5 weeks rounded down to the grid) before the test period
     assert plan.validation[-1] <= plan.test[0] - 30 * D
@@ -221,11 +223,43 @@ def test_splits_are_by_time_with_a_purge_gap() -> None:
 def test_without_purge_the_splits_touch() -> None:
     cutoffs = weekly(12)
     plan = plan_splits(
-        cutoffs, SplitSettings(test_days=21, validation_days=21, purge=False), gap_days=30
+        cutoffs,
+        SplitSettings(test_days=21, validation_days=21, purge=False, validation="period"),
+        gap_days=30,
     )
     assert len(plan.train) + len(plan.validation) + len(plan.test) == 12
+
+
+def test_customer_grouped_validation_sits_inside_the_training_window() -> None:
+    cutoffs = weekly(30)
+    plan = plan_splits(cutoffs, SplitSettings(test_days=28, validation_share=0.25), gap_days=30)
+    assert plan.test == tuple(cutoffs[26:])
+    assert plan.train == plan.validation  # the same cutoffs, different customers
+    assert plan.train[-1] <= plan.test[0] - 30 * D  # the purge gap before the test only
+    assert plan.train[-1] > plan.test[0] - 37 * D  # and no more than one grid step beyond it
+    ids = [f"c{i}" for i in range(400)]
+    frame = pd.DataFrame([(c, t) for t in cutoffs for c in ids], columns=["customer_id", "cutoff"])
+    frame["split"] = assign_splits(frame, plan)
+    per_customer = frame[frame["split"].isin(["train", "validation"])].groupby("customer_id")[
+        "split"
+    ]
+    assert (per_customer.nunique() == 1).all()  # a customer never straddles the two
+    held = frame.loc[frame["split"] == "validation", "customer_id"].nunique() / len(ids)
+    assert 0.18 < held < 0.32
+    test_rows = frame[frame["cutoff"].isin(plan.test)]
+    assert (test_rows["split"] == "test").all()  # every customer is scored on the test period
+    in_gap = ~frame["cutoff"].isin([*plan.train, *plan.test])
+    assert frame.loc[in_gap, "split"].isna().all()
+    again = assign_splits(frame.sample(frac=1.0, random_state=2), plan)
+    assert again.sort_index().equals(frame["split"])  # a fixed function of the customer id
 
 
 def test_too_short_for_the_split_periods_names_the_fix() -> None:
     with pytest.raises(LabelError, match="shorter split periods"):
         plan_splits(weekly(6), SplitSettings(test_days=28, validation_days=28), gap_days=30)
+    with pytest.raises(LabelError, match="shorter split periods"):
+        plan_splits(
+            weekly(6),
+            SplitSettings(test_days=28, validation_days=28, validation="period"),
+            gap_days=30,
+        )
