@@ -38,6 +38,7 @@ from journeyml.config import (
     load_config,
     validate_config,
 )
+from serving.consent import ConsentSettings
 from serving.rules import Rule, RuleError
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class Action(StrictModel):
     cost: Money
     value: Money
     objective: Literal["retain", "convert"]
+    marketing: bool = True  # needs marketing consent (see serving.consent); false: service
     eligibility: list[str] = Field(default_factory=list)
     applicability: list[str] = Field(default_factory=list)
     suitability: list[str] = Field(default_factory=list)
@@ -145,6 +147,7 @@ class ActionsCatalog(StrictModel):
     no_action: NoAction = NoAction()  # frozen: safe to share
     actions: list[Action] = Field(min_length=1)
     contact_policy: ContactPolicy
+    consent: ConsentSettings = ConsentSettings()
 
     _stages: dict[str, list[tuple[Stage, Rule]]] = PrivateAttr(default_factory=dict)
 
@@ -244,6 +247,15 @@ def _problems(
                     continue
                 compiled.append((stage, rule))
         stages[action.id] = compiled
+    column = catalog.consent.column
+    if column is not None and column not in kinds and any(a.marketing for a in catalog.actions):
+        close = difflib.get_close_matches(column, sorted(kinds), n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        problems.append(
+            f"consent.column: {column!r} is not a feature{hint}; add it to profile_attributes "
+            "in features.yaml, or set consent.column: null when the log holds no consent "
+            "(every customer's consent is then unknown)"
+        )
     if catalog.default_action != NO_ACTION and catalog.default_action not in seen:
         problems.append(
             "default_action: "

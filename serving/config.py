@@ -77,6 +77,7 @@ class ServingSettings(StrictModel):
     actions: str = Field(default_factory=lambda: str(config_path("actions.yaml")))
     features: str = Field(default_factory=lambda: str(config_path("features.yaml")))
     journeys: str = Field(default_factory=lambda: str(config_path("journeys.yaml")))
+    segment_column: str = Field(default="segment", pattern=r"^[a-z][a-z0-9_]*$")
     state_url: str | None = None
     event_store_url: str | None = None
     deadline_ms: PositiveFloat = 50.0

@@ -40,6 +40,7 @@ import pandas as pd
 
 from serving.actions import Action, ActionsCatalog
 from serving.config import ServingSettings
+from serving.consent import consent_of_customer, consent_of_frame, consent_reason
 from serving.features import (
     CustomerFeatures,
     FeatureStoreDownError,
@@ -253,6 +254,7 @@ class DecisionEngine:
         self.actions: list[Action] = list(catalog.actions)
         self._stages = [catalog.rule_stages(a) for a in self.actions]
         self._candidates = [Candidate(a.id, a.channel) for a in self.actions]
+        self._marketing = np.array([a.marketing for a in self.actions], dtype=bool)
         self.policy = contact_policy(catalog)
 
     # -- scores ----------------------------------------------------------------------------
@@ -413,7 +415,13 @@ class DecisionEngine:
         k = len(self.actions)
         outcomes = [CandidateOutcome(a.id, a.channel) for a in self.actions]
         eligible = np.ones(k, dtype=bool)
+        status, contactable = consent_of_customer(env, self.catalog.consent)
         for j, stages in enumerate(self._stages):
+            if self._marketing[j] and not contactable:  # consent first: it is eligibility
+                eligible[j] = False
+                outcomes[j].removed_by = "eligibility"
+                outcomes[j].reason = consent_reason(status, self.catalog.consent)
+                continue
             action_env = env
             if scores is not None and self.actions[j].id in scores.uplift:
                 effects = scores.uplift[self.actions[j].id]
@@ -605,6 +613,11 @@ class DecisionEngine:
         """The configured default action, flagged; logged when the state store answers."""
         default = self.catalog.default_action
         action = self.catalog.action(default) if default != NO_ACTION else None
+        if action is not None and action.marketing:
+            # no features were read, so consent is unknown: the consent rule decides
+            _, contactable = consent_of_customer({}, self.catalog.consent)
+            if not contactable:
+                default, action = NO_ACTION, None
         chosen = CandidateOutcome(default, action.channel if action else None, 0.0, "default")
         decision_id = uuid.uuid4().hex
         logged = True
@@ -714,6 +727,9 @@ class DecisionEngine:
             **{name: value for name, value in context.env(now).items()},
         )
         eligible = np.ones((n, k), dtype=bool)
+        consent = consent_of_frame(frame, self.catalog.consent)
+        out["consent"] = consent.status
+        eligible[:, self._marketing] &= consent.contactable[:, None]
         for j, stages in enumerate(self._stages):
             a_env = env
             if ec is not None and known[j]:

@@ -20,10 +20,15 @@ Recency features (days since ...) are advanced by the age of the snapshot row at
 decision time, exactly as the endpoint's online read advances them, so a list made today
 from last night's snapshot sees today's recencies.
 
-Left out, and counted: customers who opted out of marketing (``marketing_opt_out == 'true'``),
-customers on the suppression list (a file of customer ids: do-not-contact, legal holds), and
-customers whom the contact policy suppresses on every channel the catalog uses (they ignored
-every recent contact).
+Consent is the actions catalog's one rule (:mod:`serving.consent`, the function the endpoint
+uses too): customers who refused marketing are left out and counted; customers whose consent is
+unknown (no customers table, no row, a null) are counted and, under the default rule, listed
+without a marketing action, exactly as the endpoint answers them. The list's ``consent`` column
+says which. The segment filter reads the serving settings' ``segment_column``.
+
+Left out, and counted: customers who refused marketing, customers on the suppression list (a
+file of customer ids: do-not-contact, legal holds), and customers whom the contact policy
+suppresses on every channel the catalog uses (they ignored every recent contact).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import pyarrow.parquet as pq
 
 from serving.actions import load_decision_catalogs
 from serving.config import ServingSettings
+from serving.consent import REFUSED, UNKNOWN, consent_of_frame
 from serving.engine import (
     NO_ACTION,
     DecisionEngine,
@@ -60,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 ENTITY = "customer_id"
 TIMESTAMP = "event_timestamp"
-OPT_OUT = "marketing_opt_out"
-SEGMENT = "segment"
 
 COLUMNS = [
     "customer_id",
@@ -77,6 +81,7 @@ COLUMNS = [
     "channel",
     "expected_value",
     "holdout",
+    "consent",
     "segment",
     "features_as_of",
 ]
@@ -107,7 +112,9 @@ class ListSummary:
 
     as_of: str
     customers_read: int = 0
-    opted_out: int = 0
+    opted_out: int = 0  # refused marketing: left out
+    consent_unknown: int = 0  # listed; contactable for marketing only if consent_rule says so
+    consent_rule: str = ""
     suppressed_list: int = 0
     suppressed_contact_policy: int = 0
     other_segment: int = 0
@@ -133,9 +140,14 @@ class ListSummary:
 
 
 def latest_snapshot_chunks(
-    snapshots: Path, as_of: datetime | None, chunk_rows: int, segments: Sequence[str] = ()
+    snapshots: Path,
+    as_of: datetime | None,
+    chunk_rows: int,
+    segments: Sequence[str] = (),
+    segment_column: str = "segment",
 ) -> Iterator[pd.DataFrame]:
-    """Each customer's latest snapshot row at or before ``as_of``, ``chunk_rows`` at a time."""
+    """Each customer's latest snapshot row at or before ``as_of``, ``chunk_rows`` at a time
+    (only rows whose ``segment_column`` is one of ``segments``, when given)."""
     files = list(snapshots.rglob("*.parquet")) if snapshots.is_dir() else []
     if not files:
         raise ListError(
@@ -155,7 +167,20 @@ def latest_snapshot_chunks(
             f"QUALIFY row_number() OVER (PARTITION BY {ENTITY} ORDER BY {TIMESTAMP} DESC) = 1"
         )
         if segments:
-            query = f"SELECT * FROM ({query}) WHERE {SEGMENT} IN (SELECT unnest($segments))"
+            columns = [
+                c[0]
+                for c in con.sql(
+                    "DESCRIBE SELECT * FROM read_parquet($source)", params={"source": source}
+                ).fetchall()
+            ]
+            if segment_column not in columns:
+                raise ListError(
+                    f"--segment: the feature snapshots have no column {segment_column!r} "
+                    "(set segment_column in serving.yaml to one of the profile attributes)"
+                )
+            query = (
+                f'SELECT * FROM ({query}) WHERE "{segment_column}" IN (SELECT unnest($segments))'
+            )
             params["segments"] = list(segments)
         reader = con.sql(query, params=params).to_arrow_reader(chunk_rows)
         for batch in reader:
@@ -238,6 +263,7 @@ def score_chunk(
     chunk: pd.DataFrame,
     now: datetime,
     policy_rows: pd.DataFrame,
+    segment_column: str = "segment",
 ) -> pd.DataFrame:
     """One chunk of the list: scores, reasons, the recommended action and the holdout flag."""
     blocked = [f"blocked__{a.id}" for a in engine.actions]
@@ -275,7 +301,10 @@ def score_chunk(
             "channel": channel,
             "expected_value": value,
             "holdout": holdout,
-            "segment": chunk[SEGMENT].to_numpy(dtype=object) if SEGMENT in chunk else None,
+            "consent": decided["consent"].to_numpy(dtype=object),
+            "segment": chunk[segment_column].to_numpy(dtype=object)
+            if segment_column in chunk
+            else None,
             "features_as_of": as_of,
         },
         columns=COLUMNS,
@@ -314,6 +343,7 @@ _SCHEMA = pa.schema(
         ("channel", pa.string()),
         ("expected_value", pa.float64()),
         ("holdout", pa.bool_()),
+        ("consent", pa.string()),
         ("segment", pa.string()),
         ("features_as_of", pa.timestamp("us", tz="UTC")),
     ]
@@ -349,8 +379,13 @@ def churn_risk_list(
             f"no {' or '.join(missing)} model is loaded ({engine.models.errors or 'no alias'}): "
             "train and promote first (`journeyml train`, `journeyml promote`)"
         )
+    consent_rule = engine.catalog.consent
     summary = ListSummary(
         as_of=now.isoformat(),
+        consent_rule=(
+            f"column {consent_rule.column or '(none)'} ({consent_rule.meaning}); "
+            f"unknown consent is {consent_rule.unknown.replace('_', ' ')}"
+        ),
         model_versions=engine.models.versions(),
         policy_version=engine.catalog.version,
         filters={
@@ -372,23 +407,26 @@ def churn_risk_list(
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
     try:
         parts = 0
-        for chunk in latest_snapshot_chunks(snapshots, as_of, chunk_rows, filters.segments):
+        segment_column = engine.settings.segment_column
+        chunks = latest_snapshot_chunks(
+            snapshots, as_of, chunk_rows, filters.segments, segment_column
+        )
+        for chunk in chunks:
             summary.customers_read += len(chunk)
             ids = chunk[ENTITY].astype(str)
-            opted = (
-                chunk[OPT_OUT].astype(str).str.lower().eq("true").to_numpy()
-                if OPT_OUT in chunk
-                else np.zeros(len(chunk), dtype=bool)
-            )
+            consent = consent_of_frame(chunk, consent_rule)
+            opted = consent.status == REFUSED
             on_list = ids.isin(suppression).to_numpy() & ~opted
             by_policy = ids.isin(suppressed_policy).to_numpy() & ~opted & ~on_list
             summary.opted_out += int(opted.sum())
             summary.suppressed_list += int(on_list.sum())
             summary.suppressed_contact_policy += int(by_policy.sum())
             keep = ~(opted | on_list | by_policy)
+            summary.consent_unknown += int(((consent.status == UNKNOWN) & keep).sum())
             if not keep.any():
                 continue
-            scored = score_chunk(engine, age_rows(chunk[keep], ageing, now), now, policy_rows)
+            aged = age_rows(chunk[keep], ageing, now)
+            scored = score_chunk(engine, aged, now, policy_rows, segment_column)
             low = scored["churn_risk"].to_numpy() < filters.min_risk
             summary.below_min_risk += int(low.sum())
             scored = scored[~low]
@@ -408,11 +446,13 @@ def churn_risk_list(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info(
-        "list %s: %d listed of %d read (%d opted out, %d suppressed) in %.1f s",
+        "list %s: %d listed of %d read (%d refused marketing, %d consent unknown, "
+        "%d suppressed) in %.1f s",
         name,
         summary.listed,
         summary.customers_read,
         summary.opted_out,
+        summary.consent_unknown,
         summary.suppressed,
         summary.seconds,
     )

@@ -98,7 +98,7 @@ def churn_risk(
     table.add_column("customers", justify="right")
     rows = [
         ("read from the feature snapshots", summary.customers_read),
-        ("left out: opted out of marketing", summary.opted_out),
+        ("left out: refused marketing", summary.opted_out),
         ("left out: on the suppression list", summary.suppressed_list),
         ("left out: suppressed on every channel", summary.suppressed_contact_policy),
         ("left out: other segments", summary.other_segment),
@@ -107,10 +107,12 @@ def churn_risk(
         ("listed", summary.listed),
         ("  in the holdout (no action)", summary.holdout),
         ("  with a recommended action", summary.with_action),
+        ("  consent unknown (counted above)", summary.consent_unknown),
     ]
     for label, count in rows:
         table.add_row(label, f"{count:,}")
     console.print(table)
     bands = ", ".join(f"{band} {count:,}" for band, count in summary.by_band.items())
     console.print(f"Risk bands: {bands or 'none'}")
+    console.print(f"Consent: {summary.consent_rule}")
     console.print(f"Written in {summary.seconds:.1f} s: " + ", ".join(summary.outputs))

@@ -34,6 +34,7 @@ from serving.actions import (
     load_actions,
     validate_actions,
 )
+from serving.consent import consent_of_customer
 from serving.rules import Rule
 
 SHIPPED = CONFIG_DIR / "actions.yaml"  # the default for any log
@@ -80,9 +81,10 @@ def test_catalog_ids_and_channels_are_the_simulators_actions(shipped: ActionsCat
     for action in shipped.actions:
         assert action.channel == sim[action.id].channel
         assert action.cost == sim[action.id].cost
-        if sim[action.id].marketing:  # the simulator never sends these to opted-out customers
-            texts = action.eligibility
-            assert any("marketing_opt_out" in t for t in texts), action.id
+        # the simulator never sends marketing to opted-out customers; the catalog's consent
+        # rule (serving.consent) holds back the same actions
+        assert action.marketing == sim[action.id].marketing, action.id
+    assert shipped.consent.column == "marketing_opt_out"
 
 
 def test_catalog_api(shipped: ActionsCatalog) -> None:
@@ -111,6 +113,9 @@ def test_a_catalog_built_directly_compiles_its_rules_on_use() -> None:
 
 
 def _eligible(catalog: ActionsCatalog, action_id: str, env: dict[str, Any]) -> bool:
+    """Consent (for marketing actions) and every rule, as the engine checks them."""
+    if catalog.action(action_id).marketing and not consent_of_customer(env, catalog.consent)[1]:
+        return False
     return all(r.evaluate(env) for _, r in catalog.rule_stages(action_id))
 
 
@@ -169,10 +174,8 @@ def test_removed_actions_are_explained_stage_by_stage(
     assert stage == "applicability"
     assert rule.explain(env) == "churn_risk 0.1 < 0.3"
     env = _env(features, marketing_opt_out="true")
-    stage, rule = next(
-        (s, r) for s, r in shipped.rule_stages("content_email") if not r.evaluate(env)
-    )
-    assert (stage, rule.explain(env)) == ("eligibility", "marketing_opt_out 'true' != 'false'")
+    assert not _eligible(shipped, "content_email", env)
+    assert consent_of_customer(env, shipped.consent) == ("refused", False)
 
 
 def test_the_shipped_rules_agree_on_a_frame(
@@ -449,7 +452,7 @@ def test_a_rule_naming_a_feature_this_log_lacks_names_the_action_rule_and_closes
     cancel = [p for p in problems if "n_cancel_subscription_90d" in p]
     assert len(cancel) == 5  # every action that reads it, each named
     assert cancel[0].startswith(
-        "actions[0].eligibility[1]: action 'discount_offer', rule 'n_cancel_subscription_90d == 0'"
+        "actions[0].eligibility[0]: action 'discount_offer', rule 'n_cancel_subscription_90d == 0'"
     )
     offer = next(p for p in problems if "n_offer_redeemed_30d" in p)
     assert "action 'discount_offer'" in offer and "did you mean n_order_30d" in offer
@@ -480,13 +483,13 @@ def _one(rule: str) -> dict[str, Any]:
 
 def test_an_empty_rule_list_is_an_empty_list(tmp_path: Path) -> None:
     """``eligibility:`` with nothing after it (YAML null) is no rules, not an error."""
-    head, tail = SHIPPED.read_text(encoding="utf-8").split("\ncontact_policy:")
+    head, tail = SHIPPED.read_text(encoding="utf-8").split("\nconsent:")
     path = tmp_path / "actions.yaml"
     path.write_text(
         head
         + "\n  - id: plain_note\n    channel: email\n    cost: 0\n    value: 1\n"
         + "    objective: retain\n    eligibility:\n    applicability:\n    suitability:\n"
-        + "\ncontact_policy:"
+        + "\nconsent:"
         + tail,
         encoding="utf-8",
     )
@@ -494,3 +497,15 @@ def test_an_empty_rule_list_is_an_empty_list(tmp_path: Path) -> None:
     note = catalog.action("plain_note")
     assert note.eligibility == note.applicability == note.suitability == []
     assert catalog.rule_stages("plain_note") == []
+
+
+def test_a_consent_column_that_is_not_a_feature_is_named(tmp_path: Path) -> None:
+    data = copy.deepcopy(shipped_data())
+    data["consent"] = {"column": "marketing_opt_in"}
+    with pytest.raises(ConfigError) as info:
+        load_actions(_write(tmp_path, data))
+    message = str(info.value)
+    assert "consent.column: 'marketing_opt_in' is not a feature" in message
+    assert "did you mean marketing_opt_out" in message and "profile_attributes" in message
+    data["consent"] = {"column": None}  # a log without consent data: everyone unknown
+    assert load_actions(_write(tmp_path, data)).consent.column is None
