@@ -19,6 +19,7 @@ feature has exactly one definition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +28,8 @@ from journeyml.config import JourneyMap
 
 Dtype = Literal["int64", "float64", "string"]
 
+OTHER_LABEL = "other"
+"""Value of a dimension that is not among its listed values."""
 NONE_LABEL = "none"
 """Value of a categorical feature that has nothing to report (no stage yet, fewer events)."""
 NO_SCORE = -1.0
@@ -82,6 +85,15 @@ class LastValue:
 
 
 @dataclass(frozen=True)
+class EventColumn:
+    """A per-event column read from the event row (``e``, the normalised event table), for
+    counters and last values to use by ``name``: the dimensions and measures of the settings."""
+
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     """One journey feature.
 
@@ -113,6 +125,7 @@ class FeatureCatalog:
     features: tuple[FeatureSpec, ...]
     counted_event_types: tuple[str, ...]
     settings: FeatureSettings
+    event_columns: tuple[EventColumn, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -519,6 +532,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             f"COALESCE(CAST(profile_{attr} AS VARCHAR), 'unknown')",
         )
 
+    event_columns = _add_log_columns(settings, add_counter, add, last_values)
+
     names = [f.name for f in feats]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -527,5 +542,105 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             + ", ".join(dupes)
         )
     return FeatureCatalog(
-        tuple(counters), tuple(last_times), tuple(last_values), tuple(feats), types, settings
+        tuple(counters),
+        tuple(last_times),
+        tuple(last_values),
+        tuple(feats),
+        types,
+        settings,
+        tuple(event_columns),
     )
+
+
+def _property(column: str) -> str:
+    return f"JSON_EXTRACT_STRING(e.properties, '$.{column}')"
+
+
+def _add_log_columns(
+    settings: FeatureSettings,
+    add_counter: Callable[..., None],
+    add: Callable[..., None],
+    last_values: list[LastValue],
+) -> list[EventColumn]:
+    """Features of the log's own columns: dimensions (counts and shares by value, the latest
+    value) and measures (sums and means), over the same windows as every count."""
+    windows = tuple(settings.windows_days)
+    columns: list[EventColumn] = []
+    for d in settings.dimensions:
+        raw = f"e.{d.column}" if d.in_contract else _property(d.column)
+        col = f"dim_{d.prefix}"
+        listed = ", ".join(sql_literal(v) for v in d.values)
+        columns.append(
+            EventColumn(
+                col,
+                f"CASE WHEN {raw} IN ({listed}) THEN {raw} "
+                f"WHEN {raw} IS NOT NULL THEN {sql_literal(OTHER_LABEL)} END",
+            )
+        )
+        words = d.column.replace("_", " ")
+        buckets = [*d.values, OTHER_LABEL]
+        has_value = f"CASE WHEN is_activity = 1 AND {col} IS NOT NULL THEN 1 ELSE 0 END"
+        add_counter(f"c_{col}", has_value)
+        for v in buckets:
+            add_counter(
+                f"c_{col}_{slug(v)}",
+                f"CASE WHEN is_activity = 1 AND {col} = {sql_literal(v)} THEN 1 ELSE 0 END",
+            )
+        for w in windows:
+            for v in buckets:
+                which = (
+                    f"a {words} other than {', '.join(d.values)}"
+                    if v == OTHER_LABEL
+                    else f"{words} '{v}'"
+                )
+                count = f"c_{col}_{slug(v)}__w{w}"
+                add(
+                    f"{d.prefix}_{slug(v)}_{w}d",
+                    f"events with {which} in the last {w} days",
+                    "int64",
+                    VIEW_ACTIVITY,
+                    count,
+                )
+                add(
+                    f"{d.prefix}_{slug(v)}_share_{w}d",
+                    f"share of the events with a {words} that had {which}, last {w} days "
+                    "(0 without any)",
+                    "float64",
+                    VIEW_ACTIVITY,
+                    f"CASE WHEN c_{col}__w{w} > 0 THEN {count} * 1.0 / c_{col}__w{w} ELSE 0.0 END",
+                )
+        last_values.append(LastValue(f"last_{col}", f"CASE WHEN is_activity = 1 THEN {col} END"))
+        add(
+            f"{d.prefix}_last",
+            f"latest {words} ({OTHER_LABEL} when not listed, {NONE_LABEL} before any)",
+            "string",
+            VIEW_STATE,
+            f"COALESCE(last_{col}, {sql_literal(NONE_LABEL)})",
+        )
+    for m in settings.measures:
+        raw = f"e.{m.column}" if m.in_contract else f"TRY_CAST({_property(m.column)} AS DOUBLE)"
+        col = f"meas_{m.prefix}"
+        # NaN and infinities count as missing (NaN compares above every number)
+        columns.append(EventColumn(col, f"CASE WHEN ABS({raw}) < 1e308 THEN {raw} END"))
+        words = m.column.replace("_", " ")
+        add_counter(
+            f"c_{col}", f"CASE WHEN is_activity = 1 THEN COALESCE({col}, 0) ELSE 0 END", amount=True
+        )
+        has_value = f"CASE WHEN is_activity = 1 AND {col} IS NOT NULL THEN 1 ELSE 0 END"
+        add_counter(f"c_{col}_n", has_value)
+        for w in windows:
+            add(
+                f"{m.prefix}_sum_{w}d",
+                f"{words} summed over the last {w} days",
+                "float64",
+                VIEW_ACTIVITY,
+                f"c_{col}__w{w}",
+            )
+            add(
+                f"{m.prefix}_mean_{w}d",
+                f"mean {words} of the events that have one, last {w} days (0 without any)",
+                "float64",
+                VIEW_ACTIVITY,
+                f"CASE WHEN c_{col}_n__w{w} > 0 THEN c_{col}__w{w} / c_{col}_n__w{w} ELSE 0.0 END",
+            )
+    return columns

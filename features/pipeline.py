@@ -382,6 +382,13 @@ def feature_query(
     )
     profile = [f"c.{attr} AS profile_{attr}" for attr in catalog.settings.profile_attributes]
     before_last = "e.timestamp < (SELECT MAX(snapshot_ts) FROM snapshots)"
+    # the dimensions and measures of the settings, read from each event row
+    log_columns = [f"{c.sql} AS {c.name}" for c in catalog.event_columns]
+    ordered_columns = [
+        f"{c.sql} AS {c.name}"
+        for c in catalog.event_columns
+        if any(c.name in _columns(lv.expr) for lv in catalog.last_values)
+    ]
     type_cols = [
         *(f"t.{c}" for c in ("stage_idx", *ROLE_COLUMNS)),
         *(f"t.tp{i}" for i in range(n_packs)),
@@ -392,7 +399,7 @@ def feature_query(
     {_list([f"{lv.expr} AS {lv.name}" for lv in catalog.last_values], 4)}
 FROM (
     SELECT k.cid, EPOCH_US(e.timestamp) AS ts, e.event_id, t.code, t.stage_idx,
-        t.back_idx, t.is_activity,
+        t.back_idx, t.is_activity,{"".join(f" {c}," for c in ordered_columns)}
         CASE WHEN t.is_nps = 1 THEN
             TRY_CAST(JSON_EXTRACT_STRING(e.properties, '$.{prop}') AS DOUBLE)
         END AS nps_score,
@@ -438,7 +445,7 @@ rows_a AS (
         {_list(a_cols)}
     FROM (
         SELECT k.cid, EPOCH_US(e.timestamp) AS ts, e.event_type, e.channel, e.value,
-            {_list(type_cols, 12)}
+            {_list([*type_cols, *log_columns], 12)}
         FROM events AS e
         JOIN types AS t ON t.event_type = e.event_type
         JOIN customer_ids AS k ON k.customer_id = e.customer_id

@@ -10,6 +10,80 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from journeyml.config import StrictModel, config_path, load_config
 
 _SLUG = re.compile(r"^[a-z][a-z0-9_]*$")
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTRACT_DIMENSIONS = frozenset({"channel"})
+"""Contract columns a dimension may name; any other name is an event property."""
+_CONTRACT_MEASURES = frozenset({"value"})
+"""Contract columns a measure may name; any other name is an event property."""
+
+
+def _column_name(column: str) -> str:
+    if not _COLUMN.match(column):
+        raise ValueError(
+            f"{column!r} is not a column name this pipeline reads (letters, digits and _; "
+            "rename the column on ingest with --map SRC=DST)"
+        )
+    return column
+
+
+class Dimension(StrictModel):
+    """An event column whose values become features (counts and shares by value in every
+    window, and the latest value).
+
+    Attributes:
+        column: ``channel`` or an event property (an extra column of the log, kept by ingest).
+        values: the values that get features of their own, listed so that the feature set is
+            the same at training and serving time whatever values a day's data holds; any
+            other value counts as ``other``. ``journeyml init`` proposes the frequent ones.
+        name: prefix of the feature names (default: the column).
+    """
+
+    column: str
+    values: list[str]
+    name: str | None = None
+
+    _column = field_validator("column")(_column_name)
+
+    @field_validator("values")
+    @classmethod
+    def _some_values(cls, values: list[str]) -> list[str]:
+        if not values:
+            raise ValueError(
+                "list the values that get features of their own (others count as 'other')"
+            )
+        if len(set(values)) != len(values):
+            raise ValueError("values must be unique")
+        return values
+
+    @property
+    def prefix(self) -> str:
+        return self.name or self.column.lower()
+
+    @property
+    def in_contract(self) -> bool:
+        return self.column in _CONTRACT_DIMENSIONS
+
+
+class Measure(StrictModel):
+    """A numeric event column summed and averaged over every window.
+
+    Attributes:
+        column: ``value`` or an event property holding numbers (non-numbers count as missing).
+        name: prefix of the feature names (default: the column).
+    """
+
+    column: str
+    name: str | None = None
+
+    _column = field_validator("column")(_column_name)
+
+    @property
+    def prefix(self) -> str:
+        return self.name or self.column.lower()
+
+    @property
+    def in_contract(self) -> bool:
+        return self.column in _CONTRACT_MEASURES
 
 
 class SnapshotSettings(StrictModel):
@@ -52,6 +126,7 @@ class FeatureSettings(StrictModel):
 
     ``count_event_types`` lists the event types that get their own window counts; when it is
     omitted, every exact (non-pattern) event type named in the journey map is counted.
+    ``dimensions`` and ``measures`` turn the log's own columns into features.
     """
 
     windows_days: list[PositiveInt] = Field(default_factory=lambda: [7, 30, 90])
@@ -64,6 +139,8 @@ class FeatureSettings(StrictModel):
     profile_attributes: list[str] = Field(
         default_factory=lambda: ["segment", "plan", "region", "marketing_opt_out"]
     )
+    dimensions: list[Dimension] = Field(default_factory=list)
+    measures: list[Measure] = Field(default_factory=list)
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
     stale_after_hours: float = Field(default=24.0, gt=0)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -89,6 +166,15 @@ class FeatureSettings(StrictModel):
     def _no_duplicate_names(self) -> FeatureSettings:
         if len(set(self.channels)) != len(self.channels):
             raise ValueError("channels must be unique")
+        prefixes = [d.prefix for d in self.dimensions] + [m.prefix for m in self.measures]
+        for p in prefixes:
+            if not _SLUG.match(p):
+                raise ValueError(
+                    f"{p!r}: a dimension or measure name must be lower case letters, digits "
+                    "and _ (set name:)"
+                )
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError("dimensions and measures need distinct names (set name:)")
         return self
 
     @property
