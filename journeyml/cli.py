@@ -18,6 +18,7 @@ from evaluation.report_cli import report
 from features.cli import app as features_app
 from journeyml.config import CONFIG_DIR_ENV
 from journeyml.events.cli import app as events_app
+from journeyml.init_cli import init
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
 from serving.cli import keygen, sample, serve
@@ -71,6 +72,7 @@ def use_config_dir(ctx: typer.Context, folder: Path) -> None:
     ctx.call_on_close(restore)
 
 
+app.command("init")(init)
 app.command("simulate")(simulate)
 app.add_typer(events_app, name="events", help="Validate and ingest journey event logs.")
 app.add_typer(
