@@ -29,8 +29,12 @@ install: $(VENV)/.synced ## Create the virtual environment from uv.lock (exact p
 # The demo reads the simulator's config set (its actions and monitored steps); a file that
 # folder lacks comes from the shipped configs/.
 demo: export JOURNEYML_CONFIG_DIR = $(CURDIR)/configs/simulator
+# The demo's year of events ends yesterday (UTC), so that its ages read as of today.
+demo: DEMO_START = $(shell $(PYTHON) -c 'import datetime as d; \
+	print(d.datetime.now(d.timezone.utc).date() - d.timedelta(days=365))')
 demo: install ## Simulate a journey log and run every stage end to end on embedded defaults
-	$(BIN)/journeyml simulate --customers 3000 --days 365 --seed 7 --out $(DATA)/sim
+	$(BIN)/journeyml simulate --customers 3000 --days 365 --seed 7 --out $(DATA)/sim \
+		--start $(DEMO_START)
 	$(BIN)/journeyml events validate $(DATA)/sim/events
 	$(BIN)/journeyml events ingest $(DATA)/sim/events \
 		--customers $(DATA)/sim/customers.parquet --out $(DATA)/lake --mode replace

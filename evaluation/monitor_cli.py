@@ -37,6 +37,7 @@ def monitor(
     """Daily KPIs per journey step with change detection, and feature drift."""
     from evaluation.monitor import LogTooShortError, load_monitor_settings, run_monitor
     from features.store import Workspace
+    from journeyml.clock import data_clock
     from journeyml.config import ConfigError
     from journeyml.events.lake import is_lake
 
@@ -49,6 +50,9 @@ def monitor(
     if not is_lake(ws.lake):
         err.print(f"[red]no event lake at {ws.lake}: run `journeyml events ingest` first[/red]")
         raise typer.Exit(2)
+    clock = data_clock(ws.lake)
+    if clock.on_data_time:  # KPIs run to the log's end, not to today
+        console.print(clock.describe())
     try:
         snapshots = ws.snapshots if ws.snapshots.exists() else None
         scorers = champion_scorers(data_dir, serving_config) if snapshots is not None else {}

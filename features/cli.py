@@ -152,10 +152,15 @@ def show(
     """Read one customer's online features with their age and stale flags."""
     from features.realtime import read_online
     from features.store import Workspace, open_store
+    from journeyml.clock import data_clock
 
     _, settings, catalog = _load(config, journeys)
-    store = open_store(settings.store, Workspace(data_dir))
-    row = read_online(store, catalog, [customer_id])[0]
+    ws = Workspace(data_dir)
+    clock = data_clock(ws.lake)  # ages and stale flags from the log's end when it is past
+    if clock.on_data_time:
+        console.print(clock.describe())
+    store = open_store(settings.store, ws)
+    row = read_online(store, catalog, [customer_id], now=clock.now)[0]
     if not row.found:
         err.print("[yellow]no online features for that customer[/yellow]")
         raise typer.Exit(1)

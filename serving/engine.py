@@ -30,7 +30,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -243,8 +243,12 @@ class DecisionEngine:
         state: StateStore,
         descriptions: Mapping[str, str],
         rng: random.Random | None = None,
+        clock: Callable[[], datetime] | None = None,
     ):
         self.settings = settings
+        # "now" when a request gives no time: the data's clock (journeyml.clock) on a log that
+        # ends in the past, else the wall clock
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.catalog = catalog
         self.models = models
         self.features = features
@@ -337,7 +341,7 @@ class DecisionEngine:
         """Decides for one customer. Never raises for a store or model failure: the answer
         then carries the default action and a ``fallback_reason``."""
         context = context or DecisionContext()
-        now = (context.at or datetime.now(UTC)).astimezone(UTC)
+        now = (context.at or self.clock()).astimezone(UTC)
         started = time.perf_counter()
         versions = self.models.versions()
         fallback: str | None = None
@@ -852,6 +856,9 @@ def show_value(value: Any) -> str:
     """A feature value as a reason shows it."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "missing"
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if abs(number) >= 1000:  # a count of days or money: no exponent (10,390, not 1.039e+04)
+            return f"{number:,.0f}"
+        return f"{number:.4g}"
     return str(value)

@@ -47,7 +47,10 @@ def churn_risk(
         None, "--features-as-of", help="Use feature snapshots at or before this time."
     ),
     now: str | None = typer.Option(
-        None, "--now", help="Decision time for the contact policy (default: now)."
+        None,
+        "--now",
+        help="Decision time: recencies are aged to it, the contact policy counts up to it "
+        "(default: now; the log's last event when the log ends more than a day ago).",
     ),
     suppression_list: Path | None = typer.Option(
         None, "--suppression-list", help="CSV or Parquet of customer ids never to list."
@@ -56,6 +59,7 @@ def churn_risk(
 ) -> None:
     """Customers ranked by churn risk, with reasons, next step and the recommended action."""
     from features.store import Workspace
+    from journeyml.clock import data_clock
     from journeyml.config import ConfigError
     from serving.config import load_serving_settings
     from serving.lists import (
@@ -67,7 +71,9 @@ def churn_risk(
     )
 
     features_time = _when(features_as_of, "--features-as-of")
-    decision_time = _when(now, "--now")
+    clock = data_clock(data_dir / "lake", _when(now, "--now"))
+    if clock.source != "wall":
+        console.print(clock.describe())
     try:
         settings = load_serving_settings(config, data_dir)
         if alias:
@@ -84,7 +90,7 @@ def churn_risk(
                 out or data_dir / "lists",
                 filters=filters,
                 as_of=features_time,
-                now=decision_time,
+                now=clock.now,
                 suppression=suppression,
                 chunk_rows=chunk_rows,
             )

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pyarrow as pa
 from features.realtime import EventStore, RealtimeUpdater
 from features.settings import load_feature_settings
 from features.store import Workspace, open_store
+from journeyml.clock import data_clock
 from journeyml.config import load_journey_map
 from journeyml.events.schema import NORMALISED_EVENT_SCHEMA
 from journeyml.events.staging import content_id_sql
@@ -84,6 +85,10 @@ class Runtime:
         self._connect_features()
         if start_models:
             self.models.start()
+        self.clock = data_clock(self.workspace.lake)
+        if self.clock.on_data_time:
+            logger.warning("%s", self.clock.describe())
+        self.now = self.clock.ticking()
         self.engine = DecisionEngine(
             settings,
             self.actions,
@@ -91,6 +96,7 @@ class Runtime:
             self.features,
             self.state,
             self.catalog.descriptions,
+            clock=self.now,
         )
 
     def _connect_features(self) -> None:
@@ -145,7 +151,7 @@ class Runtime:
                 400,
                 {"error": f"customer_ids: at most {self.settings.limits.max_customers} a call"},
             )
-        now = datetime.now(UTC)
+        now = self.now()
         results = []
         try:
             if self.features is None:
@@ -203,7 +209,7 @@ class Runtime:
         )
 
     def feedback(self, req: FeedbackRequest) -> Reply:
-        at = req.at or datetime.now(UTC)
+        at = req.at or self.now()
         status = self.state.record_feedback(req.decision_id, req.outcome, at, req.details)
         if status == "unknown_decision":
             return Reply(404, {"error": "unknown decision_id"})

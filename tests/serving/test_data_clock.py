@@ -1,0 +1,76 @@
+"""A log that ends in the past (the test workspace's simulated log ends in 2025) is aged from its
+own end by the list, its reasons and the real-time path; a given --now still wins."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from typer.testing import CliRunner
+
+from journeyml.cli import app
+from journeyml.clock import last_event_time
+from serving.engine import DecisionContext
+from serving.runtime import Runtime
+from tests.serving.conftest import ServingWorkspace, serving_settings
+
+DAYS = re.compile(r"days since the last event[^:]*: ([\d,.]+)")
+
+
+def _days_in_reasons(texts: pd.Series) -> list[float]:
+    found = [DAYS.search(str(t)) for t in texts.dropna()]
+    return [float(m.group(1).replace(",", "")) for m in found if m]
+
+
+def test_the_list_and_its_reasons_are_aged_from_the_end_of_the_log(
+    serving_ws: ServingWorkspace, tmp_path: Path
+) -> None:
+    root = serving_ws.sim.root
+    end = last_event_time(root / "lake")
+    assert end is not None and (datetime.now(UTC) - end).days > 30  # the log ends in the past
+    config = tmp_path / "serving.yaml"
+    settings = serving_settings(serving_ws, tmp_path)
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    args = ["lists", "churn-risk", "--data-dir", str(root), "--config", str(config)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "data_time")])
+    assert result.exit_code == 0, result.output
+    assert "ages are counted from the end of the log" in " ".join(result.output.split())
+    listed = pd.read_csv(tmp_path / "data_time" / "churn_risk.csv")
+    reasons = pd.concat([listed[f"reason_{i}"] for i in (1, 2, 3)])
+    days = _days_in_reasons(reasons)
+    assert days and max(days) <= 204  # the log is 203 days long: no wall-clock age
+    assert not any("e+" in str(t) for t in reasons.dropna())
+    wall = datetime.now(UTC).date().isoformat()  # by hand: the old behaviour, for contrast
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "wall"), "--now", wall])
+    assert result.exit_code == 0, result.output
+    walled = pd.read_csv(tmp_path / "wall" / "churn_risk.csv")
+    aged = _days_in_reasons(pd.concat([walled[f"reason_{i}"] for i in (1, 2, 3)]))
+    assert aged and min(aged) > (datetime.now(UTC) - end).days - 1
+
+
+def test_the_real_time_path_runs_on_the_same_clock(
+    serving_ws: ServingWorkspace, tmp_path: Path
+) -> None:
+    end = last_event_time(serving_ws.sim.root / "lake")
+    assert end is not None
+    rt = Runtime(serving_settings(serving_ws, tmp_path, deadline_ms=10_000))
+    try:
+        assert rt.clock.on_data_time and rt.clock.now == end
+        assert abs((rt.now() - end).total_seconds()) < 600
+        for cid in serving_ws.customers[:20]:
+            d = rt.engine.decide(cid)  # no time given: the data's clock
+            assert abs((d.decided_at - end).total_seconds()) < 600
+            assert d.scores is not None
+            for reason in d.scores.reasons:
+                for value in _days_in_reasons(pd.Series([reason.text])):
+                    assert value <= 400, reason.text
+        given = datetime(2025, 3, 1, tzinfo=UTC)
+        assert rt.engine.decide(serving_ws.customers[0], DecisionContext(at=given)).decided_at == (
+            given
+        )
+    finally:
+        rt.close()
