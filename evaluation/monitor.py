@@ -1,38 +1,49 @@
-"""Journey health monitoring: KPIs per step and period, change detection, feature drift.
+"""Journey health monitoring: KPIs per step, segment and period, change detection, drift.
 
-The KPIs are computed by DuckDB over the event lake in one pass per kind (nothing is loaded
-into memory but the small per-period tables):
+The KPIs are computed by DuckDB over the event lake (nothing is loaded into memory but the
+small per-period tables), for the whole population and for each value of the segment columns
+(``segments`` in ``configs/monitoring.yaml``: an event column such as ``channel``, an event
+property such as a clickstream's ``platform``, or a column of the customers table):
 
-- **step conversion** and **step error rate**: for each event that starts a step (e.g.
-  ``checkout_start``), whether the same customer reaches the step's success event (``purchase``)
-  within the step's time, and whether a failure event (``payment_failed``) comes first;
-- **rates per active customer**: complaints and support contacts per customer active that
-  period;
-- **volume** of every event type;
-- **loops**: customers going A → B → A → B between two event types within a short time.
+- **steps**: a session that reaches a step's start event is one trial. Per step: the share of
+  trials that reach the step's success (or any later step) within the step's time
+  (*conversion*), the share where an error event comes first (*error rate*), the share with
+  two or more error events within the step's time (*repeated errors*), and the share followed
+  by a support contact (*support after the step*). Steps are listed in the config, and derived
+  from the journey map (consecutive events of the map up to the conversion), never from one
+  log's vocabulary;
+- **rates per active customer**: complaints, support contacts, error events;
+- **NPS detractors**: the share of NPS answers of 6 or less;
+- **loops**: sessions that go back and forth between two mapped events (A → B → A), per
+  session;
+- **volume** of all events and of every frequent event type.
 
-Change detection (:func:`detect_changes`) is a one-sided CUSUM of the log-likelihood ratio
-between the baseline rate (trailing periods, alert periods left out) and a rate shifted by the
-configured size, binomial for proportions and Poisson for counts. The ratio is divided by the
-baseline's over-dispersion (the variance of the per-period values against the binomial or
-Poisson variance, at least 1), so a naturally noisy KPI needs more evidence: a quasi-likelihood
-CUSUM. CUSUM was chosen over a per-period test because it adds evidence across periods (a
-moderate break is found within days, a one-day blip is not an alert) and because the period
-where the statistic last left zero is the maximum-likelihood estimate of when the change began
-— the alert's start date. Counts get weekday factors from the baseline, so a quiet Sunday is
-not a break.
+Change detection (:func:`detect_changes`) compares windows of the last 1 to
+``max_window_periods`` periods with a baseline from the periods before them. The baseline's
+predictive distribution gives the window's tail probability: beta-binomial for proportions
+(the baseline rate's own uncertainty and the day-to-day over-dispersion widen it) and
+negative binomial for counts. Because whole windows are tested, a step with three trials a
+day is tested at all, and a step that fails half of them is found within days; the minimum
+support rule (``min_support`` trials or expected events in a window) is waived for a change of
+at least ``large_change_relative``, so a small segment never hides a large change. Volumes get
+a baseline that follows the log's trend and weekday pattern. An alert closes when its KPI is
+back within range of the baseline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +51,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from scipy import stats
 
-from journeyml.config import StrictModel, config_path, load_config
-from journeyml.events.lake import read_events_sql
+from journeyml.config import JourneyMap, StrictModel, config_path, load_config
+from journeyml.events.lake import read_customers_sql, read_events_sql
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +82,23 @@ class RateSettings(StrictModel):
 
 
 class DetectionSettings(StrictModel):
-    """CUSUM change detection (see :func:`detect_changes`)."""
+    """Window tests against a baseline (see :func:`detect_changes`)."""
 
     baseline_periods: PositiveInt = 28
     min_baseline_periods: PositiveInt = 14
-    min_support: PositiveInt = 10
+    min_baseline_trials: PositiveInt = 20
+    max_window_periods: PositiveInt = 7
+    min_support: PositiveInt = 5
+    large_change_relative: PositiveFloat = 1.0
+    min_excess: PositiveFloat = 3.0
     shift_relative: PositiveFloat = 0.25
     shift_absolute: PositiveFloat = 0.05
-    volume_shift_relative: PositiveFloat = 1.0
-    threshold: PositiveFloat = 12.0
+    volume_shift_relative: PositiveFloat = 0.5
+    volume_model_cv: float = Field(default=0.1, ge=0)
+    threshold: PositiveFloat = 8.0
+    close_periods: PositiveInt = 3
+    close_p_value: PositiveFloat = 0.1
+    max_alert_periods: PositiveInt = 42
 
 
 class DriftSettings(StrictModel):
@@ -89,6 +109,32 @@ class DriftSettings(StrictModel):
     reference_sample_rows: PositiveInt = 200_000
     psi_warn: PositiveFloat = 0.1
     psi_alert: PositiveFloat = 0.25
+    calendar_features: list[str] = Field(
+        default_factory=lambda: [
+            "tenure_days", "days_since_*", "*_age_days", "days_in_*", "*_total",
+            "stage_regressions",
+        ]
+    )  # fmt: skip
+    min_reference_rows: PositiveInt = 200
+
+
+class WebhookSettings(StrictModel):
+    """Where incidents are posted (Slack-compatible JSON); no URL, no post."""
+
+    url: str | None = None
+    url_env: str | None = "JOURNEYML_MONITOR_WEBHOOK"
+    timeout_seconds: PositiveFloat = 5.0
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_seconds: float = Field(default=0.5, ge=0)
+    max_incidents: PositiveInt = 10
+
+
+class AlertSettings(StrictModel):
+    """How KPI changes become incidents and where they go."""
+
+    group_within_periods: int = Field(default=3, ge=0)
+    value_lookback_days: PositiveInt = 90
+    webhook: WebhookSettings = WebhookSettings()
 
 
 class MonitorSettings(StrictModel):
@@ -96,12 +142,22 @@ class MonitorSettings(StrictModel):
 
     period_days: PositiveInt = 1
     steps: list[StepSettings] = Field(default_factory=list)
+    steps_from_journey_map: bool = True
+    journey_step_hours: PositiveFloat = 24.0
     rates: list[RateSettings] = Field(default_factory=list)
+    error_events: list[str] = Field(default_factory=lambda: ["*error*", "*fail*"])
+    support_within_hours: PositiveFloat = 72.0
+    segments: list[str] = Field(default_factory=list)
+    max_segment_values: PositiveInt = 8
+    min_segment_share: float = Field(default=0.02, ge=0, le=1)
     volume_min_per_period: PositiveInt = 30
+    session_gap_minutes: PositiveFloat = 30.0
     loop_within_hours: PositiveFloat = 2.0
     loop_min_per_period: PositiveInt = 5
+    loop_min_total: PositiveInt = 3
     detection: DetectionSettings = DetectionSettings()
     drift: DriftSettings = DriftSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("steps", "rates")
     @classmethod
@@ -121,13 +177,16 @@ def load_monitor_settings(path: str | Path | None = None) -> MonitorSettings:
 
 # -- KPIs ---------------------------------------------------------------------------------------
 
+ALL = "all"
+
 
 @dataclass(frozen=True)
 class Series:
-    """One KPI, period by period: ``numerator`` out of ``denominator``.
+    """One KPI of one segment, period by period: ``numerator`` out of ``denominator``.
 
-    For a proportion the denominator is the number of trials (step starts); for a count it is
-    the exposure (active customers for a rate, 1 for a raw volume).
+    For a proportion the denominator is the number of trials; for a count it is the exposure
+    (active customers or sessions for a rate, 1 for a raw volume). ``seasonal`` series (raw
+    volumes) get a baseline that follows the trend and the weekday pattern.
     """
 
     kpi: str
@@ -137,14 +196,27 @@ class Series:
     periods: list[date]
     numerator: np.ndarray
     denominator: np.ndarray
+    segment: str = ALL
+    seasonal: bool = False
+
+    @cached_property
+    def weekdays(self) -> np.ndarray:
+        """Weekday (0 = Monday) of each period's first day."""
+        return np.array([p.weekday() for p in self.periods], dtype=int)
 
     def rate(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.denominator > 0, self.numerator / self.denominator, np.nan)
 
 
-def _in_list(values: list[str]) -> str:
+def _in_list(values: list[str] | tuple[str, ...]) -> str:
+    if not values:
+        return "(NULL)"
     return "(" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + ")"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _period_sql(column: str, period_days: int, origin: date) -> str:
@@ -160,21 +232,127 @@ class LogTooShortError(ValueError):
     """The log does not hold enough periods to monitor."""
 
 
-def compute_kpis(
-    con: duckdb.DuckDBPyConnection, lake: Path, settings: MonitorSettings
-) -> tuple[list[Series], dict[str, object]]:
-    """Every configured KPI per period over the lake's events (DuckDB, out-of-core).
+def expand(patterns: list[str] | tuple[str, ...], event_types: list[str]) -> list[str]:
+    """The log's event types that match any of the shell-style patterns, in log order."""
+    return [e for e in event_types if any(fnmatchcase(e, p) for p in patterns)]
 
-    Returns the series and facts about the log (first and last event, periods, events).
+
+def journey_steps(
+    journey: JourneyMap, event_types: list[str], error_events: list[str], hours: float
+) -> list[StepSettings]:
+    """Steps read from the journey map: its events in map order, up to the last conversion.
+
+    Each event of that chain that the log holds starts a step, which succeeds when the customer
+    reaches any later event of the chain; error events are never steps (they are the steps'
+    failures). A map without ordered events up to a conversion gives no step.
     """
-    con.execute(f"CREATE OR REPLACE TEMP VIEW ev AS {read_events_sql(lake)}")
+    chain: list[str] = []
+    for stage in journey.stages:
+        for pattern in journey.stage_events.get(stage, []):
+            for e in expand([pattern], event_types):
+                if e not in chain and not journey.is_treatment(e):
+                    chain.append(e)
+    chain = [e for e in chain if not any(fnmatchcase(e, p) for p in error_events)]
+    conversions = [i for i, e in enumerate(chain) if journey.is_conversion(e)]
+    if not conversions:
+        return []
+    chain = chain[: max(conversions) + 1]
+    steps = []
+    for i, e in enumerate(chain[:-1]):
+        name = ("from_" + "".join(c if c.isalnum() else "_" for c in e.lower()))[:60]
+        if not name[0].isalpha():
+            name = "s" + name
+        steps.append(
+            StepSettings.model_validate(
+                {"name": name, "from": [e], "success": chain[i + 1 :], "within_hours": hours}
+            )
+        )
+    return steps
+
+
+@dataclass
+class KpiTables:
+    """The KPI series and what was read to make them (for affected customers and values)."""
+
+    series: list[Series]
+    facts: dict[str, object]
+    segments: dict[str, str]  # segment column name -> its SQL column in ``ev``
+    steps: list[StepSettings]
+    rates: list[RateSettings]
+    error_types: list[str]
+    loop_types: list[str]
+    has_values: bool
+
+
+def _segment_columns(
+    con: duckdb.DuckDBPyConnection, lake: Path, names: list[str]
+) -> tuple[dict[str, str], list[str], str]:
+    """SQL expressions of the configured segment columns that this log has.
+
+    Returns (name -> expression over the event row ``e`` and customer row ``c``, missing names,
+    the customers join or "").
+    """
+    event_cols = {"channel"}
+    customers_sql = read_customers_sql(lake)
+    customer_cols: set[str] = set()
+    if customers_sql is not None:
+        customer_cols = {str(r[0]) for r in con.execute(f"DESCRIBE {customers_sql}").fetchall()} - {
+            "customer_id"
+        }
+    keys = {
+        str(r[0])
+        for r in con.execute(
+            "SELECT DISTINCT UNNEST(json_keys(properties)) FROM ev_raw WHERE properties IS NOT NULL"
+        ).fetchall()
+    }
+    found, missing = {}, []
+    for name in names:
+        if name in event_cols:
+            found[name] = f"CAST(e.{_quote(name)} AS VARCHAR)"
+        elif name in keys:
+            path = "$." + json.dumps(name)
+            found[name] = (
+                f"json_extract_string(e.properties, '{path.replace(chr(39), chr(39) * 2)}')"
+            )
+        elif name in customer_cols:
+            found[name] = f"CAST(c.{_quote(name)} AS VARCHAR)"
+        else:
+            missing.append(name)
+    join = (
+        f"LEFT JOIN ({customers_sql}) c ON c.customer_id = e.customer_id"
+        if customers_sql is not None and any(n in customer_cols for n in found)
+        else ""
+    )
+    return found, missing, join
+
+
+def compute_kpis(
+    con: duckdb.DuckDBPyConnection,
+    lake: Path,
+    settings: MonitorSettings,
+    journey: JourneyMap | None = None,
+    until: date | None = None,
+) -> KpiTables:
+    """Every KPI per period and segment over the lake's events (DuckDB, out-of-core).
+
+    ``until`` cuts the log after that day, as a run on that day would have seen it.
+    """
+    raw = read_events_sql(lake)
+    cut = (
+        f" WHERE timestamp < TIMESTAMPTZ '{(until + timedelta(days=1)).isoformat()} 00:00:00+00'"
+        if until is not None
+        else ""
+    )
+    con.execute(f"CREATE OR REPLACE TEMP VIEW ev_raw AS SELECT * FROM ({raw}){cut}")
     first, last, n_events = con.execute(
-        "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ev"
+        "SELECT MIN(timestamp), MAX(timestamp), COUNT(*) FROM ev_raw"
     ).fetchone() or (None, None, 0)
     if not n_events:
         raise LogTooShortError(f"the lake {lake} holds no events: nothing to monitor")
     origin = first.astimezone(UTC).date()
     end = last.astimezone(UTC).date()
+    if until is not None:
+        end = until
     pdays = settings.period_days
     periods = [origin + timedelta(days=i) for i in range(0, (end - origin).days + 1, pdays)]
     # the last period is complete only if the log reaches its end
@@ -187,11 +365,71 @@ def compute_kpis(
             f"{settings.detection.min_baseline_periods + 1} (detection.min_baseline_periods + 1)"
         )
     index = {p: i for i, p in enumerate(periods)}
-    period = _period_sql("timestamp", pdays, origin)
-    series: list[Series] = []
+    horizon_us = int(
+        (datetime.combine(end + timedelta(days=1), datetime.min.time(), UTC)).timestamp() * 1e6
+    )
+    if until is None:
+        horizon_us = min(horizon_us, int(last.timestamp() * 1e6))
+
+    seg_sql, missing, join = _segment_columns(con, lake, settings.segments)
+    seg_names = list(seg_sql)
+    seg_cols = [f"s{i}" for i in range(len(seg_names))]
+    gap = int(settings.session_gap_minutes * 60_000_000)
+    seg_select = "".join(f", {seg_sql[n]} AS {c}" for n, c in zip(seg_names, seg_cols, strict=True))
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE ev AS
+        WITH b AS (SELECT e.customer_id, e.timestamp, e.event_type, e.value, e.session_id,
+                          e.properties, e.event_id{seg_select},
+                          {_period_sql("e.timestamp", pdays, origin)} AS period
+                   FROM ev_raw e {join}),
+             g AS (SELECT *, CASE WHEN EPOCH_US(timestamp) - EPOCH_US(LAG(timestamp) OVER w)
+                                  <= {gap} THEN 0 ELSE 1 END AS new_session
+                   FROM b WINDOW w AS (PARTITION BY customer_id ORDER BY timestamp, event_id))
+        SELECT * EXCLUDE (new_session),
+               COALESCE(session_id, customer_id || ':' || CAST(SUM(new_session) OVER
+                   (PARTITION BY customer_id ORDER BY timestamp, event_id) AS VARCHAR)) AS sess
+        FROM g
+        """
+    )
+    # segment values worth a series of their own: the most frequent, above a minimum share
+    kept: dict[str, list[str]] = {}
+    for name, col in zip(seg_names, seg_cols, strict=True):
+        rows = con.execute(
+            f"SELECT {col}, COUNT(*) AS n FROM ev WHERE {col} IS NOT NULL GROUP BY 1 "
+            f"ORDER BY n DESC, 1 LIMIT {settings.max_segment_values}"
+        ).fetchall()
+        total = max(sum(int(r[1]) for r in rows), 1)
+        values = [str(r[0]) for r in rows if int(r[1]) / total >= settings.min_segment_share]
+        kept[name] = values if len(values) >= 2 else []
+
+    def grouping(extra: str = "") -> tuple[str, str]:
+        """(segment label expression, GROUPING SETS clause) for ``period`` plus segments."""
+        sets = [f"(period{extra})"] + [
+            f"(period{extra}, {c})" for c in seg_cols if kept[seg_names[seg_cols.index(c)]]
+        ]
+        label = (
+            "CASE "
+            + "".join(
+                f"WHEN GROUPING({c}) = 0 THEN "
+                f"'{n.replace(chr(39), chr(39) * 2)}=' || COALESCE({c}, '')" + " "
+                for n, c in zip(seg_names, seg_cols, strict=True)
+                if kept[n]
+            )
+            + f"ELSE '{ALL}' END"
+            if any(kept.values())
+            else f"'{ALL}'"
+        )
+        return label, "GROUPING SETS (" + ", ".join(sets) + ")"
+
+    allowed = {ALL} | {f"{n}={v}" for n in seg_names for v in kept[n]}
+    label, sets = grouping()
 
     def frame(sql: str) -> pd.DataFrame:
-        return con.execute(sql).df()
+        df = con.execute(sql).df()
+        if "segment" in df.columns:
+            df = df[df["segment"].isin(allowed)]
+        return df
 
     def dense(df: pd.DataFrame, column: str) -> np.ndarray:
         out = np.zeros(len(periods))
@@ -201,104 +439,500 @@ def compute_kpis(
                 out[i] = float(v)
         return out
 
-    active = frame(
-        f"SELECT {period} AS period, COUNT(DISTINCT customer_id) AS n FROM ev GROUP BY 1"
-    )
-    active_n = dense(active, "n")
+    def exposure(sql: str) -> dict[str, np.ndarray]:
+        df = frame(sql)
+        return {str(seg): dense(g, "n") for seg, g in df.groupby("segment")}
 
-    for step in settings.steps:
+    seg_group = ", ".join(seg_cols)
+    seg_any = (", " + seg_group) if seg_cols else ""
+    active = exposure(
+        f"SELECT {label} AS segment, period, COUNT(DISTINCT customer_id) AS n FROM ev "
+        f"GROUP BY {sets}"
+    )
+    sessions = exposure(
+        f"SELECT {label} AS segment, period, COUNT(DISTINCT sess) AS n FROM ev GROUP BY {sets}"
+    )
+    event_types = [
+        str(r[0])
+        for r in con.execute(
+            "SELECT event_type, COUNT(*) FROM ev GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+    ]
+    error_types = expand(settings.error_events, event_types)
+    support_types = expand(journey.experience.support, event_types) if journey else []
+    series: list[Series] = []
+    skipped: list[str] = []
+
+    steps = [s for s in settings.steps]
+    if journey is not None and settings.steps_from_journey_map:
+        configured = {tuple(sorted(s.from_)) for s in steps}
+        names = {s.name for s in steps}
+        for s in journey_steps(
+            journey, event_types, settings.error_events, settings.journey_step_hours
+        ):
+            if tuple(sorted(s.from_)) not in configured and s.name not in names:
+                steps.append(s)
+    usable_steps = []
+    for step in steps:
+        if not expand(step.from_, event_types) or not expand(step.success, event_types):
+            skipped.append(step.name)
+            continue
+        usable_steps.append(step)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE trials (step VARCHAR, customer_id VARCHAR, "
+        "period DATE, ok BOOLEAN, failed BOOLEAN, n_err INTEGER, support BOOLEAN"
+        + "".join(f", {c} VARCHAR" for c in seg_cols)
+        + ")"
+    )
+    support_us = int(settings.support_within_hours * 3_600_000_000)
+    for step in usable_steps:
         within = int(step.within_hours * 3_600_000_000)
-        failure = (
-            f"""ASOF LEFT JOIN (SELECT customer_id, timestamp AS tf FROM ev
-                 WHERE event_type IN {_in_list(step.failure)}) x
-                 ON f.customer_id = x.customer_id AND f.t < x.tf"""
-            if step.failure
-            else ""
-        )
-        tf = "x.tf" if step.failure else "NULL::TIMESTAMPTZ"
-        df = frame(
+        failures = sorted(set(expand(step.failure, event_types)) | set(error_types))
+        starts = expand(step.from_, event_types)
+        con.execute(
             f"""
-            WITH f AS (SELECT customer_id, timestamp AS t FROM ev
-                       WHERE event_type IN {_in_list(step.from_)}
-                         AND EPOCH_US(timestamp) + {within} <= {int(last.timestamp() * 1e6)}),
+            INSERT INTO trials
+            WITH f0 AS (SELECT customer_id, sess, timestamp AS t, period{seg_any},
+                          ROW_NUMBER() OVER (PARTITION BY customer_id, sess
+                                             ORDER BY timestamp, event_id) AS k
+                        FROM ev WHERE event_type IN {_in_list(starts)}),
+                 f AS (SELECT * FROM f0 WHERE k = 1 AND EPOCH_US(t) + {within} <= {horizon_us}),
                  s AS (SELECT customer_id, timestamp AS ts FROM ev
-                       WHERE event_type IN {_in_list(step.success)}),
-                 j AS (SELECT f.customer_id, f.t, s.ts, {tf} AS tf FROM f
+                       WHERE event_type IN {_in_list(expand(step.success, event_types))}),
+                 x AS (SELECT customer_id, timestamp AS tf FROM ev
+                       WHERE event_type IN {_in_list(failures)}),
+                 h AS (SELECT customer_id, timestamp AS th FROM ev
+                       WHERE event_type IN {_in_list(support_types)}),
+                 j AS (SELECT f.*, s.ts, x.tf, h.th FROM f
                        ASOF LEFT JOIN s ON f.customer_id = s.customer_id AND f.t < s.ts
-                       {failure})
-            SELECT {_period_sql("t", pdays, origin)} AS period, COUNT(*) AS n,
-                   COUNT(*) FILTER (WHERE ts IS NOT NULL
-                       AND EPOCH_US(ts) - EPOCH_US(t) <= {within}
-                       AND (tf IS NULL OR tf > ts)) AS ok,
-                   COUNT(*) FILTER (WHERE tf IS NOT NULL
-                       AND EPOCH_US(tf) - EPOCH_US(t) <= {within}
-                       AND (ts IS NULL OR tf < ts)) AS failed
-            FROM j GROUP BY 1
+                       ASOF LEFT JOIN x ON f.customer_id = x.customer_id AND f.t < x.tf
+                       ASOF LEFT JOIN h ON f.customer_id = h.customer_id AND f.t < h.th),
+                 n AS (SELECT j.customer_id, j.t, COUNT(x.tf) AS n_err FROM j
+                       JOIN x ON x.customer_id = j.customer_id AND x.tf > j.t
+                        AND EPOCH_US(x.tf) - EPOCH_US(j.t) <= {within}
+                       WHERE j.tf IS NOT NULL GROUP BY 1, 2)
+            SELECT '{step.name}', j.customer_id, j.period,
+                   ts IS NOT NULL AND EPOCH_US(ts) - EPOCH_US(j.t) <= {within}
+                       AND (tf IS NULL OR tf > ts) AS ok,
+                   tf IS NOT NULL AND EPOCH_US(tf) - EPOCH_US(j.t) <= {within}
+                       AND (ts IS NULL OR tf < ts) AS failed,
+                   COALESCE(n.n_err, 0) AS n_err,
+                   th IS NOT NULL AND EPOCH_US(th) - EPOCH_US(j.t) <= {support_us} AS support
+                   {"".join(f", j.{c}" for c in seg_cols)}
+            FROM j LEFT JOIN n ON n.customer_id = j.customer_id AND n.t = j.t
             """
         )
-        n = dense(df, "n")
-        series.append(
-            Series("step_conversion", step.name, "proportion", "down", periods, dense(df, "ok"), n)
+        df = frame(
+            f"""SELECT {label} AS segment, period, COUNT(*) AS n,
+                       COUNT(*) FILTER (WHERE ok) AS ok, COUNT(*) FILTER (WHERE failed) AS failed,
+                       COUNT(*) FILTER (WHERE n_err >= 2) AS n_err,
+                       COUNT(*) FILTER (WHERE support) AS support
+                FROM trials WHERE step = '{step.name}' GROUP BY {sets}"""
         )
-        if step.failure:
+        has_failures = bool(failures)
+        for seg, g in df.groupby("segment"):
+            n = dense(g, "n")
+            if n.sum() == 0:
+                continue
+            seg = str(seg)
             series.append(
                 Series(
-                    "step_error_rate", step.name, "proportion", "up", periods,
-                    dense(df, "failed"), n,
+                    "step_conversion",
+                    step.name,
+                    "proportion",
+                    "down",
+                    periods,
+                    dense(g, "ok"),
+                    n,
+                    seg,
                 )
-            )  # fmt: skip
+            )
+            if has_failures:
+                series.append(
+                    Series(
+                        "step_error_rate",
+                        step.name,
+                        "proportion",
+                        "up",
+                        periods,
+                        dense(g, "failed"),
+                        n,
+                        seg,
+                    )
+                )
+                series.append(
+                    Series(
+                        "step_errors",
+                        step.name,
+                        "proportion",
+                        "up",
+                        periods,
+                        dense(g, "n_err"),
+                        n,
+                        seg,
+                    )
+                )
+            if support_types:
+                series.append(
+                    Series(
+                        "step_support",
+                        step.name,
+                        "proportion",
+                        "up",
+                        periods,
+                        dense(g, "support"),
+                        n,
+                        seg,
+                    )
+                )
 
-    for rate in settings.rates:
+    rates = list(settings.rates)
+    if journey is not None:
+        names = {r.name for r in rates}
+        for name, patterns in (
+            ("complaints", journey.experience.complaints),
+            ("support_contacts", journey.experience.support),
+        ):
+            if patterns and name not in names:
+                rates.append(RateSettings(name=name, events=list(patterns)))
+    if error_types and "errors" not in {r.name for r in rates}:
+        rates.append(RateSettings(name="errors", events=list(error_types)))
+    for rate in rates:
+        types = expand(rate.events, event_types)
+        if not types:
+            skipped.append(rate.name)
+            continue
         df = frame(
-            f"SELECT {period} AS period, COUNT(*) AS n FROM ev "
-            f"WHERE event_type IN {_in_list(rate.events)} GROUP BY 1"
+            f"SELECT {label} AS segment, period, COUNT(*) AS n FROM ev "
+            f"WHERE event_type IN {_in_list(types)} GROUP BY {sets}"
         )
-        series.append(Series("rate", rate.name, "count", "up", periods, dense(df, "n"), active_n))
+        for seg, g in df.groupby("segment"):
+            seg = str(seg)
+            if seg in active:
+                series.append(
+                    Series(
+                        "rate", rate.name, "count", "up", periods, dense(g, "n"), active[seg], seg
+                    )
+                )
 
-    volume = frame(f"SELECT event_type, {period} AS period, COUNT(*) AS n FROM ev GROUP BY 1, 2")
-    for event_type, df in volume.groupby("event_type"):
-        counts = dense(df, "n")
+    nps_types = expand(journey.experience.nps, event_types) if journey else []
+    if nps_types:
+        prop = "$." + json.dumps(journey.experience.score_property if journey else "score")
+        df = frame(
+            f"""WITH r AS (SELECT *, TRY_CAST(json_extract_string(properties, '{prop}') AS DOUBLE)
+                                     AS score FROM ev WHERE event_type IN {_in_list(nps_types)})
+                SELECT {label} AS segment, period, COUNT(*) AS n,
+                       COUNT(*) FILTER (WHERE score <= 6) AS bad
+                FROM r WHERE score IS NOT NULL GROUP BY {sets}"""
+        )
+        for seg, g in df.groupby("segment"):
+            series.append(
+                Series(
+                    "nps_detractors",
+                    "nps",
+                    "proportion",
+                    "up",
+                    periods,
+                    dense(g, "bad"),
+                    dense(g, "n"),
+                    str(seg),
+                )
+            )
+
+    # volumes: every event, and each event type frequent enough in its segment
+    ones = np.ones(len(periods))
+    df = frame(f"SELECT {label} AS segment, period, COUNT(*) AS n FROM ev GROUP BY {sets}")
+    for seg, g in df.groupby("segment"):
+        series.append(
+            Series(
+                "volume",
+                "all events",
+                "count",
+                "both",
+                periods,
+                dense(g, "n"),
+                ones,
+                str(seg),
+                seasonal=True,
+            )
+        )
+    label_t, sets_t = grouping(", event_type")
+    df = frame(
+        f"SELECT {label_t} AS segment, event_type, period, COUNT(*) AS n FROM ev GROUP BY {sets_t}"
+    )
+    for key, g in df.groupby(["segment", "event_type"]):
+        seg, event_type = str(key[0]), str(key[1])
+        counts = dense(g, "n")
         if counts.mean() >= settings.volume_min_per_period:
             series.append(
-                Series("volume", str(event_type), "count", "both", periods, counts,
-                       np.ones(len(periods)))
-            )  # fmt: skip
-
-    loop_within = int(settings.loop_within_hours * 3_600_000_000)
-    loops = frame(
-        f"""
-        WITH o AS (SELECT customer_id, timestamp, event_type AS e0,
-                     LAG(event_type, 1) OVER w AS e1, LAG(event_type, 2) OVER w AS e2,
-                     LAG(event_type, 3) OVER w AS e3, LAG(timestamp, 3) OVER w AS t3
-                   FROM ev WINDOW w AS (PARTITION BY customer_id ORDER BY timestamp, event_id))
-        SELECT e1 || ' -> ' || e0 AS pair, {period} AS period, COUNT(*) AS n
-        FROM o WHERE e0 = e2 AND e1 = e3 AND e0 <> e1
-          AND EPOCH_US(timestamp) - EPOCH_US(t3) <= {loop_within}
-        GROUP BY 1, 2
-        """
-    )
-    for pair, df in loops.groupby("pair"):
-        counts = dense(df, "n")
-        if counts.max() >= settings.loop_min_per_period:
-            series.append(
-                Series("loop", str(pair), "count", "up", periods, counts, np.ones(len(periods)))
+                Series(
+                    "volume",
+                    str(event_type),
+                    "count",
+                    "both",
+                    periods,
+                    counts,
+                    ones,
+                    str(seg),
+                    seasonal=True,
+                )
             )
+
+    # loops: sessions going A -> B -> A between two events of the journey (or of the steps)
+    mapped: list[str] = []
+    if journey is not None:
+        mapped = [e for e in event_types if journey.stage_of(e) is not None]
+    for step in usable_steps:
+        mapped += expand(step.from_ + step.success, event_types)
+    # without a journey map or steps, every event type may loop
+    loop_types = sorted(set(mapped) | set(error_types)) if mapped else list(event_types)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE loops (pair VARCHAR, customer_id VARCHAR, sess VARCHAR, "
+        "period DATE" + "".join(f", {c} VARCHAR" for c in seg_cols) + ")"
+    )
+    if loop_types:
+        loop_within = int(settings.loop_within_hours * 3_600_000_000)
+        con.execute(
+            f"""
+            INSERT INTO loops
+            WITH m AS (SELECT * FROM ev WHERE event_type IN {_in_list(loop_types)}),
+                 d AS (SELECT *, LAG(event_type) OVER w AS prev FROM m
+                       WINDOW w AS (PARTITION BY customer_id, sess ORDER BY timestamp, event_id)),
+                 c AS (SELECT * FROM d WHERE prev IS NULL OR prev <> event_type),
+                 o AS (SELECT *, LAG(event_type, 1) OVER w AS e1, LAG(event_type, 2) OVER w AS e2,
+                              LAG(timestamp, 2) OVER w AS t2 FROM c
+                       WINDOW w AS (PARTITION BY customer_id, sess ORDER BY timestamp, event_id))
+            SELECT LEAST(event_type, e1) || ' <-> ' || GREATEST(event_type, e1) AS pair,
+                   ANY_VALUE(customer_id), sess, MIN(period)
+                   {"".join(f", ANY_VALUE({c})" for c in seg_cols)}
+            FROM o WHERE e2 = event_type AND e1 <> event_type
+              AND EPOCH_US(timestamp) - EPOCH_US(t2) <= {loop_within}
+            GROUP BY 1, sess
+            """
+        )
+        label_p, sets_p = grouping(", pair")
+        df = frame(
+            f"SELECT {label_p} AS segment, pair, period, COUNT(*) AS n FROM loops GROUP BY {sets_p}"
+        )
+        totals = df[df["segment"] == ALL].groupby("pair")["n"].sum()
+        for key, g in df.groupby(["segment", "pair"]):
+            seg, pair = str(key[0]), str(key[1])
+            if totals.get(pair, 0) >= settings.loop_min_total and str(seg) in sessions:
+                series.append(
+                    Series(
+                        "loop",
+                        str(pair),
+                        "count",
+                        "up",
+                        periods,
+                        dense(g, "n"),
+                        sessions[str(seg)],
+                        str(seg),
+                    )
+                )
+
+    has_values = bool(
+        (
+            con.execute("SELECT COUNT(*) FROM ev WHERE value IS NOT NULL AND value <> 0").fetchone()
+            or (0,)
+        )[0]
+    )
     facts: dict[str, object] = {
         "first_event": first.astimezone(UTC).isoformat(),
         "last_event": last.astimezone(UTC).isoformat(),
         "events": int(n_events),
         "periods": len(periods),
         "period_days": pdays,
+        "segments": {n: kept[n] for n in seg_names},
+        "segments_missing": missing,
+        "steps": [s.name for s in usable_steps],
+        "steps_skipped": skipped,
+        "has_values": has_values,
     }
-    return series, facts
+    if missing:
+        logger.info("segment columns not in this log: %s", ", ".join(missing))
+    return KpiTables(
+        series, facts, dict(zip(seg_names, seg_cols, strict=True)), usable_steps, rates,
+        error_types, loop_types, has_values,
+    )  # fmt: skip
 
 
 # -- change detection ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """What a KPI is expected to be: a rate (or level), its spread, and for volumes a trend
+    and weekday factors."""
+
+    rate: float
+    dispersion: float
+    info: float  # trials (proportions) or events (counts) the rate rests on
+    weekday: np.ndarray
+    slope: float = 0.0
+    origin: int = 0
+    until: int | None = None  # the trend is not followed past this period (a frozen baseline)
+    model_cv: float = 0.0  # relative error of a trend and weekday forecast, beyond the noise
+
+    def expected(self, s: Series, idx: np.ndarray) -> np.ndarray:
+        """Expected numerator of the periods ``idx`` (counts) or their rate (proportions)."""
+        if s.kind == "proportion":
+            return np.full(len(idx), self.rate)
+        at = idx if self.until is None else np.minimum(idx, self.until)
+        level = np.clip(self.rate + self.slope * (at - self.origin), 0.5 * self.rate, 2 * self.rate)
+        return level * self.weekday[s.weekdays[idx]] * s.denominator[idx]
+
+
+def baseline(s: Series, end: int, excluded: np.ndarray, d: DetectionSettings) -> Baseline | None:
+    """The baseline from the usable periods up to ``end`` (inclusive), or None.
+
+    Proportions: the pooled rate (Jeffreys-smoothed) and its over-dispersion. Counts: the rate
+    per exposure; for seasonal series (volumes) weekday factors from the last eight weeks
+    (shrunk towards 1) and a linear trend from the two halves of the window, so a log that grows
+    or a ramp-up is followed instead of alerting.
+    """
+    if end < 0:
+        return None
+    idx = np.arange(max(0, end - d.baseline_periods + 1), end + 1)
+    idx = idx[~excluded[idx]]
+    idx = idx[s.denominator[idx] > 0]
+    # volumes wait for a full baseline window: the first weeks of a log are often its ramp-up
+    if len(idx) < (d.baseline_periods if s.seasonal else d.min_baseline_periods):
+        return None
+    k, n = s.numerator[idx], s.denominator[idx]
+    if s.kind == "proportion":
+        total = float(n.sum())
+        if total < d.min_baseline_trials:
+            return None
+        p0 = float((k.sum() + 0.5) / (total + 1.0))
+        var = total * p0 * (1 - p0)
+        dispersion = max(1.0, float(np.sum((k - n * p0) ** 2)) / max(var, 1e-9))
+        return Baseline(p0, dispersion, total, _ONES7)
+    weekday = _ONES7
+    if s.seasonal:
+        widx = np.arange(max(0, end - 55), end + 1)
+        widx = widx[~excluded[widx]]
+        if len(widx) >= 21:
+            wk = s.numerator[widx]
+            wdays = s.weekdays[widx]
+            mean = max(float(wk.mean()), 1e-9)
+            sums = np.bincount(wdays, weights=wk, minlength=7)
+            counts = np.bincount(wdays, minlength=7)
+            weekday = (sums + 0.5 * mean) / (counts * mean + 0.5 * mean)
+            weekday = weekday / weekday.mean()
+    scale = n * weekday[s.weekdays[idx]]
+    slope, origin, level = 0.0, int(end), float(k.sum() / scale.sum())
+    if s.seasonal and len(idx) >= 14:
+        y = k / scale
+        half = len(idx) // 2
+        m1, m2 = float(np.median(y[:half])), float(np.median(y[half:]))
+        t1, t2 = float(idx[:half].mean()), float(idx[half:].mean())
+        slope = SLOPE_SHARE * (m2 - m1) / max(t2 - t1, 1.0)
+        level, origin = m2, round(t2)
+    level = max(level, 0.5 / max(float(np.sum(n)), 1.0))
+    info = max(float(k.sum()), 1.0)
+    base = Baseline(level, 1.0, info, weekday, slope, origin)
+    mu = np.maximum(base.expected(s, idx), 1e-9)
+    dispersion = max(1.0, float(np.sum((k - mu) ** 2) / np.sum(mu)))
+    cv = d.volume_model_cv if s.seasonal else 0.0
+    return Baseline(level, dispersion, info, weekday, slope, origin, model_cv=cv)
+
+
+_ONES7 = np.ones(7)
+SLOPE_SHARE = 0.5  # of the trend extrapolated: a trend is followed, a ramp-up not overshot
+
+
+def tail_probabilities(
+    s: Series, base: Baseline, los: np.ndarray, hi: int, direction: Literal["down", "up"]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(p-values, observed, expected, support) of the windows ``lo..hi`` for each ``lo``.
+
+    The p-value is the baseline's predictive probability of a window at least as far from it
+    in ``direction``: beta-binomial for proportions (the beta's concentration is the baseline's
+    trials over its dispersion, so an uncertain or noisy baseline asks for more evidence),
+    negative binomial for counts (variance dispersion × mean plus the level's own uncertainty).
+    For proportions, observed and expected count the trials that are "bad" for the KPI.
+    """
+    observed, expected, support = _window_sums(s, base, los, hi)
+    return _p_values(s, base, observed, support if s.kind == "proportion" else expected,
+                     direction), observed, expected, support  # fmt: skip
+
+
+def _window_sums(
+    s: Series, base: Baseline, los: np.ndarray, hi: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lo0 = int(los.min())
+    idx = np.arange(lo0, hi + 1)
+    back = hi - los  # offset of each window's first period from the end
+    k = np.cumsum(s.numerator[idx][::-1])[back]
+    if s.kind == "proportion":
+        n = np.cumsum(s.denominator[idx][::-1])[back]
+        return k, base.rate * n, n
+    m = np.cumsum(base.expected(s, idx)[::-1])[back]
+    return k, m, m
+
+
+def _p_values(
+    s: Series, base: Baseline, k: np.ndarray, n_or_m: np.ndarray, direction: str
+) -> np.ndarray:
+    kk = np.round(k)
+    if s.kind == "proportion":
+        c = max(base.info / base.dispersion, 2.0)
+        a, b = base.rate * c, (1 - base.rate) * c
+        nn = np.round(n_or_m)
+        if direction == "up":
+            p = stats.betabinom.sf(kk - 1, nn, a, b)
+        else:
+            p = stats.betabinom.cdf(kk, nn, a, b)
+        return np.where(nn > 0, p, 1.0)
+    m = np.maximum(n_or_m, 1e-12)
+    var = base.dispersion * m + m * m * (base.dispersion / max(base.info, 1.0) + base.model_cv**2)
+    extra = np.maximum(var - m, 1e-12 * m)
+    r = m * m / extra
+    q = r / (r + m)
+    p = stats.nbinom.sf(kk - 1, r, q) if direction == "up" else stats.nbinom.cdf(kk, r, q)
+    return np.where(n_or_m > 0, p, 1.0)
+
+
+def _changed(
+    s: Series,
+    observed: np.ndarray,
+    expected: np.ndarray,
+    support: np.ndarray,
+    direction: Literal["down", "up"],
+    d: DetectionSettings,
+) -> np.ndarray:
+    """Which windows moved enough to matter (and have the support to be tested).
+
+    The minimum support is waived for a relative change of at least ``large_change_relative``:
+    a small segment never hides a large change.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if s.kind == "proportion":
+            cur = np.where(support > 0, observed / np.maximum(support, 1e-12), 0.0)
+            p0 = expected / np.maximum(support, 1e-12)
+            if direction == "up":
+                excess, gap = observed - expected, cur - p0
+                big = (gap >= d.shift_absolute) & (cur >= p0 * (1 + d.shift_relative))
+            else:
+                excess, gap = expected - observed, p0 - cur
+                big = (gap >= d.shift_absolute) & (cur <= p0 * (1 - d.shift_relative))
+            rel = gap / np.maximum(p0, 1e-9)
+            enough = (support >= d.min_support) | (rel >= d.large_change_relative)
+            return big & (excess >= d.min_excess) & enough & (support > 0)
+        shift = d.volume_shift_relative if s.seasonal else d.shift_relative
+        if direction == "up":
+            big = (observed >= expected * (1 + shift)) & (observed - expected >= d.min_excess)
+            rel = observed / np.maximum(expected, 1e-9) - 1
+        else:
+            big = (observed <= expected / (1 + shift)) & (expected - observed >= d.min_excess)
+            rel = expected / np.maximum(observed, 1e-9) - 1
+        return big & ((support >= d.min_support) | (rel >= d.large_change_relative))
+
+
+@dataclass(frozen=True)
 class Change:
-    """A detected change of one KPI: where it started, when it was seen, how big it is."""
+    """A detected change of one KPI in one segment: when it started, was seen, ended."""
 
     kpi: str
     step: str
@@ -308,6 +942,9 @@ class Change:
     end: date | None  # None: still going on at the end of the log
     baseline: float
     current: float
+    segment: str = ALL
+    evidence: float = 0.0
+    settled: bool = False  # closed because the KPI stayed at its new level
 
     @property
     def change_absolute(self) -> float:
@@ -318,196 +955,350 @@ class Change:
         return self.change_absolute / self.baseline if self.baseline else math.inf
 
 
-def _shifted(p0: float, direction: str, kind: str, d: DetectionSettings, volume: bool) -> float:
-    if kind == "proportion":
-        delta = max(d.shift_absolute, d.shift_relative * p0)
-        return min(p0 + delta, 0.999) if direction == "up" else max(p0 - delta, 0.001)
-    rel = d.volume_shift_relative if volume else d.shift_relative
-    # symmetric on the log scale: "up" by (1 + rel) times, "down" by the same factor
-    return p0 * (1 + rel) if direction == "up" else p0 / (1 + rel)
-
-
-def _llr(k: float, n: float, p0: float, p1: float, kind: str) -> float:
-    """Log-likelihood ratio of one period under the shifted rate against the baseline."""
-    if kind == "proportion":
-        return k * math.log(p1 / p0) + (n - k) * math.log((1 - p1) / (1 - p0))
-    lam0, lam1 = p0 * n, p1 * n
-    return k * math.log(p1 / p0) - (lam1 - lam0)
-
-
-def _baseline(
-    s: Series, i: int, excluded: np.ndarray, d: DetectionSettings
-) -> tuple[float, float, np.ndarray] | None:
-    """(rate, dispersion, weekday factors) from the usable periods before ``i``, or None."""
-    lo = max(0, i - d.baseline_periods)
-    idx = np.arange(lo, i)
-    idx = idx[~excluded[idx]]
+def _summary(s: Series, base: Baseline, lo: int, hi: int) -> tuple[float, float]:
+    """(baseline, current) of periods ``lo..hi`` in the KPI's own units."""
+    idx = np.arange(lo, hi + 1)
+    k, n = float(s.numerator[idx].sum()), float(s.denominator[idx].sum())
     if s.kind == "proportion":
-        idx = idx[s.denominator[idx] >= d.min_support]
-    else:
-        idx = idx[s.denominator[idx] > 0]
-    if len(idx) < d.min_baseline_periods:
-        return None
+        return base.rate, (k / n if n else float("nan"))
+    m = float(base.expected(s, idx).sum())
+    if s.seasonal:  # volumes: per period
+        return m / len(idx), k / len(idx)
+    return m / n if n else float("nan"), k / n if n else float("nan")
+
+
+def _first_moved(
+    s: Series, base: Baseline, lo: int, hi: int, direction: Literal["down", "up"]
+) -> int:
+    """The window's first period that moved in ``direction`` (a window's quiet first days are
+    not part of the change: the start is not dated before the break)."""
+    idx = np.arange(lo, hi + 1)
     k, n = s.numerator[idx], s.denominator[idx]
-    weekday = np.ones(7)
-    if s.kind == "proportion":
-        # Jeffreys-smoothed, so a baseline of zero failures still allows a rise to be scored
-        p0 = (k.sum() + 0.5) / (n.sum() + 1.0)
-        expected_var = n * p0 * (1 - p0)
-        mean = n * p0
-    else:
-        p0 = max(k.sum() / n.sum(), 0.5 / max(n.mean(), 1e-9))
-        days = np.array([s.periods[j].weekday() for j in idx])
-        if len(idx) >= 21 and s.denominator[idx].max() == 1.0:  # raw volumes: weekly pattern
-            per_day = np.array(
-                [k[days == w].mean() if (days == w).any() else np.nan for w in range(7)]
-            )
-            if np.isfinite(per_day).all() and per_day.mean() > 0:
-                weekday = np.clip(per_day / per_day.mean(), 0.2, 5.0)
-        mean = p0 * n * weekday[days]
-        expected_var = mean
-    resid = (k - mean) ** 2
-    dispersion = float(max(1.0, resid.sum() / max(expected_var.sum(), 1e-9)))
-    return float(p0), dispersion, weekday
+    expected = base.rate * n if s.kind == "proportion" else base.expected(s, idx)
+    moved = (k > expected) if direction == "up" else (k < expected) & (n > 0)
+    hits = np.nonzero(moved)[0]
+    return int(idx[hits[0]]) if len(hits) else lo
 
 
-def detect_changes(s: Series, d: DetectionSettings, volume: bool = False) -> list[Change]:
-    """CUSUM change detection on one KPI series (see the module documentation).
+def detect_changes(s: Series, d: DetectionSettings) -> list[Change]:
+    """Changes of one KPI series, found period by period as a live run would find them.
 
-    The baseline is re-estimated each period from the trailing ``baseline_periods`` (periods
-    inside an alert left out) and frozen while the statistic is above zero, so a break does
-    not leak into its own baseline.
+    At each period the windows of the last 1 to ``max_window_periods`` periods are tested
+    against a baseline that ends before the longest window (so a change does not leak into its
+    own baseline); the evidence is ``-ln`` of the smallest tail probability, less
+    ``ln(max_window_periods)`` for the windows tried, and an alert fires when it reaches
+    ``threshold`` in a window that also moved enough (:func:`_changed`). The alert starts at
+    the start of that window; it ends when the last ``close_periods`` periods (widened to
+    ``min_support``) are back in range (tail probability above ``close_p_value``), or after
+    ``max_alert_periods``, when the new level is taken as the baseline (``settled``). Periods
+    inside a closed alert are left out of later baselines.
     """
     changes: list[Change] = []
     directions: list[Literal["down", "up"]] = ["down", "up"] if s.bad == "both" else [s.bad]
+    w_max = d.max_window_periods
+    penalty = math.log(w_max)
+    usable = s.denominator > 0
     for direction in directions:
         excluded = np.zeros(len(s.periods), dtype=bool)
-        stat, start = 0.0, 0
-        frozen: tuple[float, float, np.ndarray] | None = None
-        alert: dict[str, int] | None = None
-        quiet = 0
+        free_from = 0  # windows never reach back into an earlier alert
+        alert: dict[str, Any] | None = None
         for i in range(len(s.periods)):
-            k, n = float(s.numerator[i]), float(s.denominator[i])
-            base = frozen if frozen is not None else _baseline(s, i, excluded, d)
-            if base is None or n <= 0 or (s.kind == "proportion" and n < d.min_support):
+            if alert is None:
+                if not usable[i] or (s.numerator[i] == 0 and direction == "up"):
+                    continue
+                base = baseline(s, i - w_max, excluded, d)
+                if base is None:
+                    continue
+                los = np.arange(max(i - w_max + 1, free_from), i + 1)[::-1]
+                if not len(los):
+                    continue
+                obs, exp, sup = _window_sums(s, base, los, i)
+                moved = _changed(s, obs, exp, sup, direction, d)
+                if not moved.any():
+                    continue
+                p = _p_values(
+                    s, base, obs[moved], (sup if s.kind == "proportion" else exp)[moved],
+                    direction,
+                )  # fmt: skip
+                evidence = -np.log(np.maximum(p, 1e-300)) - penalty
+                j = int(np.argmax(evidence))
+                if evidence[j] >= d.threshold:
+                    start = _first_moved(s, base, int(los[moved][j]), i, direction)
+                    frozen = dataclasses.replace(base, until=start)
+                    alert = {"start": start, "detected": i, "base": frozen, "evidence": evidence[j]}
                 continue
-            p0, dispersion, weekday = base
-            p0_i = p0 * (weekday[s.periods[i].weekday()] if s.kind == "count" else 1.0)
-            p1_i = _shifted(p0_i, direction, s.kind, d, volume)
-            # no single period may carry more than a third of the threshold: a break must
-            # show in several periods, a one-day spike (a campaign, a holiday) is not one
-            step = min(_llr(k, n, p0_i, p1_i, s.kind) / dispersion, d.threshold / 3)
-            if stat == 0.0 and step > 0:
-                start, frozen = i, base
-            stat = max(0.0, stat + step)
-            if alert is not None:
-                excluded[i] = True
-                quiet = 0 if step > 0 else quiet + 1
-                if step > 0:
-                    alert["end"] = i
-                if quiet >= _QUIET_PERIODS or stat == 0.0:  # the break is over
-                    changes.append(_close(s, direction, alert, frozen, open_=False))
-                    alert, frozen, stat, quiet = None, None, 0.0, 0
-                continue
-            if stat == 0.0:
-                frozen = None
-            elif stat >= d.threshold:
-                start = _change_point(s, start, i, base)
-                alert = {"start": start, "detected": i, "end": i}
-                excluded[start : i + 1] = True
-                quiet = 0
+            base = alert["base"]
+            lo = max(alert["start"], i - d.close_periods + 1)
+            los = np.arange(max(alert["start"], i - w_max + 1), lo + 1)[::-1]
+            _, _, sup = _window_sums(s, base, los, i)
+            widened = np.nonzero(sup >= d.min_support)[0]
+            lo = int(los[widened[0]]) if len(widened) else int(los[-1])
+            obs, exp, sup = _window_sums(s, base, np.array([lo]), i)
+            p_close = float(
+                _p_values(s, base, obs, sup if s.kind == "proportion" else exp, direction)[0]
+            )
+            settled = i - alert["start"] + 1 >= d.max_alert_periods
+            if p_close > d.close_p_value or settled:
+                end = i if settled else max(lo - 1, alert["detected"])
+                changes.append(_change(s, direction, alert, end, settled=settled))
+                if not settled:
+                    excluded[alert["start"] : end + 1] = True
+                free_from = i + 1
+                alert = None
         if alert is not None:
-            changes.append(_close(s, direction, alert, frozen, open_=True))
-    return sorted(changes, key=lambda c: (c.start, c.kpi, c.step))
+            changes.append(_change(s, direction, alert, None))
+    return sorted(changes, key=lambda c: (c.start, c.kpi, c.step, c.segment))
 
 
-def _change_point(
-    s: Series, first: int, detected: int, base: tuple[float, float, np.ndarray]
-) -> int:
-    """The most likely start of a change between ``first`` and ``detected``.
-
-    For each candidate start, the log-likelihood of the periods up to ``detected`` at their own
-    pooled rate against the baseline rate; the CUSUM's last zero alone can lie well before the
-    break when the statistic crept up on noise.
-    """
-    p0, _, weekday = base
-    best, best_gain = first, -math.inf
-    for tau in range(first, detected + 1):
-        sl = slice(tau, detected + 1)
-        k, n = s.numerator[sl], s.denominator[sl]
-        if s.kind == "proportion":
-            p = float(np.clip(k.sum() / max(n.sum(), 1e-9), 1e-6, 1 - 1e-6))
-            gain = float(np.sum(k * math.log(p / p0) + (n - k) * math.log((1 - p) / (1 - p0))))
-        else:
-            w = np.array([weekday[q.weekday()] for q in s.periods[sl]])
-            lam0 = p0 * n * w
-            ratio = max(k.sum(), 1e-9) / max(lam0.sum(), 1e-9)
-            gain = float(k.sum() * math.log(ratio) - (ratio - 1) * lam0.sum())
-        if gain > best_gain:
-            best, best_gain = tau, gain
-    return best
-
-
-_QUIET_PERIODS = 3  # periods without evidence of the shift that end an alert
-
-
-def _close(
+def _change(
     s: Series,
     direction: Literal["down", "up"],
-    alert: dict[str, int],
-    base: tuple[float, float, np.ndarray] | None,
-    open_: bool,
+    alert: dict[str, Any],
+    end: int | None,
+    settled: bool = False,
 ) -> Change:
-    start, end = alert["start"], alert["end"]
-    sl = slice(start, end + 1)
-    k, n = s.numerator[sl].sum(), s.denominator[sl].sum()
-    current = float(k / n) if n else float("nan")
-    p0 = base[0] if base is not None else float("nan")
-    if s.kind == "count" and base is not None and s.denominator[sl].max() == 1.0:
-        # volumes: per-period average against the weekday-adjusted baseline average
-        weeks = np.array([base[2][p.weekday()] for p in s.periods[sl]])
-        p0 = float(base[0] * weeks.mean())
+    last = end if end is not None else len(s.periods) - 1
+    base_value, current = _summary(s, alert["base"], alert["start"], last)
     return Change(
         kpi=s.kpi,
         step=s.step,
         direction=direction,
-        start=s.periods[start],
+        start=s.periods[alert["start"]],
         detected=s.periods[alert["detected"]],
-        end=None if open_ else s.periods[end],
-        baseline=float(p0),
-        current=current,
+        end=None if end is None else s.periods[end],
+        baseline=float(base_value),
+        current=float(current),
+        segment=s.segment,
+        evidence=float(alert["evidence"]),
+        settled=settled,
     )
 
 
-# -- affected customers -------------------------------------------------------------------------
+# -- incidents: changes grouped, with the customers they touch ----------------------------------
 
 
-def affected_customers(
-    con: duckdb.DuckDBPyConnection, change: Change, settings: MonitorSettings
-) -> int:
-    """Distinct customers who went through the changed step (or event) during the change."""
-    end = (change.end or date.max - timedelta(days=settings.period_days)) + timedelta(
-        days=settings.period_days
-    )
-    when = (
-        f"timestamp >= TIMESTAMPTZ '{change.start.isoformat()} 00:00:00+00' "
-        f"AND timestamp < TIMESTAMPTZ '{end.isoformat()} 00:00:00+00'"
-    )
-    steps = {s.name: s for s in settings.steps}
-    rates = {r.name: r for r in settings.rates}
-    if change.kpi in ("step_conversion", "step_error_rate"):
-        types = steps[change.step].from_
-    elif change.kpi == "rate":
-        types = rates[change.step].events
-    elif change.kpi == "volume":
-        types = [change.step]
-    else:  # a loop "A -> B": customers with either event (an upper bound, said in the report)
-        types = change.step.split(" -> ")
-    row = con.execute(
-        f"SELECT COUNT(DISTINCT customer_id) FROM ev WHERE event_type IN {_in_list(types)} "
-        f"AND {when}"
-    ).fetchone()
-    return int(row[0]) if row else 0
+def _segment_filter(kt: KpiTables, segment: str, alias: str = "") -> str:
+    if segment == ALL:
+        return "TRUE"
+    name, _, value = segment.partition("=")
+    column = kt.segments.get(name)
+    if column is None:
+        return "FALSE"
+    return f"{alias}{column} = '{value.replace(chr(39), chr(39) * 2)}'"
+
+
+def affected_customers_sql(kt: KpiTables, change: Change, last: date) -> str:
+    """A SELECT of the distinct customers a change touched (run on the KPI connection).
+
+    Steps: customers with a trial that failed in the KPI's sense (no success, an error, errors,
+    a support contact); rates and NPS: customers with those events; loops: customers whose
+    sessions looped; a volume rise: customers with the event; a volume fall: customers who had
+    the event in as many periods just before the change but none during it.
+    """
+    end = change.end or last
+    when = f"period BETWEEN DATE '{change.start.isoformat()}' AND DATE '{end.isoformat()}'"
+    seg = _segment_filter(kt, change.segment)
+    step = change.step.replace("'", "''")
+    if change.kpi.startswith("step_"):
+        condition = {
+            "step_conversion": "NOT ok",
+            "step_error_rate": "failed",
+            "step_errors": "n_err >= 2",
+            "step_support": "support",
+        }[change.kpi]
+        return (
+            f"SELECT DISTINCT customer_id FROM trials WHERE step = '{step}' AND {condition} "
+            f"AND {when} AND {seg}"
+        )
+    if change.kpi == "loop":
+        return f"SELECT DISTINCT customer_id FROM loops WHERE pair = '{step}' AND {when} AND {seg}"
+    if change.kpi == "rate":
+        rate = next((r for r in kt.rates if r.name == change.step), None)
+        patterns = rate.events if rate is not None else []
+        matches = " OR ".join(
+            f"event_type GLOB '{t.replace(chr(39), chr(39) * 2)}'" for t in patterns
+        )
+        return (
+            f"SELECT DISTINCT customer_id FROM ev WHERE ({matches or 'FALSE'}) AND {when} AND {seg}"
+        )
+    types = "TRUE" if change.step == "all events" else f"event_type = '{step}'"
+    if change.kpi == "nps_detractors":
+        types = "TRUE"
+    if change.kpi == "volume" and change.direction == "down":
+        span = (end - change.start).days + 1
+        before = change.start - timedelta(days=span)
+        return (
+            f"SELECT DISTINCT customer_id FROM ev WHERE {types} AND {seg} AND period BETWEEN "
+            f"DATE '{before.isoformat()}' "
+            f"AND DATE '{(change.start - timedelta(days=1)).isoformat()}' "
+            f"EXCEPT SELECT DISTINCT customer_id FROM ev WHERE {types} AND {seg} AND {when}"
+        )
+    return f"SELECT DISTINCT customer_id FROM ev WHERE {types} AND {when} AND {seg}"
+
+
+KPI_LABELS = {
+    "step_conversion": "success rate",
+    "step_error_rate": "error rate",
+    "step_errors": "share with repeated errors",
+    "step_support": "share followed by a support contact",
+    "rate": "events per active customer",
+    "nps_detractors": "share of NPS detractors",
+    "volume": "events per period",
+    "loop": "looping sessions per session",
+}
+
+
+def describe(change: Change, affected: int) -> str:
+    """One plain-language sentence about a change."""
+    label = KPI_LABELS.get(change.kpi, change.kpi)
+    if change.kpi in (
+        "step_conversion",
+        "step_error_rate",
+        "step_errors",
+        "step_support",
+        "nps_detractors",
+    ):
+        size = (
+            f"{label} went from {change.baseline:.0%} to {change.current:.0%} "
+            f"({change.change_absolute * 100:+.0f} points)"
+        )
+    elif change.kpi in ("rate", "loop"):
+        size = (
+            f"{label} went from {change.baseline:.3f} to {change.current:.3f} "
+            f"({change.change_relative:+.0%})"
+        )
+    else:
+        size = (
+            f"{label} went from {change.baseline:.1f} to {change.current:.1f} "
+            f"({change.change_relative:+.0%})"
+        )
+    step = change.step
+    what = {
+        "step_conversion": f"The {step} step broke",
+        "step_error_rate": f"Errors at the {step} step rose",
+        "step_errors": f"Repeated errors after the {step} step rose",
+        "step_support": f"Support contacts after the {step} step rose",
+        "rate": f"{step.replace('_', ' ').capitalize()} rose",
+        "nps_detractors": "NPS detractors rose",
+        "volume": f"The volume of {step} " + ("fell" if change.direction == "down" else "jumped"),
+        "loop": f"Customers looped between {step.replace(' <-> ', ' and ')}",
+    }.get(change.kpi, f"{change.kpi} of {step} changed")
+    where = "" if change.segment == ALL else f" ({change.segment})"
+    if change.end is None:
+        until = "and is still going on"
+    elif change.settled:
+        until = f"and settled at its new level on {change.end}"
+    else:
+        until = f"until {change.end}"
+    return f"{what}{where} on {change.start} {until}: {size}; {affected:,} customers affected."
+
+
+def group_changes(changes: list[Change], within_days: int) -> list[list[Change]]:
+    """Changes that belong to one incident: they start within ``within_days`` of a member and
+    overlap it in time (single linkage), so a broken step's KPIs and segments make one alert."""
+    ordered = sorted(changes, key=lambda c: (c.start, c.detected))
+    groups: list[list[Change]] = []
+    for c in ordered:
+        for g in groups:
+            if any(
+                abs((c.start - m.start).days) <= within_days
+                and (m.end is None or c.start <= m.end + timedelta(days=within_days))
+                for m in g
+            ):
+                g.append(c)
+                break
+        else:
+            groups.append([c])
+    return groups
+
+
+def _severity(change: Change) -> float:
+    if not math.isfinite(change.change_relative):
+        return 10.0
+    return abs(math.log1p(max(change.change_relative, -0.99)))
+
+
+def build_incidents(
+    con: duckdb.DuckDBPyConnection,
+    kt: KpiTables,
+    changes: list[Change],
+    settings: MonitorSettings,
+    last: date,
+) -> tuple[pd.DataFrame, dict[int, int], dict[int, str]]:
+    """One row per incident (grouped changes), ranked by severity, each change's
+    affected-customer count and each change's incident (both by position in ``changes``).
+
+    Severity is the value at stake when the log has values (what the affected customers spent
+    in the ``value_lookback_days`` before the start), else the number of affected customers.
+    """
+    groups = group_changes(changes, settings.alerts.group_within_periods)
+    position = {id(c): i for i, c in enumerate(changes)}
+    per_change: dict[int, int] = {}
+    incident_of: dict[int, str] = {}
+    rows = []
+    for g in groups:
+        sqls = []
+        for c in g:
+            sql = affected_customers_sql(kt, c, last)
+            per_change[position[id(c)]] = int(
+                (con.execute(f"SELECT COUNT(*) FROM ({sql})").fetchone() or (0,))[0]
+            )
+            sqls.append(sql)
+        # an incident located in segments counts their customers: its whole-population
+        # changes are the same customers, diluted
+        located = [q for c, q in zip(g, sqls, strict=True) if c.segment != ALL] or sqls
+        union = " UNION ".join(f"({q})" for q in located)
+        affected = int((con.execute(f"SELECT COUNT(*) FROM ({union})").fetchone() or (0,))[0])
+        start = min(c.start for c in g)
+        value: float | None = None
+        if kt.has_values:
+            lookback = start - timedelta(days=settings.alerts.value_lookback_days)
+            row = con.execute(
+                f"SELECT COALESCE(SUM(value), 0) FROM ev WHERE customer_id IN ({union}) "
+                f"AND period >= DATE '{lookback.isoformat()}' "
+                f"AND period < DATE '{start.isoformat()}'"
+            ).fetchone()
+            value = float(row[0]) if row else 0.0
+        ongoing = any(c.end is None for c in g)
+        end = None if ongoing else max(c.end for c in g if c.end is not None)
+        lead = max(g, key=lambda c: (c.evidence, _severity(c)))
+        name = f"{start.isoformat()}:{lead.kpi}:{lead.step}:{lead.segment}"
+        incident_of.update({position[id(c)]: name for c in g})
+        members = sorted(g, key=lambda c: -c.evidence)
+        rows.append(
+            {
+                "incident": name,
+                "start": start,
+                "detected": min(c.detected for c in g),
+                "end": end,
+                "status": "ongoing" if ongoing else "ended",
+                "kpis": sorted({f"{c.kpi}:{c.step}" for c in g}),
+                "segments": sorted({c.segment for c in g}),
+                "changes": len(g),
+                "size": max(_severity(c) for c in g),
+                "affected_customers": affected,
+                "value_at_stake": value,
+                "headline": describe(lead, per_change[position[id(lead)]]),
+                "details": [describe(c, per_change[position[id(c)]]) for c in members],
+            }
+        )
+    columns = [
+        "incident", "start", "detected", "end", "status", "kpis", "segments", "changes",
+        "size", "affected_customers", "value_at_stake", "headline", "details",
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=columns)
+    if not frame.empty:
+        key = frame["value_at_stake"] if kt.has_values else frame["affected_customers"]
+        frame = (
+            frame.assign(_key=key.astype(float))
+            .sort_values(["_key", "size"], ascending=False)
+            .drop(columns="_key")
+            .reset_index(drop=True)
+        )
+        frame.insert(0, "rank", np.arange(1, len(frame) + 1))
+    else:
+        frame.insert(0, "rank", pd.Series(dtype=int))
+    return frame, per_change, incident_of
 
 
 # -- drift --------------------------------------------------------------------------------------
@@ -610,26 +1401,81 @@ def _level(value: float, settings: DriftSettings) -> str:
     return "warn" if value >= settings.psi_warn else "ok"
 
 
-def feature_drift(frames: DriftFrames, settings: DriftSettings) -> pd.DataFrame:
-    """PSI per feature between the reference rows and the latest snapshot's rows."""
+def is_calendar_feature(name: str, settings: DriftSettings) -> bool:
+    """Whether a feature moves with the calendar (tenure, days since an event): it grows by a
+    day every day in a world that does not change, so its PSI says nothing about the world."""
+    return any(fnmatchcase(name, p) for p in settings.calendar_features)
+
+
+_WINDOW = re.compile(r"_(\d+)d(?:_|$)")
+
+
+def feature_drift(
+    frames: DriftFrames,
+    settings: DriftSettings,
+    model_features: Mapping[str, list[str]] | None = None,
+    history_start: datetime | None = None,
+) -> pd.DataFrame:
+    """PSI per feature between the reference rows and the latest snapshot's rows.
+
+    Features that grow with the calendar or the log's age (:func:`is_calendar_feature`:
+    tenure, days since an event, lifetime totals) get the level ``calendar`` and no alert. A
+    windowed feature (``..._90d``) is compared only with reference rows that had the window's
+    full history behind them (``history_start``, the log's first event, plus the window): a
+    90-day count in the log's first weeks is not a 90-day count. Without such rows it gets the
+    level ``young``. ``model_features`` (model name -> the features it reads) fills the
+    ``models`` column: which models a moved feature affects.
+    """
     reference, current = frames.reference, frames.current
+    ref_times = pd.to_datetime(reference["event_timestamp"], utc=True)
     rows = []
     for column in current.columns:
         if column in ("customer_id", "event_timestamp"):
             continue
-        if pd.api.types.is_numeric_dtype(current[column]) and not pd.api.types.is_bool_dtype(
+        ref = reference[column]
+        young = False
+        match = _WINDOW.search(column)
+        if match and history_start is not None:
+            full = ref_times >= pd.Timestamp(history_start) + pd.Timedelta(days=int(match[1]))
+            young = int(full.sum()) < settings.min_reference_rows
+            ref = ref[full.to_numpy()]
+        if young or is_calendar_feature(column, settings):
+            value = float("nan")
+        elif pd.api.types.is_numeric_dtype(current[column]) and not pd.api.types.is_bool_dtype(
             current[column]
         ):
-            value = psi(
-                reference[column].to_numpy(float), current[column].to_numpy(float), settings.bins
-            )
+            value = psi(ref.to_numpy(float), current[column].to_numpy(float), settings.bins)
         else:
-            value = categorical_psi(reference[column], current[column])
-        rows.append({"feature": column, "psi": value, "level": _level(value, settings)})
-    out = pd.DataFrame(rows, columns=["feature", "psi", "level"])
+            value = categorical_psi(ref, current[column])
+        if is_calendar_feature(column, settings):
+            level = "calendar"
+        elif young:
+            level = "young"
+        else:
+            level = _level(value, settings)
+        models = sorted(m for m, feats in (model_features or {}).items() if column in feats)
+        rows.append({"feature": column, "psi": value, "level": level, "models": ", ".join(models)})
+    out = pd.DataFrame(rows, columns=["feature", "psi", "level", "models"])
     out.attrs["reference_end"] = str(frames.reference_end)
     out.attrs["current"] = str(frames.current_time)
-    return out.sort_values(["psi", "feature"], ascending=[False, True], ignore_index=True)
+    return out.sort_values(
+        ["psi", "feature"], ascending=[False, True], ignore_index=True, na_position="last"
+    )
+
+
+def _with_score_moves(drift: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``scores_moved``: for each feature, the affected models whose score moved too."""
+    moved = {
+        str(s).split(" v")[0]
+        for s, lv in zip(scores["score"], scores["level"], strict=True)
+        if lv != "ok"
+    }
+    out = drift.copy()
+    out["scores_moved"] = [
+        ", ".join(m for m in str(models).split(", ") if m and m in moved)
+        for models in drift["models"]
+    ]
+    return out
 
 
 def score_drift(
@@ -662,18 +1508,20 @@ def score_drift(
 
 @dataclass
 class MonitorResult:
-    """KPIs, alerts and drift of one monitoring run."""
+    """KPIs, alerts, incidents and drift of one monitoring run."""
 
-    kpis: pd.DataFrame  # period, kpi, step, numerator, denominator, value
-    alerts: pd.DataFrame  # one row per change, with plain-language text
+    kpis: pd.DataFrame  # period, kpi, step, segment, numerator, denominator, value
+    alerts: pd.DataFrame  # one row per change of one KPI in one segment
     drift: pd.DataFrame | None
     facts: dict[str, object] = field(default_factory=dict)
     score_drift: pd.DataFrame | None = None
+    incidents: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def write(self, out: Path) -> list[Path]:
-        """kpis.parquet, alerts.csv, alerts.json, drift.csv, score_drift.csv, summary.json,
-        each atomically."""
+        """kpis.parquet, alerts.csv, alerts.json, incidents.jsonl, drift.csv, score_drift.csv,
+        summary.json, each atomically."""
         out.mkdir(parents=True, exist_ok=True)
+        incidents = self.incidents
         written = [
             _atomic(out / "kpis.parquet", lambda p: self.kpis.to_parquet(p, index=False)),
             _atomic(out / "alerts.csv", lambda p: self.alerts.to_csv(p, index=False)),
@@ -683,6 +1531,7 @@ class MonitorResult:
                     self.alerts.to_json(orient="records", date_format="iso", indent=1)
                 ),
             ),
+            _atomic(out / "incidents.jsonl", lambda p: p.write_text(incidents_jsonl(incidents))),
         ]
         drift = self.drift
         if drift is not None:
@@ -701,6 +1550,36 @@ class MonitorResult:
         return written
 
 
+def incident_records(incidents: pd.DataFrame) -> list[dict[str, Any]]:
+    """Incidents as JSON-ready dicts (dates as ISO strings, no NaN)."""
+    out = []
+    for row in incidents.to_dict(orient="records"):
+        record: dict[str, Any] = {}
+        for key, value in row.items():
+            if isinstance(value, date | datetime):
+                value = value.isoformat()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            elif (isinstance(value, float) and not math.isfinite(value)) or value is pd.NaT:
+                value = None
+            record[str(key)] = value
+        out.append(record)
+    return out
+
+
+def incidents_jsonl(incidents: pd.DataFrame) -> str:
+    """One JSON object a line, most severe first."""
+    return "".join(json.dumps(r, default=str) + "\n" for r in incident_records(incidents))
+
+
+def read_incidents_jsonl(path: Path) -> pd.DataFrame:
+    """Incidents as :meth:`MonitorResult.write` left them (an empty frame without the file)."""
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
 def _atomic(path: Path, write: object) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -713,43 +1592,26 @@ def _atomic(path: Path, write: object) -> Path:
     return path
 
 
-KPI_LABELS = {
-    "step_conversion": "success rate",
-    "step_error_rate": "error rate",
-    "rate": "events per active customer",
-    "volume": "events per period",
-    "loop": "loops per period",
-}
+ALERT_COLUMNS = [
+    "incident", "kpi", "step", "segment", "direction", "start", "detected", "end", "settled",
+    "baseline", "current", "change_absolute", "change_relative", "evidence",
+    "affected_customers", "message",
+]  # fmt: skip
 
 
-def describe(change: Change, affected: int) -> str:
-    """One plain-language sentence about a change."""
-    label = KPI_LABELS[change.kpi]
-    if change.kpi in ("step_conversion", "step_error_rate"):
-        size = (
-            f"{label} went from {change.baseline:.0%} to {change.current:.0%} "
-            f"({change.change_absolute * 100:+.0f} points)"
-        )
-    elif change.kpi == "rate":
-        size = (
-            f"{label} went from {change.baseline:.3f} to {change.current:.3f} "
-            f"({change.change_relative:+.0%})"
-        )
-    else:
-        size = (
-            f"{label} went from {change.baseline:.1f} to {change.current:.1f} "
-            f"({change.change_relative:+.0%})"
-        )
-    what = {
-        "step_conversion": f"The {change.step} step broke",
-        "step_error_rate": f"Errors at the {change.step} step rose",
-        "rate": f"{change.step.replace('_', ' ').capitalize()} rose",
-        "volume": f"The volume of {change.step} "
-        + ("fell" if change.direction == "down" else "jumped"),
-        "loop": f"A loop appeared between {change.step.replace(' -> ', ' and ')}",
-    }[change.kpi]
-    until = f"until {change.end}" if change.end else "and is still going on"
-    return f"{what} on {change.start} {until}: {size}; {affected:,} customers affected."
+def detect_all(series: list[Series], settings: MonitorSettings) -> list[Change]:
+    """Every change of every series (loops need ``loop_min_per_period`` loops a period)."""
+    changes = []
+    for s in series:
+        for c in detect_changes(s, settings.detection):
+            if s.kpi == "loop" and s.segment == ALL:
+                first = s.periods.index(c.start)
+                last = s.periods.index(c.end) if c.end is not None else len(s.periods) - 1
+                per_period = float(s.numerator[first : last + 1].mean())
+                if per_period < settings.loop_min_per_period / 5:
+                    continue
+            changes.append(c)
+    return changes
 
 
 def run_monitor(
@@ -757,56 +1619,74 @@ def run_monitor(
     settings: MonitorSettings,
     snapshots: Path | None = None,
     scorers: Mapping[str, Scorer] | None = None,
+    journey: JourneyMap | None = None,
+    until: date | None = None,
+    model_features: Mapping[str, list[str]] | None = None,
 ) -> MonitorResult:
-    """KPIs of the lake, their changes, and (when snapshots exist) feature drift and, with
-    ``scorers``, score drift."""
+    """KPIs of the lake per segment, their changes grouped into incidents, and (when snapshots
+    exist) feature drift and, with ``scorers``, score drift.
+
+    ``until`` monitors the log as it stood at the end of that day (the backtest's replay).
+    """
     con = duckdb.connect()
     try:
-        series, facts = compute_kpis(con, lake, settings)
-        rows, alerts = [], []
+        kt = compute_kpis(con, lake, settings, journey, until)
+        series, facts = kt.series, kt.facts
+        rows = []
         for s in series:
             values = s.rate()
             for p, k, n, v in zip(s.periods, s.numerator, s.denominator, values, strict=True):
-                rows.append((p, s.kpi, s.step, float(k), float(n), float(v)))
-            for c in detect_changes(s, settings.detection, volume=s.kpi in ("volume", "loop")):
-                if s.kpi == "loop" and c.current < settings.loop_min_per_period:
-                    continue
-                affected = affected_customers(con, c, settings)
-                alerts.append(
-                    {
-                        "kpi": c.kpi,
-                        "step": c.step,
-                        "direction": c.direction,
-                        "start": c.start,
-                        "detected": c.detected,
-                        "end": c.end,
-                        "baseline": c.baseline,
-                        "current": c.current,
-                        "change_absolute": c.change_absolute,
-                        "change_relative": c.change_relative,
-                        "affected_customers": affected,
-                        "message": describe(c, affected),
-                    }
-                )
+                if n > 0 or k > 0:
+                    rows.append((p, s.kpi, s.step, s.segment, float(k), float(n), float(v)))
+        changes = detect_all(series, settings)
+        last = series[0].periods[-1] if series else date.today()
+        incidents, per_change, incident_of = build_incidents(con, kt, changes, settings, last)
     finally:
         con.close()
     kpis = pd.DataFrame(
-        rows, columns=["period", "kpi", "step", "numerator", "denominator", "value"]
+        rows, columns=["period", "kpi", "step", "segment", "numerator", "denominator", "value"]
     )
-    columns = [
-        "kpi", "step", "direction", "start", "detected", "end", "baseline", "current",
-        "change_absolute", "change_relative", "affected_customers", "message",
-    ]  # fmt: skip
-    alert_frame = pd.DataFrame(alerts, columns=columns)
+    alerts = [
+        {
+            "incident": incident_of.get(i),
+            "kpi": c.kpi,
+            "step": c.step,
+            "segment": c.segment,
+            "direction": c.direction,
+            "start": c.start,
+            "detected": c.detected,
+            "end": c.end,
+            "settled": c.settled,
+            "baseline": c.baseline,
+            "current": c.current,
+            "change_absolute": c.change_absolute,
+            "change_relative": c.change_relative,
+            "evidence": c.evidence,
+            "affected_customers": per_change.get(i, 0),
+            "message": describe(c, per_change.get(i, 0)),
+        }
+        for i, c in enumerate(changes)
+    ]
+    alert_frame = pd.DataFrame(alerts, columns=ALERT_COLUMNS)
     drift = scores = None
     if snapshots is not None and any(snapshots.rglob("*.parquet")):
         frames = drift_frames(snapshots, settings.drift)
-        drift = feature_drift(frames, settings.drift)
+        history = pd.Timestamp(str(facts["first_event"])).to_pydatetime()
+        drift = feature_drift(frames, settings.drift, model_features, history)
         if scorers:
             scores = score_drift(frames, scorers, settings.drift)
+            drift = _with_score_moves(drift, scores)
         facts["drift_reference_end"] = drift.attrs.get("reference_end")
         facts["drift_current"] = drift.attrs.get("current")
+        facts["drift_alerts"] = int((drift["level"] == "alert").sum())
     facts["alerts"] = len(alert_frame)
+    facts["incidents"] = len(incidents)
+    facts["ongoing_incidents"] = (
+        int((incidents["status"] == "ongoing").sum()) if len(incidents) else 0
+    )
     facts["kpis"] = len(series)
-    logger.info("monitoring: %d KPIs, %d alerts", len(series), len(alert_frame))
-    return MonitorResult(kpis, alert_frame, drift, facts, scores)
+    logger.info(
+        "monitoring: %d KPI series, %d changes, %d incidents",
+        len(series), len(alert_frame), len(incidents),
+    )  # fmt: skip
+    return MonitorResult(kpis, alert_frame, drift, facts, scores, incidents)

@@ -63,7 +63,7 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
     Raises:
         ReportInputError: the folder or one of its files is missing or unreadable.
     """
-    from evaluation.monitor import MonitorResult
+    from evaluation.monitor import MonitorResult, read_incidents_jsonl
 
     _need(folder, ("kpis.parquet", "alerts.csv", "summary.json"), command)
     try:
@@ -76,6 +76,7 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
             else None
         )
         facts = json.loads((folder / "summary.json").read_text())
+        incidents = read_incidents_jsonl(folder / "incidents.jsonl")
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read the monitoring output in {folder}: {exc}") from None
     expected = {"period", "kpi", "step", "value"}
@@ -85,7 +86,7 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
             f"{', '.join(sorted(expected - set(kpis.columns)))}: run `{command}` again"
         )
     alerts["end"] = alerts["end"].astype(object).where(alerts["end"].notna(), None)
-    return MonitorResult(kpis, alerts, drift, facts, scores)
+    return MonitorResult(kpis, alerts, drift, facts, scores, incidents)
 
 
 def read_policy_evaluation(

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from evaluation.journey_cli import analyze
-from evaluation.monitor_cli import monitor
+from evaluation.monitor_cli import app as monitor_app
 from evaluation.policy_cli import evaluate_policy
 from evaluation.report_cli import report
 from features.cli import app as features_app
@@ -83,7 +83,11 @@ app.command("promote")(promote)
 app.command("serve")(serve)
 app.command("serve-keygen")(keygen)
 app.command("serve-sample")(sample)
-app.command("monitor")(monitor)
+app.add_typer(
+    monitor_app,
+    name="monitor",
+    help="Journey health KPIs per step and segment, incidents, drift; and their backtest.",
+)
 app.command("analyze")(analyze)
 app.command("evaluate-policy")(evaluate_policy)
 app.add_typer(lists_app, name="lists", help="Batch lists for marketers (churn risk).")
