@@ -350,8 +350,12 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
     test_days = o.test_days or max(4 * cadence, nice_days(0.12 * span, minimum=cadence))
     validation_days = o.validation_days or max(3 * cadence, nice_days(0.08 * span, minimum=cadence))
     min_train = 8 * cadence
-    room = span - warmup - test_days - validation_days - min_train
-    limit = max(1, int(room // 3))
+    split_mode = str(_shipped("models.yaml").get("split", {}).get("validation", "customers"))
+    by_customers = split_mode == "customers"
+    # The horizon is needed after the last labelled cutoff and as the purge gap before the
+    # test period (and before a validation period, when validation is a period).
+    room = span - warmup - test_days - (0 if by_customers else validation_days) - min_train
+    limit = max(1, int(room // (2 if by_customers else 3)))
     if o.horizon_days is not None:
         horizon = decide(
             "journeys.horizons.churn_days/conversion_days",
@@ -368,8 +372,9 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
         )
         if horizon < wanted:
             why += (
-                f"; shortened from {wanted} so that warm-up, training (8 cutoffs), validation, "
-                f"test and the two purge gaps fit the {span:.0f}-day log"
+                f"; shortened from {wanted} so that warm-up, training (8 cutoffs), "
+                + ("" if by_customers else "validation, ")
+                + f"test and the purge gaps fit the {span:.0f}-day log"
             )
         decide("journeys.horizons.churn_days/conversion_days", horizon, why, "--horizon-days N")
     next_step = o.next_step_days or min(horizon, 14)
@@ -388,16 +393,24 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
     decide(
         "models.split.validation_days",
         validation_days,
-        "given" if o.validation_days else "~8 % of the log before the test period",
+        "given"
+        if o.validation_days
+        else "~8 % of the log before the test period (read when split.validation is period; "
+        f"the shipped split validates on {split_mode})",
         "--validation-days N",
     )
     split_cutoffs = count_split_cutoffs(
-        profile, warmup, cadence, max(horizon, next_step), test_days, validation_days
+        profile, warmup, cadence, max(horizon, next_step), test_days, validation_days, split_mode
     )
     decide(
         "training cutoffs (train / validation / test)",
         f"{split_cutoffs['train']} / {split_cutoffs['validation']} / {split_cutoffs['test']}",
-        "snapshot cutoffs each split gets with these windows (purge gaps of the horizon)",
+        "snapshot cutoffs each split gets with these windows (purge gaps of the horizon)"
+        + (
+            "; validation holds out a share of the training cutoffs' customers"
+            if by_customers
+            else ""
+        ),
         "--cadence-days, --horizon-days, --test-days, --validation-days",
     )
 
@@ -448,6 +461,20 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
         + (f"; rules left out: {'; '.join(dropped)}" if dropped else ""),
         "edit actions.yaml",
     )
+    serving = _shipped("serving.yaml")
+    dimension_names = {
+        d["column"]: d.get("name") or d["column"].lower() for d in features["dimensions"]
+    }
+    segment_dims = [profile.column_map.get(c, c) for c in segments]
+    segment_dims = [c for c in segment_dims if c in dimension_names]
+    if segment_dims:
+        serving["segment_column"] = f"{dimension_names[segment_dims[0]]}_last"
+        decide(
+            "serving.segment_column",
+            serving["segment_column"],
+            f"the latest {segment_dims[0]} of each customer: `lists churn-risk --segment VALUE`",
+            "edit serving.yaml",
+        )
     files = {
         "journeys.yaml": journeys,
         "events.yaml": {**_shipped("events.yaml"), "column_map": dict(profile.column_map)},
@@ -455,7 +482,7 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
         "models.yaml": models,
         "actions.yaml": actions,
         "monitoring.yaml": monitoring,
-        "serving.yaml": _shipped("serving.yaml"),
+        "serving.yaml": serving,
     }
     return InitPlan(files, tuple(decisions), unplaced, segments, tuple(dropped), split_cutoffs)
 
@@ -495,9 +522,11 @@ def count_split_cutoffs(
     horizon: int,
     test_days: int,
     validation_days: int,
+    validation: str = "customers",
 ) -> dict[str, int]:
     """Snapshot cutoffs of each split, computed by the pipeline's and training's own planners
-    (0 everywhere when the windows do not fit)."""
+    (0 everywhere when the windows do not fit). With ``validation="customers"`` the validation
+    cutoffs are the training cutoffs (a share of their customers is held out)."""
     from datetime import timedelta
 
     from features.pipeline import plan_snapshots
@@ -508,7 +537,15 @@ def count_split_cutoffs(
     labelled = [t for t in plan.cutoffs if t + timedelta(days=horizon) <= profile.last_event]
     try:
         split = plan_splits(
-            labelled, SplitSettings(test_days=test_days, validation_days=validation_days), horizon
+            labelled,
+            SplitSettings.model_validate(
+                {
+                    "test_days": test_days,
+                    "validation_days": validation_days,
+                    "validation": validation,
+                }
+            ),
+            horizon,
         )
     except LabelError:
         return {"train": 0, "validation": 0, "test": 0}

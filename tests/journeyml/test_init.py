@@ -21,6 +21,7 @@ from journeyml.events.config import load_events_config
 from journeyml.infer import nice_days, place_event, words
 from journeyml.profile import ProfileError, profile_log
 from serving.actions import load_decision_catalogs
+from serving.config import load_serving_settings
 from tests.foreign_logs import (
     ForeignLog,
     generate_clickstream,
@@ -88,6 +89,7 @@ def test_every_written_config_loads_with_the_project_models(inits: dict[str, Pat
             folder / "actions.yaml", folder / "features.yaml", folder / "journeys.yaml"
         )
         assert actions.ids and len(journeys.stages) >= 2
+        assert load_serving_settings(folder / "serving.yaml").segment_column in catalog.names
         assert {f"n_{e}_30d" for e in settings.count_event_types or []} <= set(catalog.names)
 
 
