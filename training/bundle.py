@@ -12,7 +12,8 @@ MLflow model, next to MLflow's own ``MLmodel`` and ``model.lgb``)::
     model.txt          LightGBM text model (uplift: effect_convert.txt, effect_churn.txt)
     encoders.json      vocabulary of every string feature: code = position in the list,
                        unseen values get the code len(vocabulary), missing values stay NaN
-    calibrator.json    the probability calibrator (binary: isotonic / platt / none;
+    calibrator.json    the probability calibrator (binary: platt / beta / isotonic_interpolated
+                       / none, with an optional log-odds shift;
                        multiclass: vector scaling; uplift: none)
 
 An uplift manifest also lists ``actions``, ``outcomes`` and ``base_effects`` (per outcome, each
@@ -139,24 +140,65 @@ def calendar_values(names: Sequence[str], times: pd.Series | datetime) -> dict[s
 # -- calibration ---------------------------------------------------------------------------
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.asarray(np.log(p) - np.log1p(-p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64))))
+
+
+def _interpolate_extending(z: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Piecewise-linear through the knots (x, y), extended past both ends by the mean slope
+    from the first knot to the last (the end segments' own slopes can be steep)."""
+    out = np.interp(z, x, y)
+    if len(x) >= 2:
+        slope = (y[-1] - y[0]) / (x[-1] - x[0])
+        lo, hi = z < x[0], z > x[-1]
+        out[lo] = y[0] + (z[lo] - x[0]) * slope
+        out[hi] = y[-1] + (z[hi] - x[-1]) * slope
+    return out
+
+
 def apply_binary_calibrator(spec: Mapping[str, Any], p: np.ndarray) -> np.ndarray:
     """Maps raw positive-class probabilities through a calibrator stored as JSON.
 
+    Methods: ``platt`` (a logistic on the raw log-odds), ``beta`` (Kull et al. 2017: a
+    logistic on ln p and −ln(1 − p), both slopes ≥ 0), ``isotonic_interpolated`` (isotonic
+    regression stored as strictly increasing knots in log-odds, linear between and beyond
+    them), ``isotonic`` (step function, bundles of earlier versions) and ``none``. A spec may
+    add ``shift``, a log-odds offset fitted on the latest matured labels (re-levelling).
+
     Every method is non-decreasing, so a model's directional guarantees (monotone
-    constraints) hold for the calibrated probability too.
+    constraints) hold for the calibrated probability too; all but ``isotonic`` are strictly
+    increasing, so customers whose raw scores differ keep different probabilities.
     """
     p = np.asarray(p, dtype=np.float64)
     method = spec.get("method", "none")
     if method == "none":
-        return p
-    if method == "isotonic":
+        out = p
+    elif method == "isotonic":
         x = np.asarray(spec["x"], dtype=np.float64)
         y = np.asarray(spec["y"], dtype=np.float64)
-        return np.interp(p, x, y)
-    if method == "platt":
-        z = np.log(np.clip(p, _EPS, 1 - _EPS) / np.clip(1 - p, _EPS, 1))
-        return 1.0 / (1.0 + np.exp(-(float(spec["a"]) * z + float(spec["b"]))))
-    raise BundleError(f"unknown binary calibration method {method!r}")
+        out = np.interp(p, x, y)
+    elif method == "platt":
+        out = _sigmoid(float(spec["a"]) * _logit(p) + float(spec["b"]))
+    elif method == "beta":
+        q = np.clip(p, _EPS, 1 - _EPS)
+        out = _sigmoid(
+            float(spec["a"]) * np.log(q) - float(spec["b"]) * np.log1p(-q) + float(spec["c"])
+        )
+    elif method == "isotonic_interpolated":
+        x = np.asarray(spec["z"], dtype=np.float64)
+        y = np.asarray(spec["q"], dtype=np.float64)
+        out = _sigmoid(_interpolate_extending(_logit(p), x, y))
+    else:
+        raise BundleError(f"unknown binary calibration method {method!r}")
+    shift = float(spec.get("shift", 0.0))
+    if shift:
+        out = _sigmoid(_logit(out) + shift)
+    return out
 
 
 def apply_multiclass_calibrator(spec: Mapping[str, Any], p: np.ndarray) -> np.ndarray:

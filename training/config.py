@@ -71,7 +71,10 @@ class BinaryModelSettings(StrictModel):
 
     feature_service: str
     imbalance: Literal["none", "balanced", "sqrt"] = "balanced"
-    calibration: Literal["auto", "isotonic", "platt", "none"] = "auto"
+    calibration: Literal["auto", "isotonic", "platt", "beta", "none"] = "auto"
+    # the calibrator is re-levelled on the held-out rows of the latest relevel_days of
+    # training cutoffs when their label rate has moved (0: never)
+    relevel_days: int = Field(default=28, ge=0)
     monotone_increasing: list[str] = Field(default_factory=list)
     monotone_decreasing: list[str] = Field(default_factory=list)
     max_train_rows: PositiveInt | None = None

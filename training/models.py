@@ -27,7 +27,7 @@ from training.bundle import (
     apply_multiclass_calibrator,
     encode_frame,
 )
-from training.calibration import fit_binary_calibrator, fit_vector_scaling
+from training.calibration import fit_binary_calibrator, fit_vector_scaling, relevel
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,15 @@ class BinaryJourneyModel:
         x: pd.DataFrame,
         y: np.ndarray,
         eval_set: tuple[pd.DataFrame, np.ndarray],
+        recent: np.ndarray | None = None,
     ) -> BinaryJourneyModel:
-        """Trains on (x, y), early-stops and calibrates on ``eval_set`` (the validation period)."""
+        """Trains on (x, y), early-stops and calibrates on ``eval_set`` (held-out rows).
+
+        Args:
+            recent: which rows of ``eval_set`` are the latest matured cutoffs; the calibrator
+                is re-levelled on them when their label rate has moved (see
+                :func:`training.calibration.relevel`).
+        """
         features = list(self.features)
         y = np.asarray(y, dtype=np.int64)
         frame_val, y_val = eval_set[0], np.asarray(eval_set[1], dtype=np.int64)
@@ -204,6 +211,11 @@ class BinaryJourneyModel:
         self.calibrator_ = fit_binary_calibrator(
             raw_val, y_val, self.calibration, self.random_state
         )
+        if recent is not None and self.calibrator_["method"] != "none":
+            recent = np.asarray(recent, dtype=bool)
+            self.calibrator_ = relevel(
+                self.calibrator_, raw_val[recent], y_val[recent], raw_val, y_val
+            )
         return self
 
     def predict_raw(self, x: pd.DataFrame) -> np.ndarray:

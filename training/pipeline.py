@@ -27,6 +27,7 @@ from training.bundle import (
     ACTION_FEATURE,
     CALENDAR_FEATURES,
     MANIFEST_TAG,
+    apply_binary_calibrator,
     calendar_values,
     encode_frame,
     load_model_bundle,
@@ -257,6 +258,25 @@ def _importance_frame(series: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in series.items()}
 
 
+def latest_cutoffs(cutoffs: pd.Series, days: int) -> np.ndarray | None:
+    """Rows whose cutoff is within ``days`` of the latest one (None when ``days`` is 0)."""
+    if days <= 0 or cutoffs.empty:
+        return None
+    ts = pd.to_datetime(cutoffs, utc=True)
+    return (ts > ts.max() - pd.Timedelta(days=days)).to_numpy()
+
+
+def relevel_metrics(calibrator: dict[str, Any], raw: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The re-levelling's log-odds shift and the test ECE without it (``ece`` is with it)."""
+    shift = float(calibrator.get("shift", 0.0))
+    unshifted = apply_binary_calibrator({**calibrator, "shift": 0.0}, raw)
+    out = {"relevel_shift": shift, "ece_before_relevel": binary_metrics(y, unshifted)["ece"]}
+    for key in ("relevel_rate_recent", "relevel_rate_reference"):
+        if key in calibrator:
+            out[key] = float(calibrator[key])
+    return out
+
+
 def fit_binary_task(
     name: str,
     data: PreparedData,
@@ -279,12 +299,16 @@ def fit_binary_task(
         if len(np.unique(y[m])) < 2:
             raise TrainingError(f"{name}: the {s} period has only one label value")
     features = list(spec.features)
+    recent = latest_cutoffs(rows.loc[va, "cutoff"], settings.relevel_days)
     model = binary_model(features, spec.categorical, settings, config).fit(
-        x[tr], y[tr], eval_set=(x[va], y[va])
+        x[tr], y[tr], eval_set=(x[va], y[va]), recent=recent
     )
-    p_test = model.predict_proba(x[te])
+    raw_test = model.predict_raw(x[te])
+    p_test = apply_binary_calibrator(model.calibrator_, raw_test)
     metrics = binary_metrics(y[te], p_test)
     metrics.update(_prefixed("validation_", binary_metrics(y[va], model.predict_proba(x[va]))))
+    metrics.update(relevel_metrics(model.calibrator_, raw_test, y[te]))
+    metrics["test_distinct_score_share"] = float(len(np.unique(p_test)) / max(len(p_test), 1))
     scores = {"lightgbm": p_test}
 
     logreg = LogisticBaseline(features, spec.categorical, random_state=config.seed)

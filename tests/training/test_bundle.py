@@ -129,7 +129,7 @@ def test_calibrators_never_reverse_an_order(values: list[float]) -> None:
         out = apply_binary_calibrator(spec, grid)
         assert np.all(np.diff(out) >= -1e-12)
         assert np.all((out >= 0) & (out <= 1))
-    assert json.loads(json.dumps(fit_isotonic(p, y)))["method"] == "isotonic"
+    assert json.loads(json.dumps(fit_isotonic(p, y)))["method"] == "isotonic_interpolated"
 
 
 def test_calibration_repairs_shifted_scores() -> None:
