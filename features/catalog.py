@@ -141,6 +141,13 @@ class FeatureCatalog:
         return [f for f in self.features if f.view == view]
 
     @property
+    def views(self) -> tuple[str, ...]:
+        """The feature views that hold at least one feature (with no profile attributes the
+        profile view has none, and Feast would read a view without a schema as every column
+        of the source)."""
+        return tuple(v for v in VIEWS if self.view_features(v))
+
+    @property
     def descriptions(self) -> dict[str, str]:
         return {f.name: f.description for f in self.features}
 

@@ -19,7 +19,6 @@ from features.catalog import (
     VIEW_EXPERIENCE,
     VIEW_PROFILE,
     VIEW_STATE,
-    VIEWS,
     FeatureCatalog,
 )
 from features.pipeline import ENTITY, TIMESTAMP_FIELD
@@ -83,10 +82,10 @@ def feast_objects(catalog: FeatureCatalog, source_path: str) -> FeastObjects:
             online=True,
             tags={"owner": "journeyml"},
         )
-        for view in VIEWS
+        for view in catalog.views
     }
     services = {
-        name: FeatureService(name=name, features=[views[v] for v in view_names])
+        name: FeatureService(name=name, features=[views[v] for v in view_names if v in views])
         for name, view_names in SERVICE_VIEWS.items()
     }
     return FeastObjects(customer, source, views, services)

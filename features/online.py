@@ -53,7 +53,7 @@ from feast.utils import to_naive_utc
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import ResponseError
 
-from features.catalog import VIEWS, Dtype, FeatureCatalog, FeatureSpec
+from features.catalog import Dtype, FeatureCatalog, FeatureSpec
 from features.pipeline import ENTITY, TIMESTAMP_FIELD
 
 logger = logging.getLogger(__name__)
@@ -361,9 +361,9 @@ def load_latest_snapshot(
         Counts and timing of the load.
     """
     started = time.perf_counter()
-    views = [_registered_view(store, catalog, name) for name in VIEWS]
+    views = [_registered_view(store, catalog, name) for name in catalog.views]
     kind = store.config.online_store.type
-    report = LoadReport(store=kind, per_view=dict.fromkeys(VIEWS, 0))
+    report = LoadReport(store=kind, per_view=dict.fromkeys(catalog.views, 0))
     writer: _Writer
     if kind == "sqlite":
         writer = _SqliteWriter(store, views)

@@ -30,7 +30,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
-from features.catalog import VIEWS, FeatureCatalog
+from features.catalog import FeatureCatalog
 from features.pipeline import (
     DEFAULT_COUNT_BITS,
     ENTITY,
@@ -171,12 +171,12 @@ class RealtimeUpdater:
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         # Registry lookups are slow (protobuf parsing); views change only on `features apply`.
-        self._views = {view: store.get_feature_view(view) for view in VIEWS}
+        self._views = {view: store.get_feature_view(view) for view in catalog.views}
 
     def refresh_views(self) -> None:
         """Re-reads the feature views from the registry (after ``journeyml features apply``)."""
         with self._lock:
-            self._views = {view: self.store.get_feature_view(view) for view in VIEWS}
+            self._views = {view: self.store.get_feature_view(view) for view in self.catalog.views}
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -292,7 +292,7 @@ class RealtimeUpdater:
         stored_ts = self._stored_timestamps(list(frame[ENTITY]))
         provider = self.store._get_provider()
         skipped = 0
-        for view in VIEWS:
+        for view in self.catalog.views:
             newer = [ts is not None and ts > as_of for ts in stored_ts[view]]
             keep = frame.loc[[not n for n in newer]]
             skipped += sum(newer)
@@ -339,7 +339,7 @@ def read_online(
     catalog: FeatureCatalog,
     customer_ids: Sequence[str],
     now: datetime | None = None,
-    views: Sequence[str] = VIEWS,
+    views: Sequence[str] | None = None,
 ) -> list[OnlineRow]:
     """Reads online features with each view's age and a stale flag.
 
@@ -351,7 +351,7 @@ def read_online(
     provider = store._get_provider()
     keys = _entity_keys(customer_ids)
     rows = [OnlineRow(cid, {}, {}, {}, False) for cid in customer_ids]
-    for view in views:
+    for view in catalog.views if views is None else views:
         table = store.get_feature_view(view)
         specs = {f.name: f for f in catalog.view_features(view)}
         read = provider.online_read(store.config, table, keys)

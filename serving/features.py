@@ -27,7 +27,7 @@ from feast.infra.online_stores.sqlite import _quote_id, _table_id
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
-from features.catalog import VIEWS, FeatureCatalog
+from features.catalog import FeatureCatalog
 from features.realtime import _entity_keys
 from features.settings import StoreSettings
 
@@ -61,7 +61,9 @@ class OnlineFeatures:
         self.store = store
         self.catalog = catalog
         self._budget = catalog.settings.stale_after_hours * 3600.0
-        self._specs = {view: {f.name: f for f in catalog.view_features(view)} for view in VIEWS}
+        self._specs = {
+            view: {f.name: f for f in catalog.view_features(view)} for view in catalog.views
+        }
         self._ageing = {f.name for f in catalog.features if f.ages_with_time}
         self._lock = threading.Lock()
         self.refresh_views()
@@ -72,7 +74,7 @@ class OnlineFeatures:
 
     def refresh_views(self) -> None:
         """Re-reads the feature view definitions from the registry."""
-        views = {view: self.store.get_feature_view(view) for view in VIEWS}
+        views = {view: self.store.get_feature_view(view) for view in self.catalog.views}
         provider = self.store._get_provider()
         tables = None
         if type(provider.online_store).__name__ == "SqliteOnlineStore":

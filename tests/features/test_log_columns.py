@@ -43,6 +43,8 @@ def settings() -> FeatureSettings:
         {
             "windows_days": [3, 30],
             "channels": [],
+            # no profile features: the profile view is left out, not registered empty
+            "profile_attributes": [],
             "dimensions": [{"column": "device", "values": ["ios", "web"], "name": "platform"}],
             "measures": [{"column": "items"}],
         },
@@ -166,6 +168,7 @@ def test_the_realtime_update_equals_the_batch(
     later = later[later["timestamp"] >= datetime(2025, 1, 5, tzinfo=UTC)]
     updater.apply(pa.Table.from_pandas(later, preserve_index=False), as_of=AS_OF)
     got = read_online(store, log_catalog, ["u1", "u2"], now=AS_OF)
+    assert "customer_profile" not in log_catalog.views
     names = [f.name for f in log_catalog.features if f.name.startswith(("platform_", "items_"))]
     assert len(names) == 2 * 3 * 2 + 1 + 2 * 2
     for row in got:
