@@ -120,31 +120,33 @@ def stage_machine(source: str, partition: str, order: str, extra: tuple[str, ...
     :func:`event_roles`. A stage event moves the customer to its stage when that is later than
     the current one; a regression event puts the customer at its stage; nothing else moves
     anyone. So after the latest regression event (or from the start), the stage is the
-    furthest of the regression's stage and every later stage event's: a running count of
-    regression events splits each customer's events into segments, and a running maximum
-    within a segment is the stage (two window passes, no recursion: it transpiles to Spark).
+    furthest of the regression's stage and every later stage event's. Each event gets the key
+    ``(regression events so far << 8) + its stage``: keys of a later segment are larger, so a
+    running maximum of the keys is the latest segment's furthest stage in its low byte. Two
+    window passes in the customer's event order, no recursion: it transpiles to Spark.
 
     Returns:
         ``SELECT`` of every column of ``source`` plus ``stage_now`` (the stage after the event,
         NULL before any) and ``stage_prior`` (before it), and the ``extra`` expressions, which
         may use the window ``w`` (the customer's events in order).
     """
-    rows = "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
-    extras = "".join(f",\n    {x}" for x in extra)
+    window = f"PARTITION BY {partition} ORDER BY {order}"
+    extras = "".join(f",\n        {x}" for x in extra)
     return f"""SELECT *,
-    LAG(stage_now) OVER w AS stage_prior{extras}
+    stage_key_prior & 255 AS stage_prior,
+    GREATEST(stage_key_prior, stage_key) & 255 AS stage_now
 FROM (
     SELECT *,
-        MAX(COALESCE(back_idx, stage_idx)) OVER (
-            PARTITION BY {partition}, stage_resets ORDER BY {order} {rows}) AS stage_now
+        MAX(stage_key) OVER (
+            {window} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS stage_key_prior{extras}
     FROM (
         SELECT *,
-            COUNT(back_idx) OVER (PARTITION BY {partition} ORDER BY {order} {rows})
-                AS stage_resets
+            (COUNT(back_idx) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                << 8) + COALESCE(back_idx, stage_idx) AS stage_key
         FROM ({source}) AS stage_in
     ) AS stage_seg
-) AS stage_run
-WINDOW w AS (PARTITION BY {partition} ORDER BY {order})"""
+    WINDOW w AS ({window})
+) AS stage_run"""
 
 
 _MAX_BIGINT = 9_223_372_036_854_775_807
