@@ -24,9 +24,9 @@ sets it instead; the rules are:
 - **features**: every event type counted; channels from a mapped channel column; windows up
   to the churn gap; the log's own text columns with a few values as dimensions (their frequent
   values listed) and its own numeric columns as measures.
-- **monitoring**: the error, support and cancellation events as rates; on session logs, each
-  purchase-stage step towards the conversion as a funnel step; segment columns (low-cardinality
-  text columns) reported.
+- **monitoring**: KPIs per segment column (low-cardinality text columns such as a platform);
+  funnel steps from the journey map within 2 hours on session logs; support and cancellation
+  events as rates (errors come from the shipped error patterns).
 - **actions**: the shipped starter catalog, with thresholds from the log's gaps and horizon,
   keeping only rules whose names the feature catalog of this config set has. Consent stays a
   rule: ``marketing_opt_out`` is a profile attribute, and a customer the customers table does
@@ -420,11 +420,11 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
         if missing:
             raise InitError(f"--segment names columns the log does not have: {', '.join(missing)}")
         segments = tuple(o.segments)
-        decide("monitoring segments", list(segments), "given", "--segment COLUMN")
+        decide("monitoring.segments", list(segments), "given", "--segment COLUMN")
     else:
         segments = profile.segment_columns
         decide(
-            "monitoring segments",
+            "monitoring.segments",
             list(segments),
             "text columns with 2-12 values on nearly every row"
             if segments
@@ -452,7 +452,7 @@ def infer_config(profile: LogProfile, overrides: InitOverrides | None = None) ->
     unplaced = tuple(e for e in unplaced if e not in moving_back)
     features = _features(profile, vocabulary, counts, cadence, warmup, inactivity, decide)
     models = _models(conversions, test_days, validation_days)
-    monitoring = _monitoring(profile, placed, conversions, churn_events, decide)
+    monitoring = _monitoring(profile, churn_events, segments, decide)
     actions, dropped = _actions(journeys, features, profile, horizon)
     decide(
         "actions",
@@ -723,53 +723,39 @@ def _models(conversions: list[str], test_days: int, validation_days: int) -> dic
 
 def _monitoring(
     profile: LogProfile,
-    placed: Mapping[str, str | None],
-    conversions: list[str],
     churn_events: list[str],
+    segments: tuple[str, ...],
     decide: Any,
 ) -> dict[str, Any]:
-    from features.catalog import slug
-
+    """The shipped monitoring settings (funnel steps from the journey map, error patterns)
+    with this log's segments, step window and support and cancellation rates."""
     data = _shipped("monitoring.yaml")
     vocabulary = [e.name for e in profile.event_types]
-    errors = [e for e in vocabulary if words(e) & NEGATIVE_WORDS and e not in churn_events]
     support = [e for e in vocabulary if words(e) & (SUPPORT_WORDS | COMPLAINT_WORDS)]
-    rates = []
-    for name, events in (("errors", errors), ("support", support), ("cancellations", churn_events)):
-        if events:
-            rates.append({"name": name, "events": list(events)})
-    steps: list[dict[str, Any]] = []
+    rates = [
+        {"name": name, "events": list(events)}
+        for name, events in (("support", support), ("cancellations", churn_events))
+        if events
+    ]
     sessions = profile.event_gap_seconds.get("share_within_30min", 0.0) >= SESSION_SHARE
-    if sessions and not profile.date_only:
-        purchase_errors = [e for e in errors if words(e) & STAGE_WORDS["purchase"]]
-        for event in vocabulary:
-            if placed.get(event) == "purchase" and event not in conversions:
-                step: dict[str, Any] = {
-                    "name": slug(event),
-                    "from": [event],
-                    "success": list(conversions),
-                    "within_hours": 2.0,
-                }
-                if purchase_errors:
-                    step["failure"] = list(purchase_errors)
-                steps.append(step)
+    hours = 2.0 if sessions and not profile.date_only else float(data["journey_step_hours"])
     decide(
-        "monitoring.steps",
-        [s["name"] for s in steps],
-        "purchase-stage steps towards the conversion within 2 hours (a session log)"
-        if steps
-        else "no funnel steps: not a session log"
-        if not sessions
-        else "no purchase-stage step",
+        "monitoring.journey_step_hours",
+        hours,
+        "a session log: a journey step should lead to the next within a visit"
+        if hours == 2.0
+        else "the shipped default (not a session log)",
         "edit monitoring.yaml",
     )
     decide(
         "monitoring.rates",
         [r["name"] for r in rates],
-        "error, support and cancellation events per active customer",
+        "support and cancellation events per active customer (errors are the shipped "
+        "error_events patterns)",
         "edit monitoring.yaml",
     )
-    data.update(steps=steps, rates=rates)
+    names = [profile.column_map.get(c, c) for c in segments]
+    data.update(steps=[], rates=rates, journey_step_hours=hours, segments=names)
     return data
 
 
@@ -862,12 +848,6 @@ def write_config_set(
             "Validated by the same models as the shipped file of this name (configs/" + name + ").",
             *(["", "Inferred:"] + [f"  {n}" for n in notes] if notes else []),
         ]
-        if name == "monitoring.yaml" and plan.segment_columns:
-            header += [
-                "",
-                "Segment columns of this log (KPIs per segment once monitoring supports them): "
-                + ", ".join(plan.segment_columns),
-            ]
         path = out / name
         path.write_text(dump_yaml(data, header), encoding="utf-8")
         written.append(path)

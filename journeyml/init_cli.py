@@ -135,9 +135,9 @@ def init(
       its numeric columns as measures; marketing_opt_out as the consent profile attribute
       (customers without consent get no marketing action).
 
-    - monitoring: error, support and cancellation events as rates; on session logs the
-      purchase-stage steps towards the conversion as funnel steps; segment columns are text
-      columns with 2-12 values on nearly every row.
+    - monitoring: KPIs per segment column (text columns with 2-12 values on nearly every
+      row); journey steps within 2 hours on session logs; support and cancellation events
+      as rates.
 
     - actions: the shipped starter catalog with thresholds from the log's gaps and horizon,
       keeping only rules the feature catalog of this set can evaluate.

@@ -134,10 +134,10 @@ def test_clickstream_gets_enough_training_cutoffs(inits: dict[str, Path]) -> Non
     assert journeys.stage_of("cart") == "consideration" and journeys.stage_of("home") == "awareness"
     assert 14 <= (journeys.churn.inactivity_days or 0) <= 42
     monitoring = load_monitor_settings(folder / "monitoring.yaml")
-    assert {s.name for s in monitoring.steps} == {"shipping", "payment"}
+    assert monitoring.segments == ["platform"] and monitoring.journey_step_hours == 2.0
     dimensions = {d.column: set(d.values) for d in settings.dimensions}
     assert dimensions["platform"] == {"ios", "android", "web"} and len(dimensions["page"]) == 7
-    assert {r.name for r in monitoring.rates} == {"errors", "support"}
+    assert {r.name for r in monitoring.rates} == {"support"}
     summary = json.loads((folder / "init.json").read_text())
     assert summary["unplaced_events"] == ["logout"]
 
@@ -150,10 +150,8 @@ def test_subscription_log_churns_on_cancellations(inits: dict[str, Path]) -> Non
         journeys.stage_of("charge_failed") is None and journeys.stage_of("sign_in") == "retention"
     )
     monitoring = load_monitor_settings(inits["subscription"] / "monitoring.yaml")
-    assert {r.name: r.events for r in monitoring.rates} == {
-        "errors": ["charge_failed", "plan_downgrade"],
-        "cancellations": ["cancel"],
-    }
+    assert {r.name: r.events for r in monitoring.rates} == {"cancellations": ["cancel"]}
+    assert monitoring.segments == ["tier"] and monitoring.journey_step_hours == 24.0
 
 
 def test_flags_set_every_value(logs: dict[str, ForeignLog], tmp_path: Path) -> None:
