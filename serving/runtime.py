@@ -16,12 +16,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.realtime import EventStore, RealtimeUpdater
 from features.settings import load_feature_settings
@@ -88,7 +89,8 @@ class Runtime:
         self.clock = data_clock(self.workspace.lake)
         if self.clock.on_data_time:
             logger.warning("%s", self.clock.describe())
-        self.now = self.clock.ticking()
+        self._tick = self.clock.ticking()
+        self._latest_event: datetime | None = None  # the newest event received online
         self.engine = DecisionEngine(
             settings,
             self.actions,
@@ -98,6 +100,24 @@ class Runtime:
             self.catalog.descriptions,
             clock=self.now,
         )
+
+    def now(self) -> datetime:
+        """The service's "now": the data's clock (see :mod:`journeyml.clock`). On a lake that
+        ends in the past it starts at the lake's end; events received online move it forward
+        (never past the wall clock), so a live service whose lake lags catches up at once."""
+        now = self._tick()
+        seen = self._latest_event
+        return seen if seen is not None and seen > now else now
+
+    def _saw_events(self, table: pa.Table) -> None:
+        if not self.clock.on_data_time or table.num_rows == 0:
+            return
+        newest = pc.max(table.column("timestamp")).as_py()
+        if newest is None:
+            return
+        newest = min(newest, datetime.now(UTC))
+        if self._latest_event is None or newest > self._latest_event:
+            self._latest_event = newest
 
     def _connect_features(self) -> None:
         try:
@@ -196,6 +216,7 @@ class Runtime:
         table = normalise_events(req)
         started = time.perf_counter()
         report = self.updater.apply(table)
+        self._saw_events(table)
         return Reply(
             200,
             {

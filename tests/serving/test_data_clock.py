@@ -4,7 +4,7 @@ own end by the list, its reasons and the real-time path; a given --now still win
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -72,5 +72,27 @@ def test_the_real_time_path_runs_on_the_same_clock(
         assert rt.engine.decide(serving_ws.customers[0], DecisionContext(at=given)).decided_at == (
             given
         )
+    finally:
+        rt.close()
+
+
+def test_the_service_clock_catches_up_with_events_received_online(
+    serving_ws: ServingWorkspace, tmp_path: Path
+) -> None:
+    """A live service whose lake lags behind (ingest runs weekly) takes the newest event it
+    receives as its time, never a time past the wall clock."""
+    from serving.schemas import EventsRequest
+
+    rt = Runtime(serving_settings(serving_ws, tmp_path, deadline_ms=10_000))
+    try:
+        assert rt.clock.on_data_time
+        recent = datetime.now(UTC) - timedelta(hours=2)
+        event = {"customer_id": serving_ws.customers[3], "event_type": "page_view"}
+        reply = rt.events(
+            EventsRequest.model_validate({"events": [{**event, "timestamp": recent.isoformat()}]})
+        )
+        assert reply.status == 200, reply.body
+        assert recent <= rt.now() <= datetime.now(UTC)
+        assert rt.engine.decide(serving_ws.customers[3]).decided_at >= recent
     finally:
         rt.close()
