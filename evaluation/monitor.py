@@ -355,8 +355,14 @@ def compute_kpis(
         end = until
     pdays = settings.period_days
     periods = [origin + timedelta(days=i) for i in range(0, (end - origin).days + 1, pdays)]
-    # the last period is complete only if the log reaches its end
-    if periods and periods[-1] + timedelta(days=pdays) > end + timedelta(days=1):
+    # the last period is complete only if the log reaches its end: a period of several days
+    # must span to the last day, and the last day must reach its last hour (a run cut at
+    # ``until`` is a run at the end of that day)
+    last_hour = last.astimezone(UTC).hour >= 23
+    if periods and (
+        periods[-1] + timedelta(days=pdays) > end + timedelta(days=1)
+        or (until is None and not last_hour)
+    ):
         periods = periods[:-1]
     if len(periods) < settings.detection.min_baseline_periods + 1:
         raise LogTooShortError(
@@ -796,8 +802,9 @@ def baseline(s: Series, end: int, excluded: np.ndarray, d: DetectionSettings) ->
     idx = np.arange(max(0, end - d.baseline_periods + 1), end + 1)
     idx = idx[~excluded[idx]]
     idx = idx[s.denominator[idx] > 0]
-    # volumes wait for a full baseline window: the first weeks of a log are often its ramp-up
-    if len(idx) < (d.baseline_periods if s.seasonal else d.min_baseline_periods):
+    # volumes wait for a full baseline window of history: a log's first weeks are often its
+    # ramp-up
+    if len(idx) < d.min_baseline_periods or (s.seasonal and end + 1 < d.baseline_periods):
         return None
     k, n = s.numerator[idx], s.denominator[idx]
     if s.kind == "proportion":

@@ -9,9 +9,10 @@ after). So the replay computes the KPIs once and takes each alert's *live* detec
 detection period plus that lag; :func:`live_day` is tested against runs on logs cut at each day.
 
 Incidents (one per group of changes, see :func:`evaluation.monitor.group_changes`) are matched
-to known incidents by time: an alert raised (live) no earlier than ``grace_days`` before a
-known incident's start, that starts before its end plus ``grace_days`` and is still open at
-its start, belongs to it; any other alert is false. A known
+to known incidents by time: an alert raised (live) on or after a known incident's start, that
+starts before its end plus ``grace_days`` and is still open at its start minus
+``grace_days``, belongs to it; any other alert (one raised before the incident began
+included) is false. A known
 incident is detected by the first live detection day among its alerts; its delay counts from
 its start.
 """
@@ -174,7 +175,7 @@ def backtest(
             i
             for i, k in enumerate(known)
             if start <= k.end + timedelta(days=grace_days)
-            and day >= k.start - timedelta(days=grace_days)
+            and day >= k.start
             and open_until >= k.start - timedelta(days=grace_days)
         ]
         if owners:
@@ -190,7 +191,7 @@ def backtest(
                 }
             )
     for i, k in enumerate(known):
-        hits = [(d, g) for d, g in matched[i] if d >= k.start - timedelta(days=grace_days)]
+        hits = matched[i]
         detected = min((d for d, _ in hits), default=None)
         delay = (detected - k.start).days if detected is not None else None
         rows.append(
