@@ -94,7 +94,7 @@ class DetectionSettings(StrictModel):
     shift_relative: PositiveFloat = 0.25
     shift_absolute: PositiveFloat = 0.05
     volume_shift_relative: PositiveFloat = 0.5
-    volume_model_cv: float = Field(default=0.1, ge=0)
+    volume_model_cv: float = Field(default=0.15, ge=0)
     threshold: PositiveFloat = 8.0
     close_periods: PositiveInt = 3
     close_p_value: PositiveFloat = 0.1

@@ -206,7 +206,9 @@ def test_volumes_follow_trend_and_weekdays_and_a_drop_is_found() -> None:
         changes = detect_changes(_series(k, ones, "count", "both", True, "volume"), d)
         delays.append(_delay([c for c in changes if c.direction == "down"], 100))
     assert false_alarms <= 1
-    assert all(x is not None and x <= 3 for x in delays), delays
+    # volume_model_cv (the forecast's own error) trades some speed for fewer false alerts
+    assert all(x is not None and x <= 7 for x in delays), delays
+    assert sum(x is not None and x <= 3 for x in delays) >= 17, delays
 
 
 def test_a_ramp_up_raises_no_alert_that_stays_open() -> None:
