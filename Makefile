@@ -10,7 +10,7 @@ DATA ?= data
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo stop bento browser test lint format typecheck clean
+.PHONY: help install demo stop bento browser java test lint format typecheck clean
 
 help: ## List the targets with what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -71,7 +71,14 @@ browser: ## Install Debian's chromium (for the report browser test) when it is m
 	@test -x $(CHROMIUM) || $(APT) install -y chromium \
 		|| { $(APT) update && $(APT) install -y chromium; }
 
-test: install browser ## Run the whole test suite
+# The spark engine (features build --engine spark, its parity tests) needs a Java 17+ runtime:
+# Debian's headless OpenJDK 17, installed only when no java is found (JAVA_HOME or PATH).
+java: ## Install Debian's openjdk-17-jre-headless (for the spark engine) when no Java is present
+	@{ [ -n "$$JAVA_HOME" ] && [ -x "$$JAVA_HOME/bin/java" ]; } || command -v java >/dev/null \
+		|| $(APT) install -y openjdk-17-jre-headless \
+		|| { $(APT) update && $(APT) install -y openjdk-17-jre-headless; }
+
+test: install browser java ## Run the whole test suite
 	$(BIN)/pytest -n 2
 
 lint: install ## Lint and check formatting with ruff

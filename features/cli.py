@@ -66,15 +66,45 @@ def build(
     config: Path | None = FeaturesConfig,
     journeys: Path | None = JourneysConfig,
     as_of: str | None = AsOf,
+    engine: str = typer.Option(
+        "duckdb",
+        "--engine",
+        help="duckdb (one machine, out-of-core) or spark (the spark: section of the config).",
+    ),
 ) -> None:
     """Compute point-in-time journey features at every snapshot from the ingested lake."""
-    from features.pipeline import FeatureBuildError, build_snapshots
+    from features.pipeline import BuildReport, FeatureBuildError, build_snapshots
     from features.store import Workspace
 
-    journey_map, _, catalog = _load(config, journeys)
+    if engine not in ("duckdb", "spark"):
+        err.print(f"[red]--engine must be duckdb or spark, not {engine!r}[/red]")
+        raise typer.Exit(2)
+    journey_map, settings, catalog = _load(config, journeys)
     ws = Workspace(data_dir)
+    report: BuildReport
     try:
-        report = build_snapshots(ws.lake, ws.snapshots, journey_map, catalog, _parse_as_of(as_of))
+        if engine == "spark":
+            from features.spark import JavaMissingError, build_snapshots_spark, spark_session
+
+            spark_settings = settings.spark
+            try:
+                spark = spark_session(spark_settings)
+            except JavaMissingError as exc:
+                err.print(f"[red]features build --engine spark: {exc}[/red]")
+                raise typer.Exit(2) from None
+            report = build_snapshots_spark(
+                spark,
+                spark_settings.lake or str(ws.lake),
+                spark_settings.output or str(ws.snapshots),
+                journey_map,
+                catalog,
+                _parse_as_of(as_of),
+                output_files=spark_settings.output_files,
+            )
+        else:
+            report = build_snapshots(
+                ws.lake, ws.snapshots, journey_map, catalog, _parse_as_of(as_of)
+            )
     except FeatureBuildError as exc:
         err.print(f"[red]features build: {exc}[/red]")
         raise typer.Exit(2) from None
@@ -89,6 +119,7 @@ def build(
     )
     table.add_row("as of", report.as_of.isoformat())
     table.add_row("features", str(report.features))
+    table.add_row("engine", engine)
     table.add_row("written to", str(report.path))
     table.add_row("seconds", f"{report.seconds:.1f}")
     console.print(table)

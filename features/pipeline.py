@@ -540,13 +540,23 @@ def _sql_type(dtype: str) -> str:
     return {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR"}[dtype]
 
 
-def to_spark_sql(query: str) -> str:
-    """Transpiles the feature query to Spark SQL (for the cluster engine).
+_RANKING = (exp.Lead, exp.Lag, exp.RowNumber)
+"""Window functions that take no frame in Spark (DuckDB ignores the frame they are given)."""
 
-    Spark has no ``ASOF JOIN``: each one (``s ASOF JOIN c ON <keys> AND <probe> > c.r``) is
-    written as the equivalent range join on the cell's validity interval,
-    ``c.r < <probe> AND <probe> <= COALESCE(c.next_r, <max>)``, and ``EPOCH_US`` as
-    ``UNIX_MICROS``.
+
+def to_spark_sql(query: str) -> str:
+    """Transpiles the feature query to Spark SQL (the ``spark`` engine runs it).
+
+    sqlglot translates the functions; what differs in meaning is rewritten first:
+
+    - Spark has no ``ASOF JOIN``: each one (``s ASOF JOIN c ON <keys> AND <probe> > c.r``) is
+      written as the equivalent range join on the cell's validity interval,
+      ``c.r < <probe> AND <probe> <= COALESCE(c.next_r, <max>)``;
+    - ``EPOCH_US`` is ``UNIX_MICROS``;
+    - Spark's ``ROW_NUMBER`` and 32-bit columns shift within 32 bits (Java's ``int <<``), so
+      the left side of every bit shift is cast to BIGINT, as DuckDB's would be;
+    - ``LEAD``/``LAG``/``ROW_NUMBER`` over a named window that has a frame take the window's
+      partition and order only (Spark refuses a frame there; DuckDB ignores it).
     """
 
     def rewrite(node: exp.Expression) -> exp.Expression:
@@ -571,12 +581,37 @@ def to_spark_sql(query: str) -> str:
             return node
         if isinstance(node, exp.Anonymous) and node.name.upper() == "EPOCH_US":
             return exp.Anonymous(this="UNIX_MICROS", expressions=node.expressions)
+        if isinstance(node, exp.BitwiseLeftShift | exp.BitwiseRightShift):
+            node = node.copy()
+            node.set("this", exp.cast(node.this, exp.DataType.build("BIGINT")))
+            return node
+        if isinstance(node, exp.Select) and node.args.get("windows"):
+            return _unframe_ranking(node)
         return node
 
     statements = sqlglot.parse(query, read="duckdb")
     return ";\n".join(
         s.transform(rewrite).sql(dialect="spark", pretty=True) for s in statements if s
     )
+
+
+def _unframe_ranking(select: exp.Select) -> exp.Select:
+    """Inlines the named window of each ranking function of ``select`` without its frame."""
+    named = {w.this.name: w for w in select.args["windows"] if w.args.get("spec") is not None}
+    if not named:
+        return select
+    select = select.copy()
+    for window in list(select.find_all(exp.Window)):
+        alias = window.args.get("alias")
+        func = window.this.this if isinstance(window.this, exp.IgnoreNulls) else window.this
+        if alias is None or alias.name not in named or not isinstance(func, _RANKING):
+            continue
+        spec = named[alias.name]
+        window.set("alias", None)
+        window.set("partition_by", [p.copy() for p in spec.args.get("partition_by") or []])
+        if spec.args.get("order") is not None:
+            window.set("order", spec.args["order"].copy())
+    return select
 
 
 @dataclass(frozen=True)
@@ -700,7 +735,7 @@ def register_snapshots(con: duckdb.DuckDBPyConnection, entity_frame: pa.Table) -
 class BuildReport:
     """What ``build_snapshots`` wrote."""
 
-    path: Path
+    path: Path | str
     rows: int
     customers: int
     snapshots: int

@@ -121,6 +121,48 @@ class StoreSettings(StrictModel):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
 
 
+class SparkSettings(StrictModel):
+    """How the ``spark`` engine runs (``journeyml features build --engine spark``).
+
+    ``lake`` and ``output`` may be any Hadoop-compatible URI (``hdfs://``, ``s3a://``,
+    ``abfss://``, ``file://`` or a plain path); left empty they are the workspace's lake and
+    snapshot folders. ``conf`` is passed to the session as it is (``spark.executor.memory``,
+    ``spark.sql.shuffle.partitions``, credentials providers, ...).
+    """
+
+    master: str = "local[*]"
+    app_name: str = "journeyml-features"
+    conf: dict[str, str] = Field(default_factory=dict)
+    lake: str | None = None
+    output: str | None = None
+    output_files: PositiveInt = Field(
+        default=8,
+        description="Parquet files the snapshots are written as, rows hashed by customer.",
+    )
+
+    @field_validator("master", "app_name")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("lake", "output")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in "\n\r\0")):
+            raise ValueError(f"{value!r} is not a path or URI")
+        return value
+
+    @field_validator("conf")
+    @classmethod
+    def _spark_keys(cls, conf: dict[str, str]) -> dict[str, str]:
+        for key in conf:
+            if not key.startswith("spark."):
+                raise ValueError(f"{key!r} is not a Spark setting (they start with 'spark.')")
+        return conf
+
+
 class FeatureSettings(StrictModel):
     """What the journey feature pipeline computes.
 
@@ -144,6 +186,7 @@ class FeatureSettings(StrictModel):
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
     stale_after_hours: float = Field(default=24.0, gt=0)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
 
     @field_validator("windows_days")
     @classmethod
