@@ -45,7 +45,7 @@ from benchmarks.pandas_features import compute_pandas_features, read_lake  # noq
 from features.catalog import FeatureCatalog, build_catalog  # noqa: E402
 from features.pipeline import build_snapshots  # noqa: E402
 from features.settings import load_feature_settings  # noqa: E402
-from journeyml.config import JourneyMap, load_journey_map  # noqa: E402
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, load_journey_map  # noqa: E402
 
 DEFAULT_CACHE = Path("/tmp/jml_bench")
 INGEST_NOW = datetime(2027, 1, 1, tzinfo=UTC)
@@ -64,7 +64,7 @@ def prepare_lake(root: Path, customers: int, days: int, seed: int) -> Path:
     lake = root / "lake"
     if (root / "READY").exists():
         return lake
-    journey_map = load_journey_map()
+    journey_map = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
     simulate(
         World(),
         journey_map,
@@ -86,8 +86,10 @@ def prepare_lake(root: Path, customers: int, days: int, seed: int) -> Path:
 
 
 def load_setup() -> tuple[JourneyMap, FeatureCatalog]:
-    journey_map = load_journey_map()
-    return journey_map, build_catalog(journey_map, load_feature_settings())
+    journey_map = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    return journey_map, build_catalog(
+        journey_map, load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
+    )
 
 
 def run_sql(lake: Path, out: Path) -> dict[str, object]:

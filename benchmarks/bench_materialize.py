@@ -38,7 +38,7 @@ from features.online import load_latest_snapshot
 from features.realtime import read_online
 from features.settings import FeatureSettings, OnlineStoreSettings, StoreSettings
 from features.store import Workspace, apply_definitions, open_store
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 
 AS_OF = datetime(2025, 12, 31, tzinfo=UTC)
 SAMPLE = 500
@@ -167,7 +167,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--stores", default="sqlite,redis")
     args = parser.parse_args()
-    catalog = build_catalog(load_journey_map(), FeatureSettings())
+    catalog = build_catalog(
+        load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"), FeatureSettings()
+    )
     with tempfile.TemporaryDirectory(prefix="bench_materialize_") as tmp:
         root = Path(tmp)
         make_snapshot(catalog, args.customers, root / "snapshot")

@@ -34,7 +34,7 @@ from features.catalog import build_catalog
 from features.pipeline import build_snapshots
 from features.settings import load_feature_settings
 from features.store import Workspace, apply_definitions, open_store
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 from training.config import load_training_config
 from training.dataset import describe_service, read_features
 from training.labels import build_labels
@@ -47,8 +47,8 @@ def build_world(root: Path, customers: int, days: int) -> None:
     from journeyml.simulate.run import TruthOptions, simulate
     from journeyml.simulate.world import World
 
-    journey = load_journey_map()
-    settings = load_feature_settings()
+    journey = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    settings = load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
     simulate(
         World(),
         journey,
@@ -67,7 +67,7 @@ def build_world(root: Path, customers: int, days: int) -> None:
 
 def feast_peer(root: Path, sample: int) -> tuple[float, float]:
     """Seconds to read ``sample`` entity rows with Feast's Dask store and with DuckDB."""
-    settings = load_feature_settings()
+    settings = load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
     store = open_store(settings.store, Workspace(root))
     spec = describe_service(store, "churn_v1")
     snaps = duckdb.sql(
@@ -109,8 +109,8 @@ def main() -> None:
     snapshot_rows = duckdb.sql(
         f"SELECT COUNT(*) FROM read_parquet('{Workspace(root).snapshots}/*.parquet')"
     ).fetchall()[0]
-    journey = load_journey_map()
-    settings = load_feature_settings()
+    journey = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    settings = load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
     config = load_training_config()
 
     started = time.perf_counter()

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_training import build_world  # noqa: E402
 from features.settings import load_feature_settings  # noqa: E402
-from journeyml.config import load_journey_map  # noqa: E402
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map  # noqa: E402
 from training.bundle import encode_frame  # noqa: E402
 from training.config import load_training_config  # noqa: E402
 from training.metrics import expected_calibration_error  # noqa: E402
@@ -68,7 +68,7 @@ def simulate_hidden(root: Path, customers: int, days: int, rollouts: int) -> Pat
     if not (out / "truth" / "customers.parquet").is_file():  # cached
         simulate(
             World(),
-            load_journey_map(),
+            load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
             customers,
             days,
             seed=11,  # bench_training.build_world's seed
@@ -100,7 +100,11 @@ def main() -> None:
         build_world(root, args.customers, args.days)
     hidden_folder = simulate_hidden(root, args.customers, args.days, args.rollouts)
 
-    journey, settings, config = load_journey_map(), load_feature_settings(), load_training_config()
+    journey, settings, config = (
+        load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
+        load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml")),
+        load_training_config(),
+    )
     data = prepare_data(root, journey, settings, config)
     rows = data.rows.reset_index(drop=True)
     truth = load_truth(root / "sim" / "truth")

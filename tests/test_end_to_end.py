@@ -17,7 +17,7 @@ from features.realtime import EventStore, RealtimeUpdater, read_online
 from features.settings import load_feature_settings
 from features.store import Workspace, open_store
 from journeyml.cli import app
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 from journeyml.events.schema import NORMALISED_EVENT_SCHEMA, events_glob
 
 NOW = "2026-06-01T00:00:00"
@@ -64,11 +64,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_online_store_holds_the_latest_snapshot(data: Path) -> None:
-    catalog = build_catalog(load_journey_map(), load_feature_settings())
+    catalog = build_catalog(
+        load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
+        load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml")),
+    )
     snapshots = pd.read_parquet(Workspace(data).snapshots)
     latest = snapshots[snapshots["event_timestamp"] == snapshots["event_timestamp"].max()]
     sample = latest.sample(40, random_state=0).set_index("customer_id")
-    store = open_store(load_feature_settings().store, Workspace(data))
+    store = open_store(
+        load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml")).store, Workspace(data)
+    )
     as_of = latest["event_timestamp"].iloc[0].to_pydatetime()
     for row in read_online(store, catalog, list(sample.index), now=as_of):
         assert row.found and not row.any_stale
@@ -85,8 +90,10 @@ def test_online_store_holds_the_latest_snapshot(data: Path) -> None:
 
 def test_real_time_update_matches_the_batch_pipeline(data: Path, tmp_path: Path) -> None:
     """Hold back each sampled customer's last events, then send them through the update."""
-    journey_map = load_journey_map()
-    catalog = build_catalog(journey_map, load_feature_settings())
+    journey_map = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    catalog = build_catalog(
+        journey_map, load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
+    )
     ws = Workspace(data)
     snapshots = pd.read_parquet(ws.snapshots)
     as_of = snapshots["event_timestamp"].max().to_pydatetime()
@@ -105,7 +112,7 @@ def test_real_time_update_matches_the_batch_pipeline(data: Path, tmp_path: Path)
         part / "b.parquet",
     )
     (lake / "customers.parquet").write_bytes((ws.lake / "customers.parquet").read_bytes())
-    store = open_store(load_feature_settings().store, ws)
+    store = open_store(load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml")).store, ws)
     updater = RealtimeUpdater(
         store, catalog, journey_map, EventStore(f"sqlite:///{tmp_path / 'events.db'}"), lake
     )

@@ -4,12 +4,12 @@
 every logged policy decision, and the ground truth that models and policies are scored against.
 The same world runs any policy from Python, so policies can be compared by their true value::
 
-    from journeyml.config import load_journey_map
+    from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
     from journeyml.simulate.policy import NONE, fixed_policy
     from journeyml.simulate.run import simulate
     from journeyml.simulate.world import load_world
 
-    world, journey = load_world(), load_journey_map()
+    world, journey = load_world(), load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
     _, baseline = simulate(world, journey, 5000, 180, seed=1, truth=None, policy=fixed_policy(NONE))
     _, offers = simulate(world, journey, 5000, 180, seed=1, truth=None,
                          policy=fixed_policy(world.action_index("discount_offer")))

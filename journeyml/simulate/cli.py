@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from journeyml.config import ConfigError
+from journeyml.config import SIMULATOR_CONFIG_DIR, ConfigError
 
 T = TypeVar("T")
 
@@ -33,7 +33,10 @@ def simulate(
         None, "--world", help="World config (default: simulator.yaml of --config-dir)."
     ),
     journeys: Path | None = typer.Option(
-        None, "--journeys", help="Journey map (default: journeys.yaml of --config-dir)."
+        None,
+        "--journeys",
+        help="Journey map (default: the simulator's, configs/simulator/journeys.yaml; the "
+        "simulator needs its own event vocabulary and stages).",
     ),
     fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
     incident: list[str] = typer.Option(
@@ -71,7 +74,9 @@ def simulate(
             raise SimulationError(f"--start {start!r} is not a date (YYYY-MM-DD)") from None
         incidents = tuple(Incident.parse(spec) for spec in incident)
         world_config = _load(load_world, world, "--world")
-        journey_map = _load(load_journey_map, journeys, "--journeys")
+        journey_map = _load(
+            load_journey_map, journeys or SIMULATOR_CONFIG_DIR / "journeys.yaml", "--journeys"
+        )
         summary, _ = run_simulation(
             world_config,
             journey_map,

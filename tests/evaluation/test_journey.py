@@ -39,7 +39,7 @@ from evaluation.journey import (
 )
 from evaluation.journey_report import add_journey_sections
 from journeyml.cli import app
-from journeyml.config import CONFIG_DIR, load_journey_map
+from journeyml.config import CONFIG_DIR, SIMULATOR_CONFIG_DIR, load_journey_map
 from journeyml.events.lake import Manifest, write_manifest
 from tests.features.helpers import events_table, write_lake
 
@@ -76,7 +76,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def analytics(workspace: Path) -> JourneyAnalytics:
     return analyze_journeys(
         workspace / "lake",
-        load_journey_map(),
+        load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
         truth_personas=workspace / "sim" / "truth" / "personas.parquet",
     )
 
@@ -129,7 +129,7 @@ any page view sent a customer back to "awareness"."""
 def test_stages_move_back_only_on_regression_events(
     workspace: Path, analytics: JourneyAnalytics
 ) -> None:
-    journey = load_journey_map()
+    journey = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
     stages = journey.stages
     # counted as the journey report counts stage changes (evaluation.journey_report)
     st = analytics.stage_transitions
@@ -188,7 +188,9 @@ def test_time_to_convert_censors_customers_who_have_not_converted(tmp_path: Path
         {"customer_id": "c", "timestamp": _day(1), "event_type": "page_view"},
         {"customer_id": "d", "timestamp": _day(0), "event_type": "page_view"},
     ]
-    con = open_journeys(_tiny_lake(tmp_path, rows), load_journey_map())
+    con = open_journeys(
+        _tiny_lake(tmp_path, rows), load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    )
     try:
         register_membership(con, pd.DataFrame({"customer_id": list("abcd"), "persona": "P1"}))
         summary, curve = compute_time_to_convert(con, _day(4))
@@ -285,13 +287,17 @@ def test_moments_read_exposures_only_before_the_cutoff(tmp_path: Path) -> None:
             rows.append({"customer_id": f"c{c}", "timestamp": _day(d, 9), "event_type": "login"})
     for who, d in (("c0", 20), ("c1", 35), ("c2", 5), ("c3", 45)):
         rows.append({"customer_id": who, "timestamp": _day(d, 10), "event_type": "complaint"})
-    con = open_journeys(_tiny_lake(tmp_path, rows), load_journey_map())
+    con = open_journeys(
+        _tiny_lake(tmp_path, rows), load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    )
     try:
         facts = log_facts(con)
         register_membership(con, pd.DataFrame({"customer_id": [f"c{i}" for i in range(6)],
                                                "persona": "P1"}))  # fmt: skip
         options = AnalyzeOptions(window_days=30, min_support=1, activity_strata=1)
-        moments, mfacts = compute_moments(con, load_journey_map(), _day(40), options, facts)
+        moments, mfacts = compute_moments(
+            con, load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"), _day(40), options, facts
+        )
     finally:
         con.close()
     assert mfacts["moments_population"] == 6
@@ -345,18 +351,20 @@ def test_personas_agree_with_the_simulators_personas(
 
 def test_a_missing_or_empty_lake_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(JourneyDataError, match="not an event lake"):
-        analyze_journeys(tmp_path / "nowhere", load_journey_map())
+        analyze_journeys(
+            tmp_path / "nowhere", load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+        )
     empty = tmp_path / "empty"
     empty.mkdir()
     write_manifest(empty, Manifest())
     with pytest.raises(JourneyDataError, match="holds no events"):
-        analyze_journeys(empty, load_journey_map())
+        analyze_journeys(empty, load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"))
     marketing_only = _tiny_lake(
         tmp_path / "m",
         [{"customer_id": "a", "timestamp": _day(0), "event_type": "action_discount_offer"}],
     )
     with pytest.raises(JourneyDataError, match="only marketing actions"):
-        analyze_journeys(marketing_only, load_journey_map())
+        analyze_journeys(marketing_only, load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"))
     with pytest.raises(JourneyDataError, match="lacks"):
         read_journey_result(tmp_path / "empty")
 
@@ -366,7 +374,9 @@ def test_a_log_shorter_than_the_label_horizon_is_refused(tmp_path: Path) -> None
         {"customer_id": f"c{i}", "timestamp": _day(i % 5), "event_type": "login"} for i in range(20)
     ]
     with pytest.raises(JourneyDataError, match=r"cutoff .* is outside the log"):
-        analyze_journeys(_tiny_lake(tmp_path, rows), load_journey_map())
+        analyze_journeys(
+            _tiny_lake(tmp_path, rows), load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+        )
 
 
 def test_options_are_validated() -> None:

@@ -13,7 +13,7 @@ from evaluation.html import Report
 from evaluation.policy import NotSimulatedError, PolicyEvaluation, evaluate_policies
 from evaluation.policy_report import add_policy_sections
 from journeyml.cli import app
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def evaluation(workspace: Path) -> PolicyEvaluation:
-    return evaluate_policies(workspace, load_journey_map(), sim_customers=800, sim_days=150)
+    return evaluate_policies(
+        workspace,
+        load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
+        sim_customers=800,
+        sim_days=150,
+    )
 
 
 def test_the_log_and_the_simulator_rank_policies_alike(evaluation: PolicyEvaluation) -> None:
@@ -89,4 +94,8 @@ def test_report_cli_and_errors(
     missing = runner.invoke(app, ["evaluate-policy", "--data-dir", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "decision log" in missing.output
     with pytest.raises(NotSimulatedError):
-        evaluate_policies(tmp_path, load_journey_map(), simulate_values=False)
+        evaluate_policies(
+            tmp_path,
+            load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
+            simulate_values=False,
+        )

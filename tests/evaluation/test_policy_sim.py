@@ -26,7 +26,7 @@ from evaluation.policy_learn import (
     record_logging_run,
 )
 from evaluation.policy_sim import PolicyValues, true_policy_values
-from journeyml.config import JourneyMap, load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, load_journey_map
 from journeyml.simulate.policy import Observation, logging_policy
 from journeyml.simulate.run import simulate
 from journeyml.simulate.world import World, load_world
@@ -44,7 +44,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def journey() -> JourneyMap:
-    return load_journey_map()
+    return load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
 
 
 @pytest.fixture(scope="module")

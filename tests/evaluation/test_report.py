@@ -337,7 +337,7 @@ def build_report_workspace(base: Path) -> ReportWorkspace:
     done = ReportWorkspace(root, root / "models.yaml")
     if (root / ".built").is_file():
         return done
-    journey = load_journey_map()
+    journey = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
     sim = build_sim_workspace(root, journey, 300, 203, seed=5)
     config = small_config(root / "mlflow_settings")
     target = resolve_tracking(config.tracking, root)

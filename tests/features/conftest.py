@@ -6,12 +6,12 @@ import pytest
 
 from features.catalog import FeatureCatalog, build_catalog
 from features.settings import FeatureSettings
-from journeyml.config import JourneyMap, load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, load_journey_map
 
 
 @pytest.fixture(scope="session")
 def journey_map() -> JourneyMap:
-    return load_journey_map()
+    return load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -155,3 +155,69 @@ def test_a_list_key_with_nothing_after_it_is_an_empty_list(tmp_path: Path) -> No
     assert journey.responses == [] and journey.churn.events == []
     data["churn"] = {"inactivity_days": None, "events": ["cancel"]}  # optional: null stays null
     assert load_config(write(tmp_path, data), JourneyMap).churn.inactivity_days is None
+
+
+# -- the shipped defaults are for any log; the simulator's set is configs/simulator --------------
+
+
+def test_the_shipped_map_and_features_name_nothing_only_the_simulator_has() -> None:
+    from journeyml.config import SIMULATOR_CONFIG_DIR
+
+    shipped = load_feature_settings(str(CONFIG_DIR / "features.yaml"))
+    simulator = load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
+    # the simulator's customers table has segment, plan and region; an unknown log has none
+    assert not {"segment", "plan", "region"} & set(shipped.profile_attributes)
+    assert {"segment", "plan", "region"} <= set(simulator.profile_attributes)
+    # the consent column of the shipped actions catalog is the one customer column read
+    assert shipped.profile_attributes == ["marketing_opt_out"]
+    assert load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml").stage_of("login") == (
+        "consideration"
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "stage", "back_to"),
+    [
+        # the foreign clickstream's own names (tests/foreign_logs/clickstream.py)
+        ("home", "awareness", None),
+        ("search", "consideration", None),
+        ("add_item", "consideration", None),
+        ("shipping", "purchase", None),
+        ("order_placed", "purchase", None),
+        ("support_ticket", "retention", None),
+        ("logout", None, None),
+        # the subscription log's (tests/foreign_logs/subscription.py)
+        ("account_opened", "consideration", None),
+        ("sign_in", "consideration", None),
+        ("invoice_paid", "purchase", None),
+        ("plan_upgrade", "purchase", None),
+        ("usage", "retention", None),
+        ("charge_failed", None, "consideration"),
+        ("cancel", None, "awareness"),
+        # common web-shop names
+        ("page_view", "awareness", None),
+        ("checkout_start", "purchase", None),
+        ("subscription_cancelled", None, "awareness"),
+        ("review_posted", "advocacy", None),
+    ],
+)
+def test_the_shipped_map_places_common_vocabularies(
+    event_type: str, stage: str | None, back_to: str | None
+) -> None:
+    journey = load_journey_map(CONFIG_DIR / "journeys.yaml")
+    assert journey.stage_of(event_type) == stage
+    assert journey.regression_to(event_type) == back_to
+
+
+def test_the_shipped_actions_load_against_the_shipped_map_and_features() -> None:
+    from features.catalog import build_catalog
+    from serving.actions import load_actions
+
+    catalog = build_catalog(
+        load_journey_map(CONFIG_DIR / "journeys.yaml"),
+        load_feature_settings(str(CONFIG_DIR / "features.yaml")),
+    )
+    actions = load_actions(
+        CONFIG_DIR / "actions.yaml", known_names={f.name: f.dtype for f in catalog.features}
+    )
+    assert actions.ids

@@ -31,7 +31,7 @@ def serving_ws(tmp_path_factory: pytest.TempPathFactory) -> ServingWorkspace:
     """400 simulated customers, all four models trained and promoted, features online."""
     from training.pipeline import train_models
 
-    journey_map: JourneyMap = load_journey_map()
+    journey_map: JourneyMap = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
     root = tmp_path_factory.mktemp("serving_ws")
     sim = build_sim_workspace(root, journey_map, 400, 203, seed=9)
     config = small_config(tmp_path_factory.mktemp("serving_mlflow"))

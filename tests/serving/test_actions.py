@@ -19,6 +19,7 @@ from features.catalog import FeatureCatalog, build_catalog
 from features.settings import load_feature_settings
 from journeyml.config import (
     CONFIG_DIR,
+    CONFIG_DIR_ENV,
     SIMULATOR_CONFIG_DIR,
     ConfigError,
     JourneyMap,
@@ -43,7 +44,10 @@ SIMULATED = SIMULATOR_CONFIG_DIR / "actions.yaml"  # the simulator's actions
 
 @pytest.fixture(scope="module")
 def features() -> FeatureCatalog:
-    return build_catalog(load_journey_map(), load_feature_settings())
+    return build_catalog(
+        load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
+        load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -430,12 +434,17 @@ FOREIGN_MAPS = {
 
 
 def _known(journey: JourneyMap) -> dict[str, str]:
-    catalog = build_catalog(journey, load_feature_settings())
+    catalog = build_catalog(
+        journey, load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
+    )
     return {f.name: f.dtype for f in catalog.features}
 
 
 @pytest.mark.parametrize("log", sorted(FOREIGN_MAPS))
-def test_the_default_catalog_loads_on_a_log_the_simulator_did_not_make(log: str) -> None:
+def test_the_default_catalog_loads_on_a_log_the_simulator_did_not_make(
+    log: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)  # the suite reads configs/simulator
     journey = JourneyMap.model_validate(FOREIGN_MAPS[log])
     catalog = load_actions(SHIPPED, known_names=_known(journey))
     assert catalog.ids and "churn_risk" in {

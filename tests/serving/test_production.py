@@ -17,7 +17,7 @@ from features.catalog import build_catalog
 from features.online import load_latest_snapshot
 from features.settings import FeatureSettings, OnlineStoreSettings, RegistrySettings, StoreSettings
 from features.store import Workspace, apply_definitions, open_store
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 from serving.engine import DecisionContext
 from serving.runtime import Runtime
 from serving.schemas import EventsRequest, FeedbackRequest, ScoreRequest
@@ -48,7 +48,7 @@ def production(
     features_yaml = tmp / "features.yaml"
     features_yaml.write_text(yaml.safe_dump(features.model_dump(mode="json")), encoding="utf-8")
     ws = Workspace(serving_ws.sim.root)
-    catalog = build_catalog(load_journey_map(), features)
+    catalog = build_catalog(load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"), features)
     store = open_store(store_settings, ws)
     apply_definitions(store, catalog, ws)
     load_latest_snapshot(store, catalog, ws.snapshots)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 from journeyml.simulate.engine import (
     NONE,
     Calendar,
@@ -37,7 +37,7 @@ from journeyml.simulate.policy import (
 from journeyml.simulate.truth import TruthOptions, compute_truth
 from journeyml.simulate.world import Action, ActionEffect, World
 
-JOURNEY = load_journey_map()
+JOURNEY = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
 
 
 @pytest.mark.parametrize(

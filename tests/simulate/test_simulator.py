@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 from journeyml.events.ingest import validate_events
 from journeyml.simulate.policy import NONE, Observation, Policy, fixed_policy, logging_policy
 from journeyml.simulate.run import Incident, SimulationError, TruthOptions, simulate
 from journeyml.simulate.world import World
 
-JOURNEY = load_journey_map()
+JOURNEY = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
 START = pd.Timestamp("2025-01-01", tz="UTC")
 DAYS = 200
 K = 32  # roll-outs per customer: Monte Carlo noise of p adds var p(1-p)/K to a label's

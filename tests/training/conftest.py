@@ -13,7 +13,7 @@ from features.catalog import build_catalog
 from features.pipeline import build_snapshots
 from features.settings import FeatureSettings
 from features.store import Workspace, apply_definitions, open_store
-from journeyml.config import JourneyMap, load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, load_journey_map
 from training.config import (
     GateSettings,
     ModelsSettings,
@@ -29,7 +29,7 @@ NOW = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
 
 @pytest.fixture(scope="session")
 def journey_map() -> JourneyMap:
-    return load_journey_map()
+    return load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
 
 
 @dataclass(frozen=True)

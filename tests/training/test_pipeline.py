@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from journeyml.config import SIMULATOR_CONFIG_DIR
 from tests.features.helpers import by_customer_and_time
 from tests.training.conftest import Trained
 from training.bundle import MANIFEST_TAG, load_model_bundle
@@ -142,7 +143,7 @@ def test_training_registers_its_feature_services_without_features_apply(
     (tmp_path / "lake").symlink_to(trained.ws.root / "lake")
     (tmp_path / "features").symlink_to(trained.ws.root / "features")
     assert not (tmp_path / "feast").exists()
-    journey_map = load_journey_map()
+    journey_map = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
     for _ in range(2):
         data = prepare_data(tmp_path, journey_map, trained.ws.settings, trained.config)
         spec, x = read_model_features(data, "churn_v1", trained.config, {})
