@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from evaluation.monitor import load_monitor_settings
 from evaluation.monitor_backtest import backtest, load_known_incidents
 from journeyml.cli import app
-from journeyml.config import REPO_ROOT, load_journey_map
+from journeyml.config import CONFIG_DIR, REPO_ROOT, load_journey_map
 from tests.foreign_logs import generate_clickstream
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,8 @@ def test_injected_incidents_are_found_per_platform(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     known = load_known_incidents(log.truth["incidents"], log.start)
-    scored = backtest(tmp_path / "lake", load_monitor_settings(), known, load_journey_map(JOURNEYS))
+    settings = load_monitor_settings(CONFIG_DIR / "monitoring.yaml")  # the shipped settings
+    scored = backtest(tmp_path / "lake", settings, known, load_journey_map(JOURNEYS))
     rows = scored.incidents.set_index("name")
     # the payment outage, the ios basket loop and the web outage: within 3 days of their start
     for name in ("payment_outage", "basket_loop_ios", "web_outage"):
