@@ -479,6 +479,8 @@ def test_a_stale_output_is_flagged(workspace: ReportWorkspace, tmp_path: Path) -
 
 
 def test_missing_prerequisites_name_the_command(workspace: ReportWorkspace, tmp_path: Path) -> None:
+    import shutil
+
     runner = CliRunner()
     result = runner.invoke(app, ["report", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
@@ -493,6 +495,20 @@ def test_missing_prerequisites_name_the_command(workspace: ReportWorkspace, tmp_
     only = runner.invoke(app, [*args, "--kind", "journey", "--out", str(tmp_path / "out")])
     assert only.exit_code == 0, only.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["journey.html"]
+    # --kind all writes what it can and names what it skipped (no policy evaluation here)
+    partial = tmp_path / "partial"
+    shutil.copytree(workspace.root, partial, ignore=shutil.ignore_patterns("policy", "reports"))
+    some = runner.invoke(
+        app, ["report", "--data-dir", str(partial), "--config", str(workspace.config)]
+    )
+    assert some.exit_code == 0, some.output
+    assert "policy report: no output at" in re.sub(r"\s+", " ", some.output)
+    assert sorted(p.name for p in (partial / "reports").iterdir()) == [
+        "journey.html",
+        "model.html",
+    ]
+    named = runner.invoke(app, ["report", "--data-dir", str(partial), "--kind", "policy"])
+    assert named.exit_code == 2
     bad = runner.invoke(app, [*args, "--kind", "models"])
     assert bad.exit_code == 2 and "--kind must be one of" in bad.output
     none = runner.invoke(app, ["report", "--data-dir", str(tmp_path / "absent")])
