@@ -419,6 +419,64 @@ class LogisticBaseline:
         return np.asarray(self.pipeline_.predict_proba(frame)[:, 1])
 
 
+class RandomForestBaseline:
+    """A random forest on the same features (strings as their vocabulary codes, missing
+    values as −1), fitted on a seeded sample of the training rows.
+
+    Args:
+        features: input features.
+        categorical: the string features among them.
+        max_rows: fit on at most this many training rows.
+        n_estimators: trees.
+        min_samples_leaf: the smallest leaf (keeps the forest's probabilities smooth).
+        random_state: seed of the sample and of the forest.
+        num_threads: worker threads.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str],
+        categorical: Sequence[str] = (),
+        max_rows: int = 20_000,
+        n_estimators: int = 100,
+        min_samples_leaf: int = 50,
+        random_state: int = 42,
+        num_threads: int = 2,
+    ):
+        self.features = features
+        self.categorical = categorical
+        self.max_rows = max_rows
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.random_state = random_state
+        self.num_threads = num_threads
+
+    def _matrix(self, x: pd.DataFrame) -> np.ndarray:
+        m = encode_frame(x, list(self.features), self.vocabularies_)
+        return np.where(np.isnan(m), -1.0, m)
+
+    def fit(self, x: pd.DataFrame, y: np.ndarray) -> RandomForestBaseline:
+        from sklearn.ensemble import RandomForestClassifier
+
+        y = np.asarray(y, dtype=np.int64)
+        if len(x) > self.max_rows:
+            rng = np.random.default_rng(self.random_state)
+            take = np.sort(rng.choice(len(x), self.max_rows, replace=False))
+            x, y = x.iloc[take], y[take]
+        self.vocabularies_ = fit_vocabularies(x, self.categorical)
+        self.forest_ = RandomForestClassifier(
+            n_estimators=self.n_estimators,
+            min_samples_leaf=self.min_samples_leaf,
+            max_features="sqrt",
+            n_jobs=self.num_threads,
+            random_state=self.random_state,
+        ).fit(self._matrix(x), y)
+        return self
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.forest_.predict_proba(self._matrix(x))[:, 1])
+
+
 class RecencyFrequencyBaseline:
     """The observed label rate in each cell of a recency × frequency grid (RFM-style).
 

@@ -23,6 +23,8 @@ import pandas as pd
 from features.settings import FeatureSettings
 from journeyml.config import JourneyMap
 from training import plots
+from training.btyd import INPUTS as BGNBD_INPUTS
+from training.btyd import BGNBDBaseline
 from training.bundle import (
     ACTION_FEATURE,
     CALENDAR_FEATURES,
@@ -50,6 +52,7 @@ from training.models import (
     LogisticBaseline,
     MarkovBaseline,
     NextStepModel,
+    RandomForestBaseline,
     RecencyFrequencyBaseline,
 )
 from training.tracking import (
@@ -258,6 +261,15 @@ def _importance_frame(series: pd.Series) -> dict[str, float]:
     return {str(k): float(v) for k, v in series.items()}
 
 
+def labels_are_complements(rows: pd.DataFrame, tolerance: float = 0.001) -> bool:
+    """Whether churn and conversion are one fact (churn = no purchase within the horizon),
+    as on a purchase log: they sum to one on all but ``tolerance`` of the labelled rows."""
+    if rows.empty or not {"churn", "conversion"} <= set(rows.columns):
+        return False
+    total = rows["churn"].to_numpy(dtype=np.float64) + rows["conversion"].to_numpy(dtype=np.float64)
+    return bool(np.mean(total != 1.0) <= tolerance)
+
+
 def latest_cutoffs(cutoffs: pd.Series, days: int) -> np.ndarray | None:
     """Rows whose cutoff is within ``days`` of the latest one (None when ``days`` is 0)."""
     if days <= 0 or cutoffs.empty:
@@ -286,8 +298,14 @@ def fit_binary_task(
     config: TrainingConfig,
     feature_settings: FeatureSettings,
     truth: Truth | None,
+    horizon_days: int | None = None,
 ) -> TaskResult:
-    """Churn or conversion: LightGBM with baselines, evaluated on the test period."""
+    """Churn or conversion: LightGBM with baselines, evaluated on the test period.
+
+    Baselines: logistic regression, a random forest, the recency-frequency grid and, given
+    the label's ``horizon_days``, BG/NBD (conversion; churn too where churn is no purchase
+    within the horizon, see :func:`labels_are_complements`).
+    """
     started = time.perf_counter()
     rows = data.rows
     label = LABEL_OF[name]
@@ -322,9 +340,38 @@ def fit_binary_task(
     if recency in features and frequency in features:
         rf = RecencyFrequencyBaseline(recency, frequency).fit(x[tr], y[tr])
         scores["recency_frequency"] = rf.predict_proba(x[te])
-    for base in ("logreg", "recency_frequency"):
+    forest = RandomForestBaseline(
+        features, spec.categorical, random_state=config.seed, num_threads=config.num_threads
+    )
+    scores["random_forest"] = forest.fit(x[tr], y[tr]).predict_proba(x[te])
+    purchase_outcome = name == "conversion" or labels_are_complements(rows)
+    if horizon_days and purchase_outcome and all(c in x.columns for c in BGNBD_INPUTS):
+        last = rows.loc[tr, "cutoff"].max()  # each training customer's history there
+        at_last = tr & (rows["cutoff"] == last).to_numpy()
+        outcome = "purchase" if name == "conversion" else "no_purchase"
+        try:
+            bgnbd = BGNBDBaseline(horizon_days, outcome).fit(x[at_last])
+            scores["bgnbd"] = bgnbd.predict_proba(x[te])
+        except ValueError as exc:
+            logger.warning("%s: no BG/NBD baseline: %s", name, exc)
+    for base in ("logreg", "random_forest", "recency_frequency", "bgnbd"):
         if base in scores:
             metrics.update(_prefixed(f"baseline_{base}_", binary_metrics(y[te], scores[base])))
+    beaten_by = {
+        b: metrics[f"baseline_{b}_auc"]
+        for b in scores
+        if b != "lightgbm" and metrics.get(f"baseline_{b}_auc", -1.0) > metrics["auc"]
+    }
+    if beaten_by:
+        best = max(beaten_by, key=lambda b: beaten_by[b])
+        logger.warning(
+            "%s: the %s baseline beats the LightGBM model on the test period (AUC %.4f against "
+            "%.4f); the promotion gate will refuse this challenger",
+            name,
+            best,
+            beaten_by[best],
+            metrics["auc"],
+        )
     if truth is not None:
         metrics.update(compare_with_truth(rows[te], p_test, y[te], truth, label))
 
@@ -922,7 +969,10 @@ def train_models(
             settings = getattr(config.models, name)
             spec, x = read_model_features(data, settings.feature_service, config, cache)
             spec, x = with_calendar(spec, x, data.rows, config.features.calendar)
-            result = fit_binary_task(name, data, spec, x, settings, config, feature_settings, truth)
+            horizon = getattr(journey_map.horizons, f"{name}_days")
+            result = fit_binary_task(
+                name, data, spec, x, settings, config, feature_settings, truth, horizon
+            )
         elif name == "next_step":
             spec, x = read_model_features(
                 data, config.models.next_step.feature_service, config, cache

@@ -48,7 +48,15 @@ def _better(metric: str, value: float, reference: float, margin: float) -> bool:
     return value >= reference + margin
 
 
-BASELINES = ("logreg", "recency_frequency", "markov", "prior", "random")
+BASELINES = (
+    "logreg",
+    "random_forest",
+    "recency_frequency",
+    "bgnbd",
+    "markov",
+    "prior",
+    "random",
+)
 """The baselines a training run logs, as ``baseline_<name>_<metric>``."""
 
 

@@ -94,6 +94,11 @@ def test_the_pipeline_trains_on_a_pure_purchase_log(tmp_path: Path) -> None:
     assert churn["auc"] > 0.6
     assert churn["auc"] > churn["baseline_recency_frequency_auc"] - 0.05
     assert by_model["conversion"].metrics["auc"] > 0.6
+    for model in ("churn", "conversion"):  # churn is no purchase: BG/NBD answers both
+        m = by_model[model].metrics
+        assert 0.6 < m["baseline_bgnbd_auc"] <= 1.0
+        assert 0.6 < m["baseline_random_forest_auc"] <= 1.0
+        assert {"baseline_logreg_auc", "baseline_recency_frequency_auc"} <= set(m)
     assert by_model["next_step"].metrics["top1_accuracy"] > 0.4
     with pytest.raises(NoActionsError):
         train_models(ws.root, ["uplift"], journey, settings, config, target)
