@@ -270,6 +270,60 @@ def labels_are_complements(rows: pd.DataFrame, tolerance: float = 0.001) -> bool
     return bool(np.mean(total != 1.0) <= tolerance)
 
 
+def mirror_of_churn(
+    churn: BinaryModelSettings, conversion: BinaryModelSettings
+) -> BinaryModelSettings:
+    """The conversion model's settings where conversion is the complement of churn: churn's
+    settings with the directions of its monotone constraints swapped (the conversion
+    service's features), so the two fits are mirror images and answer the fact alike."""
+    return churn.model_copy(
+        update={
+            "feature_service": conversion.feature_service,
+            "monotone_increasing": list(churn.monotone_decreasing),
+            "monotone_decreasing": list(churn.monotone_increasing),
+        }
+    )
+
+
+def check_complements(
+    churn: TaskResult, conversion: TaskResult, resamples: int = 100, seed: int = 0
+) -> dict[str, float]:
+    """Churn and conversion scores of one fact must agree: the AUC of churn's score and of
+    one minus conversion's score, on the churn label of the same test rows, may differ only
+    by noise (3 bootstrap standard deviations of the paired difference, at least 0.002).
+
+    Raises:
+        TrainingError: they disagree beyond noise (the run registers neither).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(churn.plot_data["y"])
+    p_churn = np.asarray(churn.plot_data["scores"]["lightgbm"])
+    p_stay = 1.0 - np.asarray(conversion.plot_data["scores"]["lightgbm"])
+    gap = float(roc_auc_score(y, p_churn) - roc_auc_score(y, p_stay))
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(y), min(len(y), 20_000))
+        if len(np.unique(y[i])) == 2:
+            diffs.append(roc_auc_score(y[i], p_churn[i]) - roc_auc_score(y[i], p_stay[i]))
+    noise = max(3.0 * float(np.std(diffs)) if diffs else 0.0, 0.002)
+    out = {
+        "complement_auc_gap": gap,
+        "complement_auc_noise": noise,
+        "complement_mean_abs_gap": float(np.mean(np.abs(p_churn - p_stay))),
+    }
+    if abs(gap) > noise:
+        stay = float(roc_auc_score(y, p_stay))
+        raise TrainingError(
+            f"churn and conversion are complements on this log (churn = no conversion within "
+            f"the horizon), but their scores disagree: churn AUC {gap + stay:.4f} against "
+            f"{stay:.4f} for 1 - conversion (gap {gap:+.4f}, noise {noise:.4f}); give both "
+            "models the same settings in configs/models.yaml"
+        )
+    return out
+
+
 def latest_cutoffs(cutoffs: pd.Series, days: int) -> np.ndarray | None:
     """Rows whose cutoff is within ``days`` of the latest one (None when ``days`` is 0)."""
     if days <= 0 or cutoffs.empty:
@@ -963,16 +1017,20 @@ def train_models(
     experiment_id = ensure_experiment(client, target)
     batch = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     cache: dict[str, pd.DataFrame] = {}
-    out = []
+    complements = labels_are_complements(data.rows)
+    fitted: list[TaskResult] = []
     for name in models:
         if name in ("churn", "conversion"):
             settings = getattr(config.models, name)
+            if name == "conversion" and complements:
+                settings = mirror_of_churn(config.models.churn, settings)
             spec, x = read_model_features(data, settings.feature_service, config, cache)
             spec, x = with_calendar(spec, x, data.rows, config.features.calendar)
             horizon = getattr(journey_map.horizons, f"{name}_days")
             result = fit_binary_task(
                 name, data, spec, x, settings, config, feature_settings, truth, horizon
             )
+            result.params["mirrors_churn"] = name == "conversion" and complements
         elif name == "next_step":
             spec, x = read_model_features(
                 data, config.models.next_step.feature_service, config, cache
@@ -993,6 +1051,15 @@ def train_models(
                 continue
         else:
             raise TrainingError(f"unknown model {name!r}")
+        fitted.append(result)
+    by_name = {r.model: r for r in fitted}
+    if complements and {"churn", "conversion"} <= set(by_name):
+        agreement = check_complements(by_name["churn"], by_name["conversion"])
+        for r in (by_name["churn"], by_name["conversion"]):
+            r.metrics.update(agreement)
+    out = []
+    for result in fitted:
+        name = result.model
         logged, metrics, champion, log_seconds = log_task(
             client, experiment_id, config, result, data, batch
         )

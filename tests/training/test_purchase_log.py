@@ -99,6 +99,9 @@ def test_the_pipeline_trains_on_a_pure_purchase_log(tmp_path: Path) -> None:
         assert 0.6 < m["baseline_bgnbd_auc"] <= 1.0
         assert 0.6 < m["baseline_random_forest_auc"] <= 1.0
         assert {"baseline_logreg_auc", "baseline_recency_frequency_auc"} <= set(m)
+        # one fact, one answer: the conversion model mirrors churn's, and the run checked it
+        assert abs(m["complement_auc_gap"]) <= m["complement_auc_noise"]
+        assert m["complement_mean_abs_gap"] < 0.05
     assert by_model["next_step"].metrics["top1_accuracy"] > 0.4
     with pytest.raises(NoActionsError):
         train_models(ws.root, ["uplift"], journey, settings, config, target)
