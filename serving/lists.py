@@ -26,6 +26,13 @@ unknown (no customers table, no row, a null) are counted and, under the default 
 without a marketing action, exactly as the endpoint answers them. The list's ``consent`` column
 says which. The segment filter reads the serving settings' ``segment_column``.
 
+Who can still be saved: by default the list holds only customers active at its time, by the
+journey map's churn definition (activity within ``inactivity_days``, latest activity not a
+cancellation), the population the churn model is trained and calibrated on; the lapsed go to a
+separate win-back list (``population="lapsed"``) or, with ``"all"``, are listed with
+``status = lapsed``. The summary counts both. Ties of the calibrated risk are ranked by the
+churn model's raw score, then by customer id.
+
 Left out, and counted: customers who refused marketing, customers on the suppression list (a
 file of customer ids: do-not-contact, legal holds), and customers whom the contact policy
 suppresses on every channel the catalog uses (they ignored every recent contact).
@@ -51,6 +58,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from journeyml.config import JourneyMap, load_journey_map
 from serving.actions import load_decision_catalogs
 from serving.config import ServingSettings
 from serving.consent import REFUSED, UNKNOWN, consent_of_frame
@@ -82,9 +90,15 @@ COLUMNS = [
     "expected_value",
     "holdout",
     "consent",
+    "status",
     "segment",
     "features_as_of",
 ]
+ACTIVE, LAPSED = "active", "lapsed"
+POPULATIONS = (ACTIVE, LAPSED, "all")
+RAW_SCORE = "churn_raw_score"
+"""The churn model's uncalibrated score: breaks ties of the calibrated risk in the ranking
+(kept in the parts, not in the list's files)."""
 
 
 class ListError(ValueError):
@@ -98,8 +112,13 @@ class ListFilters:
     segments: tuple[str, ...] = ()
     min_risk: float = 0.0
     top: int | None = None
+    population: str = ACTIVE
 
     def __post_init__(self) -> None:
+        if self.population not in POPULATIONS:
+            raise ListError(
+                f"--population must be one of {', '.join(POPULATIONS)}, not {self.population!r}"
+            )
         if not 0.0 <= self.min_risk <= 1.0:
             raise ListError(f"--min-risk must be between 0 and 1, not {self.min_risk}")
         if self.top is not None and self.top < 1:
@@ -115,6 +134,9 @@ class ListSummary:
     opted_out: int = 0  # refused marketing: left out
     consent_unknown: int = 0  # listed; contactable for marketing only if consent_rule says so
     consent_rule: str = ""
+    active: int = 0  # read and active at the list's time (the journey map's churn definition)
+    lapsed: int = 0  # read and already lapsed: inactive for the churn window, or cancelled
+    other_population: int = 0  # left out by --population (default: the lapsed)
     suppressed_list: int = 0
     suppressed_contact_policy: int = 0
     other_segment: int = 0
@@ -258,14 +280,38 @@ def _suppressed_everywhere(policy_rows: pd.DataFrame, channels: Sequence[str]) -
     return policy_rows.index[mask]
 
 
+def active_customers(chunk: pd.DataFrame, journey_map: JourneyMap) -> np.ndarray:
+    """Whether each customer is still active at the list's time, as the journey map defines
+    churn (and training labels only active customers): some activity within the churn
+    window's ``inactivity_days`` and a latest activity that is not an explicit churn event.
+
+    ``chunk`` holds the aged snapshot rows (recencies advanced to the list's time).
+    """
+    active = np.ones(len(chunk), dtype=bool)
+    inactivity = journey_map.churn.inactivity_days
+    if inactivity is not None and "days_since_last_event" in chunk:
+        days = pd.to_numeric(chunk["days_since_last_event"], errors="coerce").to_numpy(float)
+        active &= days <= inactivity  # never active (NaN) is not active
+    if journey_map.churn.events and "last_event_1" in chunk:
+        last = chunk["last_event_1"].to_numpy(dtype=object)
+        cancelled = np.fromiter(
+            (isinstance(v, str) and journey_map.is_churn_event(v) for v in last), bool, len(last)
+        )
+        active &= ~cancelled
+    return active
+
+
 def score_chunk(
     engine: DecisionEngine,
     chunk: pd.DataFrame,
     now: datetime,
     policy_rows: pd.DataFrame,
     segment_column: str = "segment",
+    active: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One chunk of the list: scores, reasons, the recommended action and the holdout flag."""
+    """One chunk of the list: scores, reasons, the recommended action, the holdout flag, the
+    customer's status (``active`` unless ``active`` says otherwise) and the churn model's raw
+    score (:data:`RAW_SCORE`, the ranking's tie-break)."""
     blocked = [f"blocked__{a.id}" for a in engine.actions]
     frame = chunk
     if not policy_rows.empty:
@@ -286,6 +332,11 @@ def score_chunk(
     risk = decided["churn_risk"].to_numpy(dtype=float)
     bands = np.array([settings.risk_band(r) for r in risk], dtype=object)
     as_of = pd.to_datetime(chunk[TIMESTAMP], utc=True) if TIMESTAMP in chunk else pd.NaT
+    churn_bundle = engine.models.models["churn"].bundle
+    raw = churn_bundle.predict_raw_matrix(churn_bundle.encode(chunk, as_of=now))
+    status = np.where(
+        np.ones(len(chunk), dtype=bool) if active is None else active, ACTIVE, LAPSED
+    ).astype(object)
     return pd.DataFrame(
         {
             "customer_id": ids,
@@ -302,12 +353,14 @@ def score_chunk(
             "expected_value": value,
             "holdout": holdout,
             "consent": decided["consent"].to_numpy(dtype=object),
+            "status": status,
             "segment": chunk[segment_column].to_numpy(dtype=object)
             if segment_column in chunk
             else None,
             "features_as_of": as_of,
+            RAW_SCORE: np.asarray(raw, dtype=float),
         },
-        columns=COLUMNS,
+        columns=[*COLUMNS, RAW_SCORE],
     )
 
 
@@ -344,8 +397,10 @@ _SCHEMA = pa.schema(
         ("expected_value", pa.float64()),
         ("holdout", pa.bool_()),
         ("consent", pa.string()),
+        ("status", pa.string()),
         ("segment", pa.string()),
         ("features_as_of", pa.timestamp("us", tz="UTC")),
+        (RAW_SCORE, pa.float64()),
     ]
 )
 
@@ -392,6 +447,7 @@ def churn_risk_list(
             "segments": list(filters.segments),
             "min_risk": filters.min_risk,
             "top": filters.top,
+            "population": filters.population,
             "features_as_of": as_of.isoformat() if as_of else None,
         },
     )
@@ -400,6 +456,7 @@ def churn_risk_list(
         engine.settings.actions, engine.settings.features, engine.settings.journeys
     )
     ageing = [f.name for f in catalog.features if f.ages_with_time]
+    journey_map = load_journey_map(engine.settings.journeys)
     policy_rows = contact_policy_state(engine, now)
     channels = sorted({a.channel for a in engine.actions})
     suppressed_policy = set(_suppressed_everywhere(policy_rows, channels))
@@ -422,11 +479,18 @@ def churn_risk_list(
             summary.suppressed_list += int(on_list.sum())
             summary.suppressed_contact_policy += int(by_policy.sum())
             keep = ~(opted | on_list | by_policy)
+            aged_all = age_rows(chunk, ageing, now)
+            active = active_customers(aged_all, journey_map)
+            summary.active += int(active.sum())
+            summary.lapsed += int((~active).sum())
+            wanted = _in_population(active, filters.population)
+            summary.other_population += int((keep & ~wanted).sum())
+            keep &= wanted
             summary.consent_unknown += int(((consent.status == UNKNOWN) & keep).sum())
             if not keep.any():
                 continue
-            aged = age_rows(chunk[keep], ageing, now)
-            scored = score_chunk(engine, aged, now, policy_rows, segment_column)
+            aged = aged_all[keep]
+            scored = score_chunk(engine, aged, now, policy_rows, segment_column, active[keep])
             low = scored["churn_risk"].to_numpy() < filters.min_risk
             summary.below_min_risk += int(low.sum())
             scored = scored[~low]
@@ -459,6 +523,14 @@ def churn_risk_list(
     return summary
 
 
+def _in_population(active: np.ndarray, population: str) -> np.ndarray:
+    if population == ACTIVE:
+        return active
+    if population == LAPSED:
+        return ~active
+    return np.ones_like(active)
+
+
 def _write_sorted(
     work: Path, parts: int, out_dir: Path, name: str, top: int | None, summary: ListSummary
 ) -> list[Path]:
@@ -476,8 +548,8 @@ def _write_sorted(
             source = "empty_list"
         limit = f"LIMIT {int(top)}" if top is not None else ""
         con.execute(
-            f"CREATE VIEW ranked AS SELECT * FROM {source} "
-            f"ORDER BY churn_risk DESC, customer_id {limit}"
+            f"CREATE VIEW ranked AS SELECT * EXCLUDE ({RAW_SCORE}) FROM {source} "
+            f"ORDER BY churn_risk DESC, {RAW_SCORE} DESC, customer_id {limit}"
         )
         total = con.execute(f"SELECT count(*) FROM {source}").fetchone()
         con.execute(f"COPY (SELECT * FROM ranked) TO '{_sql(str(parquet_tmp))}' (FORMAT parquet)")

@@ -40,6 +40,12 @@ def churn_risk(
     ),
     min_risk: float = typer.Option(0.0, "--min-risk", help="Only churn risk at least this."),
     top: int | None = typer.Option(None, "--top", help="Only the N riskiest customers."),
+    population: str = typer.Option(
+        "active",
+        "--population",
+        help="active (default: customers who can still be saved, by the journey map's churn "
+        "definition), lapsed (a win-back list) or all (with a status column).",
+    ),
     alias: str | None = typer.Option(
         None, "--alias", help="Model alias to use (default: the serving settings', champion)."
     ),
@@ -80,7 +86,7 @@ def churn_risk(
             settings = settings.model_copy(
                 update={"models": settings.models.model_copy(update={"alias": alias})}
             )
-        filters = ListFilters(tuple(segment), min_risk, top)
+        filters = ListFilters(tuple(segment), min_risk, top, population)
         suppression = read_suppression_list(suppression_list) if suppression_list else None
         engine = batch_engine(settings)
         try:
@@ -104,6 +110,9 @@ def churn_risk(
     table.add_column("customers", justify="right")
     rows = [
         ("read from the feature snapshots", summary.customers_read),
+        ("  active at the list's time", summary.active),
+        ("  lapsed (inactive past the churn window, or cancelled)", summary.lapsed),
+        (f"left out: not in --population {filters.population}", summary.other_population),
         ("left out: refused marketing", summary.opted_out),
         ("left out: on the suppression list", summary.suppressed_list),
         ("left out: suppressed on every channel", summary.suppressed_contact_policy),

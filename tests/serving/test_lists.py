@@ -19,7 +19,7 @@ from serving.lists import ListError, ListFilters, batch_engine, churn_risk_list
 from serving.runtime import Runtime
 from tests.serving.conftest import ServingWorkspace, serving_settings
 
-NOW = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+NOW = datetime(2025, 7, 23, 9, 30, tzinfo=UTC)  # the day after the simulated log ends
 NO_EXPLORATION = {"exploration": {"epsilon": 0.0}, "holdout": {"share": 0.2, "salt": "t"}}
 
 
@@ -97,7 +97,8 @@ def test_contact_policy_opt_out_and_suppression_leave_customers_out_and_are_coun
     latest = opted.sort_values("event_timestamp").groupby("customer_id").tail(1)
     out = set(latest.loc[latest["marketing_opt_out"] == "true", "customer_id"])
     assert first.opted_out == len(out) > 0 and not out & set(before.index)
-    assert first.customers_read == len(latest) == first.listed + first.opted_out
+    assert first.customers_read == len(latest)
+    assert first.customers_read == first.listed + first.opted_out + first.other_population
 
 
 def test_filters_order_and_repeatability(
@@ -105,8 +106,7 @@ def test_filters_order_and_repeatability(
 ) -> None:
     full = churn_risk_list(engine, snapshots(serving_ws), tmp_path / "full", now=NOW)
     frame = pd.read_csv(tmp_path / "full" / "churn_risk.csv")
-    expected = frame.sort_values(["churn_risk", "customer_id"], ascending=[False, True])
-    assert frame["customer_id"].tolist() == expected["customer_id"].tolist()
+    assert frame["churn_risk"].is_monotonic_decreasing
     segment = str(frame["segment"].value_counts().index[0])
     filters = ListFilters(segments=(segment,), min_risk=0.1, top=7)
     small = churn_risk_list(
@@ -116,7 +116,11 @@ def test_filters_order_and_repeatability(
     want = frame[(frame["segment"] == segment) & (frame["churn_risk"] >= 0.1)].head(7)
     assert got["customer_id"].tolist() == want["customer_id"].tolist()
     assert small.listed == len(got) and small.beyond_top == small.customers_read - (
-        small.below_min_risk + small.listed + small.opted_out + small.suppressed
+        small.below_min_risk
+        + small.listed
+        + small.opted_out
+        + small.suppressed
+        + small.other_population
     )
     assert small.other_segment == full.customers_read - small.customers_read > 0
     # chunking does not change the list: same bytes with other chunk sizes
@@ -187,3 +191,54 @@ def test_the_cli_writes_the_list_and_explains_bad_options(
     assert bad.exit_code == 2 and "--min-risk" in bad.output
     bad = runner.invoke(app, [*args, "--now", "yesterday"])
     assert bad.exit_code == 2 and "ISO" in bad.output
+
+
+def test_the_default_list_holds_only_customers_who_can_still_be_saved(
+    serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
+) -> None:
+    from journeyml.config import load_journey_map
+
+    journey = load_journey_map(engine.settings.journeys)
+    assert journey.churn.inactivity_days is not None
+    default = churn_risk_list(engine, snapshots(serving_ws), tmp_path / "d", now=NOW)
+    listed = pd.read_parquet(tmp_path / "d" / "churn_risk.parquet")
+    assert (listed["status"] == "active").all()
+    # the snapshot rows, aged to the list's time as the list ages them
+    rows = pd.read_parquet(snapshots(serving_ws))
+    latest = rows.sort_values("event_timestamp").groupby("customer_id").tail(1)
+    age = (
+        pd.Timestamp(NOW) - pd.to_datetime(latest["event_timestamp"], utc=True)
+    ).dt.total_seconds() / 86400
+    since = latest["days_since_last_event"] + age.to_numpy()
+    cancelled = latest["last_event_1"].map(
+        lambda v: isinstance(v, str) and journey.is_churn_event(v)
+    )
+    lapsed = set(latest.loc[(since > journey.churn.inactivity_days) | cancelled, "customer_id"])
+    assert lapsed, "the world has lapsed customers"
+    assert not lapsed & set(listed["customer_id"])
+    assert default.lapsed == len(lapsed)
+    assert default.active + default.lapsed == default.customers_read
+    # the lapsed are a win-back list of their own; "all" lists both with their status
+    winback = churn_risk_list(
+        engine,
+        snapshots(serving_ws),
+        tmp_path / "w",
+        now=NOW,
+        filters=ListFilters(population="lapsed"),
+    )
+    back = pd.read_parquet(tmp_path / "w" / "churn_risk.parquet")
+    assert (back["status"] == "lapsed").all() and set(back["customer_id"]) <= lapsed
+    everyone = churn_risk_list(
+        engine,
+        snapshots(serving_ws),
+        tmp_path / "a",
+        now=NOW,
+        filters=ListFilters(population="all"),
+    )
+    assert everyone.listed == default.listed + winback.listed
+    assert everyone.other_population == 0
+    # the ranking separates customers: few ties among the riskiest
+    top = listed.head(500)["churn_risk"]
+    assert top.nunique() >= 0.8 * len(top)
+    with pytest.raises(ListError, match="--population"):
+        ListFilters(population="gone")
