@@ -10,7 +10,9 @@ import pytest
 from tests.features.helpers import by_customer_and_time
 from tests.training.conftest import Trained
 from training.bundle import ModelBundle, load_model_bundle
+from training.config import LOWER_IS_BETTER, load_training_config
 from training.pipeline import TrainedModel
+from training.registry import baseline_values, decide_promotion
 from training.tracking import CHALLENGER, resolve_tracking, use_tracking
 
 
@@ -76,12 +78,38 @@ def test_unknown_categories_and_missing_values_still_score(
     assert np.all(np.isfinite(p)) and np.all((p >= 0) & (p <= 1))
 
 
-@pytest.mark.parametrize("model", ["churn", "conversion"])
-def test_minimum_functionality(trained: Trained, model: str) -> None:
+@pytest.mark.parametrize(
+    "model",
+    [
+        "churn",
+        pytest.param(
+            "conversion",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="on the 400-customer fixture the conversion model does not pass its own "
+                "gate: ECE 0.057 against the 0.05 ceiling, AUC 0.695 against the random "
+                "forest's 0.700 (measured 2026-12-06); remove this mark when it does",
+            ),
+        ),
+    ],
+)
+def test_minimum_functionality_is_what_the_promotion_gate_asks(
+    trained: Trained, model: str
+) -> None:
+    """The floors and margins of configs/models.yaml's gate, not looser ones: the trained
+    model would pass its own promotion gate on its test period."""
     r = trained.results[model]
     assert isinstance(r, TrainedModel)
     m = r.metrics
-    assert m["auc"] > 0.6
-    assert m["auc"] > m["baseline_recency_frequency_auc"] - 0.02
-    assert m["ece"] < 0.1
+    gate = load_training_config().gate(model)
+    for name, floor in gate.floors.items():
+        if name in LOWER_IS_BETTER:
+            assert m[name] <= floor, (name, m[name], floor)
+        else:
+            assert m[name] >= floor, (name, m[name], floor)
+    bases = baseline_values(m, gate.metric)
+    assert {"logreg", "random_forest", "recency_frequency"} <= set(bases)
+    for base, value in bases.items():
+        assert m[gate.metric] >= value + gate.baseline_margin, (base, m[gate.metric], value)
     assert m["top_decile_lift"] > 1.0
+    assert decide_promotion(model, m, gate, None, None).promote

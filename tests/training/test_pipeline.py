@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from journeyml.config import SIMULATOR_CONFIG_DIR
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap
 from tests.features.helpers import by_customer_and_time
 from tests.training.conftest import Trained
 from training.bundle import MANIFEST_TAG, load_model_bundle
@@ -41,7 +41,9 @@ def test_binary_runs_log_the_model_and_every_baseline(trained: Trained, model: s
     metrics = run.data.metrics
     for m in BINARY_METRICS:
         assert m in metrics
-        for base in ("logreg", "recency_frequency"):
+        bases = ["logreg", "random_forest", "recency_frequency"]
+        bases += ["bgnbd"] if model == "conversion" else []  # churn here is not no-purchase
+        for base in bases:
             assert f"baseline_{base}_{m}" in metrics
     for m in ("auc_truth", "auc_gap_to_truth", "truth_rows", "train_rows", "test_rows"):
         assert m in metrics
@@ -111,8 +113,17 @@ def snapshot_rows(trained: Trained, n: int = 300) -> pd.DataFrame:
     return snaps.sample(n=min(n, len(snaps)), random_state=0).reset_index(drop=True)
 
 
-def test_bundle_predictions_match_the_run_and_are_probabilities(trained: Trained) -> None:
+def test_bundle_predictions_match_the_run_and_are_probabilities(
+    trained: Trained, journey_map: JourneyMap
+) -> None:
+    """The registered bundle, scored on the run's test period, gives the run's own test
+    metrics: the predictions serving makes are the predictions training evaluated."""
+    from training.metrics import binary_metrics
+    from training.pipeline import prepare_data, read_model_features, with_calendar
+
     rows = snapshot_rows(trained)
+    data = prepare_data(trained.ws.root, journey_map, trained.ws.settings, trained.config)
+    test = (data.rows["split"] == "test").to_numpy()
     for model in ("churn", "conversion"):
         name = trained.config.registered_name(model)
         client_for(trained)
@@ -120,6 +131,14 @@ def test_bundle_predictions_match_the_run_and_are_probabilities(trained: Trained
         p = bundle.predict_proba(rows)
         assert p.shape == (len(rows),)
         assert np.all((p >= 0) & (p <= 1))
+        settings = getattr(trained.config.models, model)
+        spec, x = read_model_features(data, settings.feature_service, trained.config, {})
+        spec, x = with_calendar(spec, x, data.rows, trained.config.features.calendar)
+        y = data.rows.loc[test, model].to_numpy(dtype=int)
+        got = binary_metrics(y, bundle.predict_proba(x[test]))
+        logged = trained.results[model].metrics  # type: ignore[attr-defined]
+        for metric in ("auc", "log_loss", "brier", "mean_prediction"):
+            assert got[metric] == pytest.approx(logged[metric], abs=1e-9), (model, metric)
     ns = load_model_bundle(f"models:/{trained.config.registered_name('next_step')}@{CHALLENGER}")
     proba = ns.predict_proba(rows)
     assert proba.shape == (len(rows), len(ns.classes))
