@@ -43,6 +43,7 @@ from features.pipeline import (
     register_snapshots,
 )
 from journeyml.config import JourneyMap
+from journeyml.events.bounds import TimeBounds
 from journeyml.events.schema import CUSTOMERS_FILE, NORMALISED_EVENT_SCHEMA, events_glob
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,10 @@ def _from_rows(rows: list[dict[str, object]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=NORMALISED_EVENT_SCHEMA)
 
 
+class EventTimeError(ValueError):
+    """Events dated outside the accepted window; none of the batch was stored."""
+
+
 @dataclass
 class UpdateReport:
     """What one real-time update did."""
@@ -152,6 +157,9 @@ class RealtimeUpdater:
         journey_map: stages and event roles.
         event_store: where events received online are kept.
         lake: the ingested event lake (the history before the online events), if any.
+        bounds: the window event times must fall in (the event contract's: no later than
+            now plus its future tolerance, no earlier than the lake's first event minus its
+            margin); a batch with an event outside it is refused whole. None: any time.
     """
 
     def __init__(
@@ -161,8 +169,10 @@ class RealtimeUpdater:
         journey_map: JourneyMap,
         event_store: EventStore,
         lake: str | Path | None = None,
+        bounds: TimeBounds | None = None,
     ):
         self.store = store
+        self.bounds = bounds
         self.catalog = catalog
         self.journey_map = journey_map
         self.event_store = event_store
@@ -254,7 +264,12 @@ class RealtimeUpdater:
         recomputed from the whole history, so an event that arrives after a newer one is placed
         where it belongs in time. A replay still recomputes: if an earlier attempt stored the
         events but failed before writing features, the retry repairs it.
+
+        Raises:
+            EventTimeError: an event is dated outside ``bounds`` (nothing is stored: a far
+                future event would otherwise move the customer's feature clock for good).
         """
+        self.check_times(events)
         received = events.num_rows
         stored = self.event_store.add(events)
         report = UpdateReport(received=received, stored=stored)
@@ -280,6 +295,25 @@ class RealtimeUpdater:
         report.customers = customers
         report.as_of = as_of_ts
         return report
+
+    def check_times(self, events: pa.Table) -> None:
+        """Raises EventTimeError naming the first few events dated outside ``bounds``."""
+        if self.bounds is None or events.num_rows == 0:
+            return
+        now = datetime.now(UTC)
+        times = events.column("timestamp")
+        earliest, latest, _ = self.bounds.window(now)
+        low, high = pa.compute.min_max(times).values()
+        if low.as_py() >= earliest and high.as_py() <= latest:
+            return
+        problems = []
+        for i, t in enumerate(times.to_pylist()):
+            problem = self.bounds.problem(t, f"events[{i}].timestamp", now)
+            if problem is not None:
+                problems.append(problem)
+        shown = "; ".join(problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise EventTimeError(f"{shown}{more}; no event of this request was stored")
 
     def write_features(self, frame: pd.DataFrame, as_of: datetime) -> int:
         """Writes computed features through Feast, view by view, unless newer state is stored.

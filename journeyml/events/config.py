@@ -12,7 +12,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from journeyml.config import (
     CONFIG_DIR,
@@ -60,7 +67,10 @@ class EventsConfig(StrictModel):
             that is not a contract column renames a property.
         customers_column_map: the same for the customers table.
         future_tolerance_minutes: timestamps later than now plus this are errors (clock skew
-            between systems is tolerated up to here).
+            between systems is tolerated up to here); the online paths (events posted to the
+            service, decision and feedback times) follow it too.
+        past_margin_days: the online paths also refuse times earlier than the lake's first
+            event minus this (see :mod:`journeyml.events.bounds`).
         max_examples: offending rows shown per problem.
         memory_limit: DuckDB's memory limit; beyond it DuckDB spills to a temporary folder.
         threads: DuckDB worker threads (default: one per core).
@@ -74,6 +84,7 @@ class EventsConfig(StrictModel):
     column_map: dict[str, str] = Field(default_factory=dict)
     customers_column_map: dict[str, str] = Field(default_factory=dict)
     future_tolerance_minutes: NonNegativeInt = 10
+    past_margin_days: NonNegativeFloat = 30.0
     max_examples: PositiveInt = Field(default=5, le=100)
     memory_limit: str = "4GB"
     threads: PositiveInt | None = None

@@ -17,10 +17,11 @@ import sqlalchemy as sa
 
 from features.catalog import FeatureCatalog
 from features.pipeline import build_snapshots
-from features.realtime import EventStore, RealtimeUpdater, read_online
+from features.realtime import EventStore, EventTimeError, RealtimeUpdater, read_online
 from features.settings import OnlineStoreSettings, StoreSettings
 from features.store import Workspace, apply_definitions, open_store
 from journeyml.config import JourneyMap
+from journeyml.events.bounds import TimeBounds
 from tests.features.helpers import (
     events_table,
     postgres_available,
@@ -248,3 +249,31 @@ def test_event_store_on_postgres_is_idempotent() -> None:
     finally:
         with store.engine.begin() as conn:
             conn.execute(sa.text(f'DROP TABLE IF EXISTS "{table}"'))
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2099, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, tzinfo=UTC),  # no lake manifest here: 1970 is the floor
+    ],
+)
+def test_an_event_outside_the_window_is_refused_and_nothing_moves(
+    tmp_path: Path, journey_map: JourneyMap, catalog: FeatureCatalog, when: datetime
+) -> None:
+    updater = make_updater(tmp_path, StoreSettings(), journey_map, catalog)
+    updater.bounds = TimeBounds(timedelta(minutes=10), timedelta(days=30), updater.lake)
+    updater.apply(events_table(NEW[:1]))  # an ordinary event: features as of now
+    clock = updater._stored_timestamps(["a"])
+    now = datetime.now(UTC)
+    before = read_online(updater.store, catalog, ["a"], now=now)[0].values
+    bad = {**NEW[1], "event_id": "far", "timestamp": when}
+    with pytest.raises(EventTimeError, match=r"events\[1\]\.timestamp: (later|earlier) than"):
+        updater.apply(events_table([NEW[2], bad]))
+    # nothing of the batch is stored, the customer's feature clock and features did not move
+    stored = updater.event_store.customer_events(["a", "c"]).column("event_id").to_pylist()
+    assert stored == ["n1"]
+    assert updater._stored_timestamps(["a"]) == clock
+    assert read_online(updater.store, catalog, ["a"], now=now)[0].values == before
