@@ -38,6 +38,8 @@ ROUTE_SCOPES = {
 }
 logger = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+API_KEY_ID = "journeyml.api_key_id"
+"""Where the guard leaves the id of the request's API key in the ASGI scope."""
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 Scope = MutableMapping[str, Any]
@@ -198,7 +200,9 @@ class RequestGuard:
             auth = headers.get("authorization", "")
             if presented is None and auth.lower().startswith("bearer "):
                 presented = auth[7:].strip()
-            status, _ = self.keyring.check(presented, route)
+            status, key = self.keyring.check(presented, route)
+            if key is not None:  # the handlers scope idempotency keys by the caller
+                scope[API_KEY_ID] = key.id
             if status == 401:
                 await _reply(send, 401, "missing or unknown API key")
                 return

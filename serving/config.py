@@ -61,6 +61,13 @@ class LimitSettings(StrictModel):
     max_events: PositiveInt = 200
 
 
+class RequestIdSettings(StrictModel):
+    """How long a next-best-action ``request_id`` is remembered: a retry within this time gets
+    the first answer again and no second contact."""
+
+    keep_hours: PositiveFloat = 24.0
+
+
 class AuthSettings(StrictModel):
     """API keys, stored as sha256 hashes with scopes (see :mod:`serving.auth`)."""
 
@@ -77,6 +84,7 @@ class ServingSettings(StrictModel):
     actions: str = Field(default_factory=lambda: str(config_path("actions.yaml")))
     features: str = Field(default_factory=lambda: str(config_path("features.yaml")))
     journeys: str = Field(default_factory=lambda: str(config_path("journeys.yaml")))
+    events: str = Field(default_factory=lambda: str(config_path("events.yaml")))
     segment_column: str = Field(default="segment", pattern=r"^[a-z][a-z0-9_]*$")
     state_url: str | None = None
     event_store_url: str | None = None
@@ -90,6 +98,7 @@ class ServingSettings(StrictModel):
     exploration: ExplorationSettings = ExplorationSettings()
     holdout: HoldoutSettings = HoldoutSettings()
     limits: LimitSettings = LimitSettings()
+    request_ids: RequestIdSettings = RequestIdSettings()
     auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
@@ -135,7 +144,8 @@ def load_serving_settings(
     update: dict[str, str] = {}
     if data_dir is not None:
         update["data_dir"] = str(data_dir)
-    for key in ("actions", "features", "journeys"):  # relative: to the repository, if not here
+    # relative: to the repository, if not here
+    for key in ("actions", "features", "journeys", "events"):
         value = Path(getattr(settings, key))
         if not value.is_absolute() and not value.exists() and (REPO_ROOT / value).exists():
             update[key] = str(REPO_ROOT / value)

@@ -25,13 +25,14 @@ one-row case of the batch path, so both choose the same action for the same feat
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
 import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,7 +49,15 @@ from serving.features import (
     OnlineFeatures,
 )
 from serving.models import LoadedModel, ModelSet
-from serving.state import Candidate, ChannelCap, ContactPolicy, DecisionRecord, StateStore
+from serving.state import (
+    Candidate,
+    ChannelCap,
+    ContactPolicy,
+    DecisionRecord,
+    DuplicateRequestError,
+    RequestKey,
+    StateStore,
+)
 from training.bundle import CALENDAR_FEATURES, ModelBundle, calendar_values
 
 logger = logging.getLogger(__name__)
@@ -145,6 +154,51 @@ class Decision:
     logged: bool = True
     model_versions: dict[str, str] = field(default_factory=dict)
     policy_version: str = ""
+    mode: str = "decide"  # "preview": logged as a preview, no contact recorded
+    request_id: str | None = None
+    replayed: bool = False  # the answer first given to this request id
+
+
+class RequestConflictError(ValueError):
+    """A request id already used for another customer or mode (nothing was written)."""
+
+
+def decision_json(d: Decision) -> str:
+    """A decision as JSON text that :func:`decision_from_json` reads back unchanged (the
+    answer kept for a request id)."""
+    return json.dumps(asdict(d), default=_json_default, separators=(",", ":"))
+
+
+def decision_from_json(text: str) -> Decision:
+    """The decision :func:`decision_json` wrote."""
+    raw = json.loads(text)
+    scores = raw.pop("scores")
+    if scores is not None:
+        scores = Scores(
+            **{
+                **scores,
+                "next_steps": [(str(k), float(p)) for k, p in scores["next_steps"]],
+                "reasons": [Reason(**r) for r in scores["reasons"]],
+                "conversion_reasons": [Reason(**r) for r in scores["conversion_reasons"]],
+            }
+        )
+    return Decision(
+        **{
+            **raw,
+            "decided_at": datetime.fromisoformat(raw["decided_at"]),
+            "ranked": [CandidateOutcome(**o) for o in raw["ranked"]],
+            "removed": [CandidateOutcome(**o) for o in raw["removed"]],
+            "scores": scores,
+        }
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
 # -- arbitration (shared by the real-time and the batch path) ------------------------------
@@ -337,11 +391,42 @@ class DecisionEngine:
             raise FeatureStoreDownError("no online store configured")
         return self.features.read([customer_id], now, self.settings.deadline_ms)[0]
 
-    def decide(self, customer_id: str, context: DecisionContext | None = None) -> Decision:
+    def decide(
+        self,
+        customer_id: str,
+        context: DecisionContext | None = None,
+        *,
+        mode: str = "decide",
+        request: RequestKey | None = None,
+    ) -> Decision:
         """Decides for one customer. Never raises for a store or model failure: the answer
-        then carries the default action and a ``fallback_reason``."""
+        then carries the default action and a ``fallback_reason``.
+
+        The decision time is ``context.at`` (default: the service's clock) but never later
+        than the wall clock: a caller's clock a little ahead (the request bounds allow
+        minutes of skew) cannot record a contact in the future, where it would escape the
+        caps' windows of the decisions made now.
+
+        Args:
+            mode: ``decide`` (the contact is recorded) or ``preview`` (logged as a preview,
+                no contact: caps and cooldowns do not count it).
+            request: the caller's idempotency key: a call with a key already stored gets the
+                first answer (``replayed``), and nothing is written.
+
+        Raises:
+            RequestConflictError: the request key was used for another customer or mode.
+        """
         context = context or DecisionContext()
-        now = (context.at or self.clock()).astimezone(UTC)
+        if context.at is None:
+            now = self.clock().astimezone(UTC)
+        else:  # never after the wall clock
+            now = min(context.at.astimezone(UTC), datetime.now(UTC))
+        if mode not in ("decide", "preview"):
+            raise ValueError(f"mode {mode!r}: decide or preview")
+        if request is not None:
+            replay = self._replay(customer_id, mode, request, missing_ok=True)
+            if replay is not None:
+                return replay
         started = time.perf_counter()
         versions = self.models.versions()
         fallback: str | None = None
@@ -367,11 +452,21 @@ class DecisionEngine:
                 except Exception as exc:
                     logger.error("scoring failed: %s", type(exc).__name__)
                     fallback = "model_error"
-        if fallback is not None:
-            decision = self._fallback(customer_id, context, now, fallback, versions)
-        else:
-            decision = self._decide(customer_id, context, now, values, scores, versions)
-            decision.cold_start = cold_start
+        try:
+            if fallback is not None:
+                decision = self._fallback(
+                    customer_id, context, now, fallback, versions, mode, request
+                )
+            else:
+                decision = self._decide(
+                    customer_id, context, now, values, scores, versions, cold_start, mode,
+                    request,
+                )  # fmt: skip
+        except DuplicateRequestError:  # a concurrent call with the key was stored first
+            assert request is not None
+            replay = self._replay(customer_id, mode, request, missing_ok=False)
+            assert replay is not None  # missing_ok=False: found or raised
+            decision = replay
         logger.debug(
             "decision %s for %s: %s in %.2f ms",
             decision.decision_id,
@@ -380,6 +475,27 @@ class DecisionEngine:
             (time.perf_counter() - started) * 1000,
         )
         return decision
+
+    def _replay(
+        self, customer_id: str, mode: str, request: RequestKey, *, missing_ok: bool
+    ) -> Decision | None:
+        """The answer first given to ``request``, or None when the key is not stored."""
+        try:
+            stored = self.state.find_request(request)
+        except Exception as exc:  # the store is down: the decision itself will fall back
+            if not missing_ok:
+                raise
+            logger.error("request ids unreadable, state store unavailable: %s", type(exc).__name__)
+            return None
+        if stored is None:
+            if missing_ok:
+                return None
+            raise RequestConflictError("request_id: in use by a call that has not finished")
+        if stored.customer_id != customer_id:
+            raise RequestConflictError("request_id: already used for another customer_id")
+        if stored.mode != mode:
+            raise RequestConflictError(f"request_id: already used with mode {stored.mode!r}")
+        return replace(decision_from_json(stored.answer), replayed=True)
 
     def _env(
         self, values: Mapping[str, Any], scores: Scores | None, ctx: DecisionContext, now: datetime
@@ -414,6 +530,9 @@ class DecisionEngine:
         values: Mapping[str, Any],
         scores: Scores | None,
         versions: dict[str, str],
+        cold_start: bool = False,
+        mode: str = "decide",
+        request: RequestKey | None = None,
     ) -> Decision:
         env = self._env(values, scores, ctx, now)
         k = len(self.actions)
@@ -455,42 +574,51 @@ class DecisionEngine:
                     propensity = 1.0
                 record = self._record(
                     decision_id, customer_id, ctx, now, chosen, propensity, holdout, explored,
-                    None, outcomes, values, versions, scores,
+                    None, outcomes, values, versions, scores, mode,
                 )  # fmt: skip
             except Exception as exc:  # the engine's own error, not the store's: raised
                 picked["error"] = exc
                 raise
-            picked.update(ranked=ranked, chosen=chosen, propensity=propensity, explored=explored)
+            picked["decision"] = Decision(
+                decision_id=decision_id,
+                customer_id=customer_id,
+                decided_at=now,
+                action=chosen.action,
+                channel=chosen.channel,
+                propensity=propensity,
+                ranked=ranked,
+                removed=[o for j, o in enumerate(outcomes) if not eligible[j]],
+                scores=scores,
+                why=_why(chosen, ranked, holdout, explored),
+                holdout=holdout,
+                explored=explored,
+                cold_start=cold_start,
+                model_versions=versions,
+                policy_version=self.catalog.version,
+                mode=mode,
+                request_id=None if request is None else request.request_id,
+            )
             contact = None
-            if chosen.action != NO_ACTION:
+            if chosen.action != NO_ACTION and mode != "preview":
                 contact = Candidate(chosen.action, chosen.channel or "")
             return record, contact
 
         try:
-            self.state.settle(customer_id, live, self.policy, now, choose)
+            self.state.settle(
+                customer_id, live, self.policy, now, choose, request,
+                lambda _: decision_json(picked["decision"]),
+            )  # fmt: skip
+        except DuplicateRequestError:
+            raise
         except Exception as exc:
             if picked.get("error") is exc:
                 raise
             logger.error("state store unavailable: %s", type(exc).__name__)
-            return self._fallback(customer_id, ctx, now, "state_store_unavailable", versions)
-        ranked, chosen = picked["ranked"], picked["chosen"]
-        propensity, explored = picked["propensity"], picked["explored"]
-        return Decision(
-            decision_id=decision_id,
-            customer_id=customer_id,
-            decided_at=now,
-            action=chosen.action,
-            channel=chosen.channel,
-            propensity=propensity,
-            ranked=ranked,
-            removed=[o for j, o in enumerate(outcomes) if not eligible[j]],
-            scores=scores,
-            why=_why(chosen, ranked, holdout, explored),
-            holdout=holdout,
-            explored=explored,
-            model_versions=versions,
-            policy_version=self.catalog.version,
-        )
+            return self._fallback(
+                customer_id, ctx, now, "state_store_unavailable", versions, mode, request
+            )
+        decision: Decision = picked["decision"]
+        return decision
 
     def _rank(
         self,
@@ -576,6 +704,7 @@ class DecisionEngine:
         values: Mapping[str, Any],
         versions: dict[str, str],
         scores: Scores | None,
+        mode: str = "decide",
     ) -> DecisionRecord:
         candidates = [o.as_dict() for o in outcomes]
         if scores is not None:
@@ -604,6 +733,7 @@ class DecisionEngine:
             feature_version=None,
             model_versions=versions,
             policy_version=self.catalog.version,
+            mode=mode,
         )
 
     def _fallback(
@@ -613,8 +743,13 @@ class DecisionEngine:
         now: datetime,
         reason: str,
         versions: dict[str, str],
+        mode: str = "decide",
+        request: RequestKey | None = None,
     ) -> Decision:
-        """The configured default action, flagged; logged when the state store answers."""
+        """The configured default action, flagged; logged when the state store answers.
+
+        The default gives way to no action when the contact policy blocks it (a preview
+        checks the policy too, and records no contact)."""
         default = self.catalog.default_action
         action = self.catalog.action(default) if default != NO_ACTION else None
         if action is not None and action.marketing:
@@ -623,42 +758,54 @@ class DecisionEngine:
             if not contactable:
                 default, action = NO_ACTION, None
         chosen = CandidateOutcome(default, action.channel if action else None, 0.0, "default")
+        none = CandidateOutcome(NO_ACTION, None, 0.0, "default")
         decision_id = uuid.uuid4().hex
-        logged = True
 
-        def record_of(chosen: CandidateOutcome) -> DecisionRecord:
-            return self._record(
-                decision_id, customer_id, ctx, now, chosen, 1.0, False, False, reason, [], {},
-                versions, None,
-            )  # fmt: skip
+        def decision_of(chosen: CandidateOutcome, logged: bool) -> Decision:
+            return Decision(
+                decision_id=decision_id,
+                customer_id=customer_id,
+                decided_at=now,
+                action=chosen.action,
+                channel=chosen.channel,
+                propensity=1.0,
+                ranked=[chosen],
+                removed=[],
+                scores=None,
+                why=f"default action ({reason.replace('_', ' ')})",
+                fallback_reason=reason,
+                logged=logged,
+                model_versions=versions,
+                policy_version=self.catalog.version,
+                mode=mode,
+                request_id=None if request is None else request.request_id,
+            )
 
         contact = Candidate(action.id, action.channel) if action is not None else None
+        picked = {"chosen": chosen}
+
+        def choose(blocked: dict[str, str]) -> tuple[DecisionRecord, Candidate | None]:
+            pick = none if contact is not None and contact.action_id in blocked else chosen
+            picked["chosen"] = pick
+            record = self._record(
+                decision_id, customer_id, ctx, now, pick, 1.0, False, False, reason, [], {},
+                versions, None, mode,
+            )  # fmt: skip
+            send = contact if pick is chosen and mode != "preview" else None
+            return record, send
+
         try:
-            result = self.state.commit(record_of(chosen), contact, self.policy)
-            if not result.ok:  # the default would break the contact policy: no action
-                chosen = CandidateOutcome(NO_ACTION, None, 0.0, "default")
-                self.state.commit(record_of(chosen), None, self.policy)
+            self.state.settle(
+                customer_id, [contact] if contact is not None else [], self.policy, now, choose,
+                request, lambda _: decision_json(decision_of(picked["chosen"], True)),
+            )  # fmt: skip
+        except DuplicateRequestError:
+            raise
         except Exception as exc:
             logger.error("decision not logged, state store unavailable: %s", type(exc).__name__)
-            logged = False
-            if contact is not None:  # cannot check the contact policy: send nothing
-                chosen = CandidateOutcome(NO_ACTION, None, 0.0, "default")
-        return Decision(
-            decision_id=decision_id,
-            customer_id=customer_id,
-            decided_at=now,
-            action=chosen.action,
-            channel=chosen.channel,
-            propensity=1.0,
-            ranked=[chosen],
-            removed=[],
-            scores=None,
-            why=f"default action ({reason.replace('_', ' ')})",
-            fallback_reason=reason,
-            logged=logged,
-            model_versions=versions,
-            policy_version=self.catalog.version,
-        )
+            # cannot check the contact policy: send nothing
+            return decision_of(none if contact is not None else chosen, False)
+        return decision_of(picked["chosen"], True)
 
     # -- batch -----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,26 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.realtime import EventStore, RealtimeUpdater
+from features.realtime import EventStore, EventTimeError, RealtimeUpdater
 from features.settings import load_feature_settings
 from features.store import Workspace, open_store
 from journeyml.clock import data_clock
 from journeyml.config import load_journey_map
+from journeyml.events.bounds import TimeBounds
+from journeyml.events.config import load_events_config
 from journeyml.events.schema import NORMALISED_EVENT_SCHEMA
 from journeyml.events.staging import content_id_sql
 from serving.actions import load_decision_catalogs
 from serving.auth import KeyRing
 from serving.config import ServingSettings
-from serving.engine import Decision, DecisionContext, DecisionEngine, Scores, hashed_id
+from serving.engine import (
+    Decision,
+    DecisionContext,
+    DecisionEngine,
+    RequestConflictError,
+    Scores,
+    hashed_id,
+)
 from serving.features import (
     FeatureStoreDownError,
     FeatureTimeoutError,
@@ -49,7 +58,7 @@ from serving.schemas import (
     NextBestActionRequest,
     ScoreRequest,
 )
-from serving.state import StateStore
+from serving.state import RequestKey, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,10 @@ class Runtime:
             settings.actions, settings.features, settings.journeys
         )
         self.workspace = Workspace(settings.data_dir)
+        # events, decision and feedback times: the event contract's window (400 outside it)
+        self.bounds = TimeBounds.from_config(
+            load_events_config(settings.events), self.workspace.lake
+        )
         (self.workspace.root / "serving").mkdir(parents=True, exist_ok=True)
         self.keyring = load_keyring(settings)
         self.store = open_store(
@@ -124,7 +137,12 @@ class Runtime:
             self.features = OnlineFeatures(self.store, self.catalog)
             set_sqlite_busy_timeout(self.store, self.settings.deadline_ms)
             self.updater = RealtimeUpdater(
-                self.store, self.catalog, self.journey_map, self.event_store, self.workspace.lake
+                self.store,
+                self.catalog,
+                self.journey_map,
+                self.event_store,
+                self.workspace.lake,
+                bounds=self.bounds,
             )
             self._feature_error = None
         except Exception as exc:  # the registry is not there yet: not ready
@@ -157,12 +175,26 @@ class Runtime:
 
     # -- handlers --------------------------------------------------------------------------
 
-    def next_best_action(self, req: NextBestActionRequest) -> Reply:
+    def next_best_action(self, req: NextBestActionRequest, caller: str = "") -> Reply:
+        """One decision; ``caller`` (the API key's id) scopes the request id."""
         ctx = req.context
-        decision = self.engine.decide(
-            req.customer_id,
-            DecisionContext(ctx.channel, ctx.event_type, ctx.page, ctx.at),
-        )
+        if ctx.at is not None:
+            problem = self.bounds.problem(ctx.at, "context.at")
+            if problem is not None:
+                return Reply(400, {"error": problem})
+        request = None
+        if req.request_id is not None:
+            keep = timedelta(hours=self.settings.request_ids.keep_hours)
+            request = RequestKey(caller, req.request_id, datetime.now(UTC) + keep)
+        try:
+            decision = self.engine.decide(
+                req.customer_id,
+                DecisionContext(ctx.channel, ctx.event_type, ctx.page, ctx.at),
+                mode=req.mode,
+                request=request,
+            )
+        except RequestConflictError as exc:
+            return Reply(409, {"error": str(exc)})
         return Reply(200, decision_body(decision))
 
     def score(self, req: ScoreRequest) -> Reply:
@@ -215,7 +247,10 @@ class Runtime:
             return Reply(503, {"error": "feature store not ready"})
         table = normalise_events(req)
         started = time.perf_counter()
-        report = self.updater.apply(table)
+        try:
+            report = self.updater.apply(table)
+        except EventTimeError as exc:  # refused before anything was stored
+            return Reply(400, {"error": str(exc)})
         self._saw_events(table)
         return Reply(
             200,
@@ -230,6 +265,10 @@ class Runtime:
         )
 
     def feedback(self, req: FeedbackRequest) -> Reply:
+        if req.at is not None:
+            problem = self.bounds.problem(req.at, "at")
+            if problem is not None:
+                return Reply(400, {"error": problem})
         at = req.at or self.now()
         status = self.state.record_feedback(req.decision_id, req.outcome, at, req.details)
         if status == "unknown_decision":
@@ -370,4 +409,7 @@ def decision_body(d: Decision) -> dict[str, Any]:
         "logged": d.logged,
         "model_versions": d.model_versions,
         "policy_version": d.policy_version,
+        "mode": d.mode,
+        "request_id": d.request_id,
+        "replayed": d.replayed,
     }

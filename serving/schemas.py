@@ -4,7 +4,7 @@ echoing input back (BentoML answers a validation error with 400 and the field pa
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -12,13 +12,21 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$", strict=True)]
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
 DecisionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", strict=True)]
 OUTCOMES = ("accepted", "ignored", "clicked", "converted", "declined", "complained", "unsubscribed")
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    """The time in UTC; naive times and times that UTC cannot hold (0001-01-01 at +01:00)
+    are refused here, as a 400 naming the field."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("a timestamp needs a time zone, e.g. 2026-11-22T10:00:00Z")
-    return value
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("a timestamp between years 1 and 9999 in UTC") from None
 
 
 AwareTime = Annotated[datetime, AfterValidator(_aware)]
@@ -54,12 +62,42 @@ class RequestContext(Strict):
     channel: Token | None = None
     event_type: Token | None = None
     page: Annotated[str, StringConstraints(max_length=200)] | None = None
-    at: AwareTime | None = None
+    at: AwareTime | None = Field(
+        default=None,
+        description=(
+            "The time of the decision, with a time zone (default: now). Refused (400) when "
+            "later than now plus the event contract's future tolerance (10 minutes by "
+            "default) or earlier than the lake's first event minus its margin; a time a few "
+            "minutes ahead (clock skew) is taken as now, so no contact is ever recorded in "
+            "the future."
+        ),
+    )
 
 
 class NextBestActionRequest(Strict):
+    """One customer, the moment's context, and how the answer is to be recorded."""
+
     customer_id: CustomerId
     context: RequestContext = RequestContext()
+    request_id: RequestId | None = Field(
+        default=None,
+        description=(
+            "Idempotency key chosen by the caller (1-64 of A-Z a-z 0-9 _ . : -). A retry with "
+            "the same request_id from the same API key gets the first answer again (same "
+            "decision_id, `replayed: true`) and records no second contact, for "
+            "`request_ids.keep_hours` of configs/serving.yaml (24 h by default). Reused for "
+            "another customer or another mode: 409."
+        ),
+    )
+    mode: Literal["decide", "preview"] = Field(
+        default="decide",
+        description=(
+            "`decide` (default): the decision is logged and its contact counts against the "
+            "contact policy. `preview`: the same decision is computed and logged as a preview, "
+            "but no contact is recorded: it does not count against caps or cooldowns, and "
+            "previews are left out of the decision log that off-policy evaluation reads."
+        ),
+    )
 
 
 class ScoreRequest(Strict):

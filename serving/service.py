@@ -13,7 +13,7 @@ from typing import Any, cast
 import bentoml
 from starlette.responses import JSONResponse
 
-from serving.auth import RequestGuard
+from serving.auth import API_KEY_ID, RequestGuard
 from serving.config import load_serving_settings
 from serving.runtime import Reply, Runtime, freeze_heap, load_keyring, quiet_server_logs
 from serving.schemas import (
@@ -61,11 +61,22 @@ class JourneyML:
 
     @bentoml.api(route="/v1/next-best-action", input_spec=NextBestActionRequest)
     async def next_best_action(  # inline: CPU-bound, a thread hop would only add a hand-off
-        self, ctx: bentoml.Context, customer_id: str, context: RequestContext
+        self,
+        ctx: bentoml.Context,
+        customer_id: str,
+        context: RequestContext,
+        request_id: str | None = None,
+        mode: str = "decide",
     ) -> dict[str, Any]:
-        """One customer (+ context) → ranked actions, scores, reason codes, decision id."""
-        req = NextBestActionRequest.model_construct(customer_id=customer_id, context=context)
-        return _send(ctx, self.runtime.next_best_action(req))
+        """One customer (+ context) → ranked actions, scores, reason codes, decision id.
+
+        `request_id` makes retries safe (same answer, one contact); `mode: preview` answers
+        without recording a contact."""
+        req = NextBestActionRequest.model_construct(
+            customer_id=customer_id, context=context, request_id=request_id, mode=mode
+        )
+        caller = ctx.request.scope.get(API_KEY_ID, "")
+        return _send(ctx, self.runtime.next_best_action(req, caller))
 
     @bentoml.api(route="/v1/score", input_spec=ScoreRequest)
     def score(self, ctx: bentoml.Context, customer_ids: list[str]) -> dict[str, Any]:

@@ -25,6 +25,12 @@ The contact policy, as :meth:`StateStore.blocked`, :meth:`StateStore.commit` and
 The first reason that applies is reported: the caps in policy order, then the cooldown, then
 the suppression. A cap of 0 blocks its channel outright.
 
+Request ids: a decision may be settled with a caller's idempotency key (:class:`RequestKey`),
+stored with the answer given in the decision's own transaction, under the key's primary key, so
+that of concurrent retries exactly one decides and contacts; the others read its answer
+(:meth:`StateStore.find_request`). Previews (``mode`` ``preview``) are logged without a
+contact, so the policy never counts them, and :meth:`StateStore.iter_decisions` leaves them out.
+
 Times are stored as integer microseconds since the epoch (UTC), JSON as text: both portable.
 
 Hot path, measured with ``timeit`` on the 2-core development machine (SQLite 3.40, WAL,
@@ -48,6 +54,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +78,8 @@ POSITIVE_OUTCOMES = ("accepted", "clicked", "converted")
 IGNORED = "ignored"
 
 FeedbackStatus = Literal["created", "duplicate", "unknown_decision"]
+MODES = ("decide", "preview")
+"""How a decision is recorded: ``decide`` (its contact counts) or ``preview`` (no contact)."""
 
 _DECISION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PREFIX = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,29})?$")
@@ -84,6 +93,8 @@ _IN_LIST_LIMIT = 1000  # longer customer lists are filtered after one unfiltered
 _SQLITE_BUSY_MS = 30_000
 _SQLITE_CHECKPOINT_SECONDS = 1.0
 _SQLITE_AUTOCHECKPOINT_PAGES = 25_000  # the safety net when no checkpointer runs (~100 MB)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_PURGE_SECONDS = 60.0  # expired request ids are deleted at most this often
 
 
 # -- the policy and the records ------------------------------------------------------------
@@ -158,6 +169,36 @@ class DecisionRecord:
     feature_version: str | None
     model_versions: dict[str, str]
     policy_version: str
+    mode: str = "decide"
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A caller's idempotency key: its answer is kept until ``expires_at``.
+
+    ``caller`` is the API key's id ("" without authentication): two callers may use the same
+    ``request_id`` without meeting.
+    """
+
+    caller: str
+    request_id: str
+    expires_at: datetime
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.caller, str) or len(self.caller) > _ID_LEN:
+            raise ValueError(f"request key: caller must be a string of at most {_ID_LEN}")
+        if not isinstance(self.request_id, str) or not _REQUEST_ID.match(self.request_id):
+            raise ValueError("request_id: 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """What a request id was first used for, and the answer given then."""
+
+    customer_id: str
+    decision_id: str
+    mode: str
+    answer: str
 
 
 @dataclass(frozen=True)
@@ -170,6 +211,11 @@ class CommitResult:
 
 class DuplicateDecisionError(ValueError):
     """A decision with this id is already stored (it was kept; nothing was written)."""
+
+
+class DuplicateRequestError(ValueError):
+    """The request id was stored by another call meanwhile (nothing was written): read the
+    first answer with :meth:`StateStore.find_request`."""
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -215,6 +261,7 @@ class StateStore:
             sa.Column("feature_version", sa.String(_ID_LEN)),
             sa.Column("model_versions", sa.Text, nullable=False),
             sa.Column("policy_version", sa.String(_ID_LEN), nullable=False),
+            sa.Column("mode", sa.String(16), nullable=False, server_default=MODES[0]),
             sa.Index(f"{p}decisions_time", "decided_at_us", "decision_id"),
         )
         self.contacts = sa.Table(
@@ -236,11 +283,28 @@ class StateStore:
             sa.Column("recorded_at_us", sa.BigInteger, nullable=False),
             sa.Column("details", sa.Text),
         )
+        # Idempotency keys: the primary key lets one call only store a (caller, request id),
+        # in the transaction of its decision and contact.
+        self.requests = sa.Table(
+            f"{p}requests",
+            meta,
+            sa.Column("caller", sa.String(_ID_LEN), primary_key=True),
+            sa.Column("request_id", sa.String(64), primary_key=True),
+            sa.Column("customer_id", sa.String(_ID_LEN), nullable=False),
+            sa.Column("decision_id", sa.String(64), nullable=False),
+            sa.Column("mode", sa.String(16), nullable=False),
+            sa.Column("created_at_us", sa.BigInteger, nullable=False),
+            sa.Column("expires_at_us", sa.BigInteger, nullable=False),
+            sa.Column("answer", sa.Text, nullable=False),
+            sa.Index(f"{p}requests_expiry", "expires_at_us"),
+        )
         self._meta = meta
         self._prepare()
+        self._next_purge = 0.0
         try:
             with self._transaction(f"schema:{p}") as conn:
                 meta.create_all(conn)
+                self._migrate(conn)
         except Exception:
             self.engine.dispose()
             raise
@@ -248,6 +312,15 @@ class StateStore:
         if self._sqlite:
             self._checkpointer = _Checkpointer(self.engine, _SQLITE_CHECKPOINT_SECONDS)
             self._checkpointer.start()
+
+    def _migrate(self, conn: sa.Connection) -> None:
+        """Adds the columns later versions introduced to tables an earlier version created."""
+        columns = {c["name"] for c in sa.inspect(conn).get_columns(self.decisions.name)}
+        if "mode" not in columns:
+            table = conn.dialect.identifier_preparer.quote(self.decisions.name)
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} ADD COLUMN mode VARCHAR(16) NOT NULL DEFAULT '{MODES[0]}'"
+            )
 
     def _prepare(self) -> None:
         """Statements built once, so SQLAlchemy's compiled cache serves the hot path."""
@@ -292,6 +365,20 @@ class StateStore:
         self._lock = sa.select(
             sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger))
         )
+        r = self.requests
+        same_key = sa.and_(
+            r.c.caller == sa.bindparam("caller"), r.c.request_id == sa.bindparam("request_id")
+        )
+        self._q_request = sa.select(r.c.customer_id, r.c.decision_id, r.c.mode, r.c.answer).where(
+            same_key, r.c.expires_at_us > sa.bindparam("now", type_=sa.BigInteger)
+        )
+        self._del_request = r.delete().where(
+            same_key, r.c.expires_at_us <= sa.bindparam("now", type_=sa.BigInteger)
+        )
+        self._purge_requests = r.delete().where(
+            r.c.expires_at_us <= sa.bindparam("now", type_=sa.BigInteger)
+        )
+        self._ins_request = r.insert()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -350,6 +437,8 @@ class StateStore:
         policy: ContactPolicy,
         now: datetime,
         choose: Callable[[dict[str, str]], tuple[DecisionRecord, Candidate | None] | None],
+        request: RequestKey | None = None,
+        answer: Callable[[DecisionRecord], str] | None = None,
     ) -> DecisionRecord | None:
         """Decides and logs in one transaction under the customer's lock.
 
@@ -358,16 +447,25 @@ class StateStore:
         if it returns None, and then returns None). No other decision for the customer can
         interleave, so the contact cannot break the policy; a separate read (:meth:`blocked`)
         before the write would cost a second connection and history query (0.2-0.3 ms a
-        decision on SQLite).
+        decision on SQLite). A record in ``preview`` mode is logged without a contact.
+
+        With ``request``, the request id is stored in the same transaction with the text
+        ``answer`` gives for the written record: a concurrent call with the same key cannot
+        also write (the key is the table's primary key), it gets DuplicateRequestError.
 
         Raises:
             DuplicateDecisionError: the decision id is already stored (nothing is written).
+            DuplicateRequestError: the request key is already stored (nothing is written).
             ValueError: ``choose`` returned an invalid record, a record for another customer
-                or time, or a contact that is not its chosen action or that was blocked.
+                or time, or a contact that is not its chosen action, that was blocked, or of
+                a preview.
         """
         now_us = _to_us(now, "now")
         _check_customer(customer_id)
         with self._transaction(customer_id) as conn:
+            if request is not None and self._request_row(conn, request) is not None:
+                # a retry of a call already settled (under this customer's lock): no choice
+                raise DuplicateRequestError(f"request id {request.request_id} is already stored")
             blocked: dict[str, str] = {}
             if candidates and _active(policy):
                 history = self._history(conn, customer_id, now_us)
@@ -403,10 +501,59 @@ class StateStore:
                         "sent_at_us": now_us,
                     },
                 )
+            if request is not None:
+                self._store_request(conn, request, record, "" if answer is None else answer(record))
         return record
 
+    def _store_request(
+        self, conn: sa.Connection, request: RequestKey, record: DecisionRecord, answer: str
+    ) -> None:
+        wall_us = _to_us(datetime.now(UTC), "now")
+        key = {"caller": request.caller, "request_id": request.request_id}
+        clock = time.monotonic()
+        if clock >= self._next_purge:
+            self._next_purge = clock + _PURGE_SECONDS
+            conn.execute(self._purge_requests, {"now": wall_us})
+        else:  # an expired use of this key gives way to the new one
+            conn.execute(self._del_request, {**key, "now": wall_us})
+        try:
+            conn.execute(
+                self._ins_request,
+                {
+                    **key,
+                    "customer_id": record.customer_id,
+                    "decision_id": record.decision_id,
+                    "mode": record.mode,
+                    "created_at_us": wall_us,
+                    "expires_at_us": _to_us(request.expires_at, "expires_at"),
+                    "answer": answer,
+                },
+            )
+        except sa.exc.IntegrityError:
+            raise DuplicateRequestError(
+                f"request id {request.request_id} is already stored"
+            ) from None
+
+    def find_request(self, request: RequestKey) -> StoredRequest | None:
+        """The unexpired first use of a request key, or None."""
+        with self.engine.connect() as conn:
+            return self._request_row(conn, request)
+
+    def _request_row(self, conn: sa.Connection, request: RequestKey) -> StoredRequest | None:
+        wall_us = _to_us(datetime.now(UTC), "now")
+        params = {"caller": request.caller, "request_id": request.request_id, "now": wall_us}
+        row = conn.execute(self._q_request, params).first()
+        if row is None:
+            return None
+        return StoredRequest(row[0], row[1], row[2], row[3])
+
     def commit(
-        self, record: DecisionRecord, contact: Candidate | None, policy: ContactPolicy
+        self,
+        record: DecisionRecord,
+        contact: Candidate | None,
+        policy: ContactPolicy,
+        request: RequestKey | None = None,
+        answer: Callable[[DecisionRecord], str] | None = None,
     ) -> CommitResult:
         """Logs a decision, and its contact if any, in one transaction under the customer's lock.
 
@@ -414,8 +561,11 @@ class StateStore:
         contact would break it nothing is written and the result says why. (A decision the
         engine ranks uses :meth:`settle`; this logs one already made, e.g. a fallback.)
 
+        ``request`` and ``answer``: as for :meth:`settle`.
+
         Raises:
             DuplicateDecisionError: the decision id is already stored (the first is kept).
+            DuplicateRequestError: the request key is already stored (the first is kept).
             ValueError: an invalid record (naive time, malformed id, not JSON-able).
         """
         _to_us(record.decided_at, "decided_at")  # a naive time is refused before the lock
@@ -428,7 +578,9 @@ class StateStore:
             return record, contact
 
         candidates = [contact] if contact is not None else []
-        self.settle(record.customer_id, candidates, policy, record.decided_at, keep)
+        self.settle(
+            record.customer_id, candidates, policy, record.decided_at, keep, request, answer
+        )
         if refused:
             logger.debug(
                 "contact refused for customer %s: %s", hashed_id(record.customer_id), refused[0]
@@ -492,6 +644,7 @@ class StateStore:
             feature_version=row["feature_version"],
             model_versions=json.loads(row["model_versions"]),
             policy_version=row["policy_version"],
+            mode=row["mode"],
         )
 
     def feedback(self, decision_id: str) -> list[tuple[str, datetime]]:
@@ -507,8 +660,13 @@ class StateStore:
         start: datetime | None = None,
         end: datetime | None = None,
         chunk_rows: int = 50_000,
+        include_previews: bool = False,
     ) -> Iterator[pd.DataFrame]:
         """The decision log in ``[start, end)``, oldest first, in frames of ``chunk_rows``.
+
+        Previews (``mode`` ``preview``: nothing was sent) are left out unless
+        ``include_previews``: they are not actions of the logging policy, so off-policy
+        evaluation and uplift training, which read the log through here, must not see them.
 
         Columns: the record's scalar fields (``decided_at`` as UTC timestamps), ``contacted``,
         the JSON text of ``request``, ``candidates``, ``features`` and ``model_versions``, and
@@ -526,6 +684,8 @@ class StateStore:
             for outcome in OUTCOMES
         ]
         base = sa.select(*d.c, *outcome_cols).order_by(d.c.decided_at_us, d.c.decision_id)
+        if not include_previews:
+            base = base.where(d.c.mode != "preview")
         if start is not None:
             base = base.where(d.c.decided_at_us >= _to_us(start, "start"))
         if end is not None:
@@ -961,6 +1121,10 @@ def _decision_row(
             f"decision {record.decision_id}: the contact ({contact.action_id}) is not the "
             f"chosen action ({record.chosen_action})"
         )
+    if record.mode not in MODES:
+        raise ValueError(f"decision {record.decision_id}: mode must be one of {', '.join(MODES)}")
+    if contact is not None and record.mode == "preview":
+        raise ValueError(f"decision {record.decision_id}: a preview records no contact")
     contacted = contact is not None
     _check_customer(record.customer_id)
     if not record.chosen_action or len(record.chosen_action) > _ID_LEN:
@@ -985,6 +1149,7 @@ def _decision_row(
         "feature_version": record.feature_version,
         "model_versions": _dumps(record.model_versions),
         "policy_version": record.policy_version,
+        "mode": record.mode,
     }
 
 

@@ -3,15 +3,22 @@ loaded online features, and serving settings pointing at it (isolated state and 
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+from starlette.testclient import TestClient
 
 from features.catalog import build_catalog
 from features.online import load_latest_snapshot
 from features.store import Workspace, open_store
 from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, load_journey_map
+from serving.auth import generate_key, hash_key
 from serving.config import AuthSettings, ModelSettings, ServingSettings, load_serving_settings
 from tests.training.conftest import SimWorkspace, build_sim_workspace, small_config
 from training.config import TrainingConfig
@@ -82,3 +89,60 @@ def serving_settings(sw: ServingWorkspace, tmp: Path, **update: object) -> Servi
     for key, value in values.items():
         data[key] = value.model_dump() if hasattr(value, "model_dump") else value
     return ServingSettings.model_validate(data)
+
+
+KEY = generate_key()
+"""An API key with every scope (id ``all``)."""
+READ_ONLY = generate_key()
+"""An API key with the ``score`` scope only (id ``reader``)."""
+DECIDE_ONLY = generate_key()
+"""A second caller with the ``decide`` scope (id ``batch-tool``)."""
+API_KEYS = json.dumps(
+    [
+        {
+            "id": "all",
+            "sha256": hash_key(KEY),
+            "scopes": ["decide", "score", "write-events", "feedback"],
+        },
+        {"id": "reader", "sha256": hash_key(READ_ONLY), "scopes": ["score"]},
+        {"id": "batch-tool", "sha256": hash_key(DECIDE_ONLY), "scopes": ["decide"]},
+    ]
+)
+KEYS_ENV = "JML_TEST_KEYS"
+
+
+def write_settings(settings: ServingSettings, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class ServiceClient:
+    client: TestClient
+    settings: ServingSettings
+
+
+@pytest.fixture(scope="session")
+def service(
+    serving_ws: ServingWorkspace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceClient]:
+    """The service's ASGI app (BentoML's own) on the test workspace, with API keys
+    (:data:`API_KEYS`) and no holdout. One per test process: BentoML registers its metrics
+    process-wide, and a second app in one process fails on the duplicate."""
+    tmp = tmp_path_factory.mktemp("service")
+    settings = serving_settings(
+        serving_ws,
+        tmp,
+        auth=AuthSettings(enabled=True, keys_env=KEYS_ENV),
+        holdout={"share": 0.0, "salt": "x"},
+    )
+    os.environ["JOURNEYML_SERVING_CONFIG"] = str(write_settings(settings, tmp / "serving.yaml"))
+    os.environ[KEYS_ENV] = API_KEYS
+    import serving.service as module
+
+    module = importlib.reload(module)
+    try:
+        with TestClient(module.JourneyML.to_asgi(), raise_server_exceptions=False) as client:
+            yield ServiceClient(client, settings)
+    finally:
+        os.environ.pop("JOURNEYML_SERVING_CONFIG", None)

@@ -2,64 +2,38 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from starlette.testclient import TestClient
 
-from serving.auth import generate_key, hash_key
-from serving.config import AuthSettings, ServingSettings
-from tests.serving.conftest import ServingWorkspace, serving_settings
-
-KEY = generate_key()
-READ_ONLY = generate_key()
-KEYS = json.dumps(
-    [
-        {
-            "id": "all",
-            "sha256": hash_key(KEY),
-            "scopes": ["decide", "score", "write-events", "feedback"],
-        },
-        {"id": "reader", "sha256": hash_key(READ_ONLY), "scopes": ["score"]},
-    ]
+from serving.config import AuthSettings
+from tests.serving.conftest import (
+    API_KEYS,
+    KEY,
+    READ_ONLY,
+    ServiceClient,
+    ServingWorkspace,
+    serving_settings,
+    write_settings,
 )
+
+KEYS = API_KEYS
 H = {"x-api-key": KEY}
 
 
-def write_settings(settings: ServingSettings, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
-def api(serving_ws: ServingWorkspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("service")
-    settings = serving_settings(
-        serving_ws,
-        tmp,
-        auth=AuthSettings(enabled=True, keys_env="JML_TEST_KEYS"),
-        holdout={"share": 0.0, "salt": "x"},
-    )
-    os.environ["JOURNEYML_SERVING_CONFIG"] = str(write_settings(settings, tmp / "serving.yaml"))
-    os.environ["JML_TEST_KEYS"] = KEYS
-    import serving.service as module
-
-    module = importlib.reload(module)
-    with TestClient(module.JourneyML.to_asgi(), raise_server_exceptions=False) as client:
-        yield client
-    os.environ.pop("JOURNEYML_SERVING_CONFIG", None)
+def api(service: ServiceClient) -> TestClient:
+    return service.client
 
 
 def test_health_and_docs_are_open(api: TestClient) -> None:

@@ -70,7 +70,7 @@ def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:
 
 
 def drop_tables(store: StateStore) -> None:
-    for table in (store.feedback_table, store.contacts, store.decisions):
+    for table in (store.requests, store.feedback_table, store.contacts, store.decisions):
         table.drop(store.engine, checkfirst=True)
 
 

@@ -53,7 +53,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
     store = StateStore(url, table_prefix=prefix)
     yield url, prefix
     if request.param == "postgres":
-        for table in (store.feedback_table, store.contacts, store.decisions):
+        for table in (store.requests, store.feedback_table, store.contacts, store.decisions):
             table.drop(store.engine, checkfirst=True)
     store.close()
 
