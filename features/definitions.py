@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast.data_source import DataSource
 from feast.types import Float64, Int64, String
 from feast.value_type import ValueType
 
@@ -40,7 +42,7 @@ class FeastObjects:
     """Everything the journey feature repository registers."""
 
     customer: Entity
-    source: FileSource
+    source: DataSource
     views: dict[str, FeatureView]
     services: dict[str, FeatureService]
 
@@ -48,12 +50,16 @@ class FeastObjects:
         return [self.customer, self.source, *self.views.values(), *self.services.values()]
 
 
-def feast_objects(catalog: FeatureCatalog, source_path: str) -> FeastObjects:
+def feast_objects(
+    catalog: FeatureCatalog, source_path: str, offline: Literal["file", "spark"] = "file"
+) -> FeastObjects:
     """Builds the entity, snapshot source, feature views and feature services.
 
     Args:
         catalog: the feature catalog (names, types, views).
         source_path: the Parquet snapshots written by ``journeyml features build``.
+        offline: the offline store the source is for: a ``FileSource`` for Feast's file
+            store, a ``SparkSource`` over the same Parquet files for its Spark store.
     """
     customer = Entity(
         name="customer",
@@ -61,12 +67,27 @@ def feast_objects(catalog: FeatureCatalog, source_path: str) -> FeastObjects:
         value_type=ValueType.STRING,
         description="A customer of the journey log (the log's customer_id).",
     )
-    source = FileSource(
-        name=SOURCE_NAME,
-        path=source_path,
-        timestamp_field=TIMESTAMP_FIELD,
-        description="Point-in-time journey feature snapshots (journeyml features build).",
-    )
+    description = "Point-in-time journey feature snapshots (journeyml features build)."
+    source: DataSource
+    if offline == "spark":
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+            SparkSource,
+        )
+
+        source = SparkSource(
+            name=SOURCE_NAME,
+            path=source_path,
+            file_format="parquet",
+            timestamp_field=TIMESTAMP_FIELD,
+            description=description,
+        )
+    else:
+        source = FileSource(
+            name=SOURCE_NAME,
+            path=source_path,
+            timestamp_field=TIMESTAMP_FIELD,
+            description=description,
+        )
     # A snapshot row stays valid until the next regular snapshot replaces it.
     ttl = timedelta(days=catalog.settings.snapshots.cadence_days * 2)
     views = {

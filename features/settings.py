@@ -113,12 +113,22 @@ class RegistrySettings(StrictModel):
         return self
 
 
+class OfflineStoreSettings(StrictModel):
+    """Feast's offline store over the snapshots: Feast's file store (embedded) or its Spark
+    offline store (``SparkSource`` over the same Parquet files; ``spark_conf`` is used only
+    when no Spark session is running in the process)."""
+
+    type: Literal["file", "spark"] = "file"
+    spark_conf: dict[str, str] = Field(default_factory=dict)
+
+
 class StoreSettings(StrictModel):
     """The Feast store behind the features."""
 
     project: str = "journeyml"
     online: OnlineStoreSettings = Field(default_factory=OnlineStoreSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    offline: OfflineStoreSettings = Field(default_factory=OfflineStoreSettings)
 
 
 class SparkSettings(StrictModel):

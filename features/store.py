@@ -56,12 +56,15 @@ def repo_config(settings: StoreSettings, workspace: Workspace) -> RepoConfig:
         }
     else:
         online = {"type": "sqlite", "path": str(workspace.feast / "online.db")}
+    offline: dict[str, object] = {"type": settings.offline.type}
+    if settings.offline.type == "spark":
+        offline["spark_conf"] = dict(settings.offline.spark_conf)
     return RepoConfig(
         project=settings.project,
         provider="local",
         registry=registry,
         online_store=online,
-        offline_store={"type": "file"},
+        offline_store=offline,
         entity_key_serialization_version=3,
         repo_path=workspace.feast,
     )
@@ -76,7 +79,8 @@ def apply_definitions(
     store: FeatureStore, catalog: FeatureCatalog, workspace: Workspace
 ) -> FeastObjects:
     """Registers the entity, source, views and services, as ``feast apply`` would."""
-    objects = feast_objects(catalog, str(workspace.snapshots))
+    spark = store.config.offline_store.type == "spark"
+    objects = feast_objects(catalog, str(workspace.snapshots), "spark" if spark else "file")
     store.apply(objects.all())  # type: ignore[arg-type]
     logger.info(
         "registered %d feature views and %d feature services in project %s",
