@@ -432,7 +432,9 @@ def churn_risk_list(
     if missing:
         raise ListError(
             f"no {' or '.join(missing)} model is loaded ({engine.models.errors or 'no alias'}): "
-            "train and promote first (`journeyml train`, `journeyml promote`)"
+            "train and promote first (`journeyml train`, `journeyml promote`); to list with "
+            "a model the gates refused, without promoting it, name its alias (`journeyml lists "
+            "churn-risk --alias challenger`)"
         )
     consent_rule = engine.catalog.consent
     summary = ListSummary(

@@ -129,5 +129,9 @@ def churn_risk(
     console.print(table)
     bands = ", ".join(f"{band} {count:,}" for band, count in summary.by_band.items())
     console.print(f"Risk bands: {bands or 'none'}")
+    served = ", ".join(f"{ref}" for ref in summary.model_versions.values())
+    used = settings.models.alias
+    note = "" if used == "champion" else ", not the promoted champion"
+    console.print(f"Models (alias {used}{note}): {served or 'none'}")
     console.print(f"Consent: {summary.consent_rule}")
     console.print(f"Written in {summary.seconds:.1f} s: " + ", ".join(summary.outputs))
