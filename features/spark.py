@@ -106,9 +106,10 @@ def spark_session(settings: SparkSettings) -> SparkSession:
     builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
     conf = {**SESSION_DEFAULTS, **settings.conf}
     if settings.master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
-        # Python workers (mapInPandas) run this interpreter, with the project installed;
-        # on a cluster, spark.pyspark.python in conf names the executors' one
-        conf.setdefault("spark.pyspark.python", sys.executable)
+        # PySpark starts its Python workers (mapInPandas) with $PYSPARK_PYTHON, else
+        # `python3` from PATH, which need not have the project installed: use this
+        # interpreter (on a cluster, PYSPARK_PYTHON names the executors' Python)
+        os.environ["PYSPARK_PYTHON"] = sys.executable
     for key in _REQUIRED:
         conf[key] = SESSION_DEFAULTS[key]
     for key, value in conf.items():

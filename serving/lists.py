@@ -364,6 +364,61 @@ def score_chunk(
     )
 
 
+CHUNK_COUNTS = (
+    "opted_out",
+    "suppressed_list",
+    "suppressed_contact_policy",
+    "active",
+    "lapsed",
+    "other_population",
+    "consent_unknown",
+    "below_min_risk",
+)
+"""The :class:`ListSummary` counters a chunk adds to."""
+
+
+def decide_chunk(
+    engine: DecisionEngine,
+    chunk: pd.DataFrame,
+    now: datetime,
+    policy_rows: pd.DataFrame,
+    ageing: Sequence[str],
+    journey_map: JourneyMap,
+    suppression: set[str],
+    suppressed_policy: set[str],
+    filters: ListFilters,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """One chunk of latest snapshot rows to list rows (with :data:`RAW_SCORE`): leaves out
+    customers who refused marketing, suppressed ones, those outside the population and below
+    the minimum risk, scores the rest, and counts each group (:data:`CHUNK_COUNTS`). The
+    DuckDB path and the Spark path (:mod:`serving.spark_lists`) both list through it."""
+    counts = dict.fromkeys(CHUNK_COUNTS, 0)
+    ids = chunk[ENTITY].astype(str)
+    consent = consent_of_frame(chunk, engine.catalog.consent)
+    opted = consent.status == REFUSED
+    on_list = ids.isin(suppression).to_numpy() & ~opted
+    by_policy = ids.isin(suppressed_policy).to_numpy() & ~opted & ~on_list
+    counts["opted_out"] = int(opted.sum())
+    counts["suppressed_list"] = int(on_list.sum())
+    counts["suppressed_contact_policy"] = int(by_policy.sum())
+    keep = ~(opted | on_list | by_policy)
+    aged_all = age_rows(chunk, ageing, now)
+    active = active_customers(aged_all, journey_map)
+    counts["active"] = int(active.sum())
+    counts["lapsed"] = int((~active).sum())
+    wanted = _in_population(active, filters.population)
+    counts["other_population"] = int((keep & ~wanted).sum())
+    keep &= wanted
+    counts["consent_unknown"] = int(((consent.status == UNKNOWN) & keep).sum())
+    if not keep.any():
+        return pd.DataFrame(columns=[*COLUMNS, RAW_SCORE]), counts
+    segment_column = engine.settings.segment_column
+    scored = score_chunk(engine, aged_all[keep], now, policy_rows, segment_column, active[keep])
+    low = scored["churn_risk"].to_numpy() < filters.min_risk
+    counts["below_min_risk"] = int(low.sum())
+    return scored[~low], counts
+
+
 # -- the list -----------------------------------------------------------------------------------
 
 
@@ -472,30 +527,12 @@ def churn_risk_list(
         )
         for chunk in chunks:
             summary.customers_read += len(chunk)
-            ids = chunk[ENTITY].astype(str)
-            consent = consent_of_frame(chunk, consent_rule)
-            opted = consent.status == REFUSED
-            on_list = ids.isin(suppression).to_numpy() & ~opted
-            by_policy = ids.isin(suppressed_policy).to_numpy() & ~opted & ~on_list
-            summary.opted_out += int(opted.sum())
-            summary.suppressed_list += int(on_list.sum())
-            summary.suppressed_contact_policy += int(by_policy.sum())
-            keep = ~(opted | on_list | by_policy)
-            aged_all = age_rows(chunk, ageing, now)
-            active = active_customers(aged_all, journey_map)
-            summary.active += int(active.sum())
-            summary.lapsed += int((~active).sum())
-            wanted = _in_population(active, filters.population)
-            summary.other_population += int((keep & ~wanted).sum())
-            keep &= wanted
-            summary.consent_unknown += int(((consent.status == UNKNOWN) & keep).sum())
-            if not keep.any():
-                continue
-            aged = aged_all[keep]
-            scored = score_chunk(engine, aged, now, policy_rows, segment_column, active[keep])
-            low = scored["churn_risk"].to_numpy() < filters.min_risk
-            summary.below_min_risk += int(low.sum())
-            scored = scored[~low]
+            scored, counts = decide_chunk(
+                engine, chunk, now, policy_rows, ageing, journey_map, suppression,
+                suppressed_policy, filters,
+            )  # fmt: skip
+            for key, count in counts.items():
+                setattr(summary, key, getattr(summary, key) + count)
             if scored.empty:
                 continue
             table = pa.Table.from_pandas(scored, schema=_SCHEMA, preserve_index=False)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from serving.config import ServingSettings
+    from serving.engine import DecisionEngine
+    from serving.lists import ListFilters, ListSummary
 
 console = Console()
 err = Console(stderr=True)
@@ -62,6 +68,11 @@ def churn_risk(
         None, "--suppression-list", help="CSV or Parquet of customer ids never to list."
     ),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", min=1, help="Customers per chunk."),
+    engine_name: str = typer.Option(
+        "duckdb",
+        "--engine",
+        help="duckdb (one machine) or spark (the spark: section of the feature settings).",
+    ),
 ) -> None:
     """Customers ranked by churn risk, with reasons, next step and the recommended action."""
     from features.store import Workspace
@@ -88,18 +99,26 @@ def churn_risk(
             )
         filters = ListFilters(tuple(segment), min_risk, top, population)
         suppression = read_suppression_list(suppression_list) if suppression_list else None
+        if engine_name not in ("duckdb", "spark"):
+            raise ListError(f"--engine must be duckdb or spark, not {engine_name!r}")
         engine = batch_engine(settings)
         try:
-            summary = churn_risk_list(
-                engine,
-                Workspace(data_dir).snapshots,
-                out or data_dir / "lists",
-                filters=filters,
-                as_of=features_time,
-                now=clock.now,
-                suppression=suppression,
-                chunk_rows=chunk_rows,
-            )
+            if engine_name == "spark":
+                summary = _spark_list(
+                    settings, engine, data_dir, out, filters, features_time, clock.now,
+                    suppression,
+                )  # fmt: skip
+            else:
+                summary = churn_risk_list(
+                    engine,
+                    Workspace(data_dir).snapshots,
+                    out or data_dir / "lists",
+                    filters=filters,
+                    as_of=features_time,
+                    now=clock.now,
+                    suppression=suppression,
+                    chunk_rows=chunk_rows,
+                )
         finally:
             engine.state.close()
     except (ConfigError, ListError) as exc:
@@ -135,3 +154,38 @@ def churn_risk(
     console.print(f"Models (alias {used}{note}): {served or 'none'}")
     console.print(f"Consent: {summary.consent_rule}")
     console.print(f"Written in {summary.seconds:.1f} s: " + ", ".join(summary.outputs))
+
+
+def _spark_list(
+    settings: ServingSettings,
+    engine: DecisionEngine,
+    data_dir: Path,
+    out: Path | None,
+    filters: ListFilters,
+    features_time: datetime | None,
+    decision_time: datetime | None,
+    suppression: set[str] | None,
+) -> ListSummary:
+    """The list decided on Spark (the session the feature settings' ``spark:`` describe)."""
+    from features.settings import load_feature_settings
+    from features.spark import JavaMissingError, spark_session
+    from features.store import Workspace
+    from serving.lists import ListError
+    from serving.spark_lists import churn_risk_list_spark
+
+    spark_settings = load_feature_settings(settings.features).spark
+    try:
+        spark = spark_session(spark_settings)
+    except JavaMissingError as exc:
+        raise ListError(f"--engine spark: {exc}") from None
+    return churn_risk_list_spark(
+        spark,
+        engine,
+        spark_settings.output or Workspace(data_dir).snapshots,
+        out or data_dir / "lists",
+        filters=filters,
+        as_of=features_time,
+        now=decision_time,
+        suppression=suppression,
+        output_files=spark_settings.output_files,
+    )
