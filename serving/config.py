@@ -59,6 +59,7 @@ class LimitSettings(StrictModel):
     max_body_bytes: PositiveInt = 65_536
     max_customers: PositiveInt = 100
     max_events: PositiveInt = 200
+    body_timeout_seconds: PositiveFloat = 5.0  # a body not complete by then gets 408
 
 
 class RequestIdSettings(StrictModel):
@@ -89,6 +90,7 @@ class ServingSettings(StrictModel):
     state_url: str | None = None
     event_store_url: str | None = None
     deadline_ms: PositiveFloat = 50.0
+    state_timeout_ms: PositiveFloat = 500.0
     risk_bands: dict[str, float] = Field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
     next_steps_top_k: PositiveInt = 3
     reasons_top_k: PositiveInt = 3

@@ -50,6 +50,7 @@ from serving.features import (
 )
 from serving.models import LoadedModel, ModelSet
 from serving.state import (
+    STORE_ERRORS,
     Candidate,
     ChannelCap,
     ContactPolicy,
@@ -314,6 +315,11 @@ class DecisionEngine:
         self._candidates = [Candidate(a.id, a.channel) for a in self.actions]
         self._marketing = np.array([a.marketing for a in self.actions], dtype=bool)
         self.policy = contact_policy(catalog)
+        self.observe_stage: Callable[[str, float], None] | None = None  # (stage, seconds)
+
+    def _stage(self, name: str, since: float) -> None:
+        if self.observe_stage is not None:
+            self.observe_stage(name, time.perf_counter() - since)
 
     # -- scores ----------------------------------------------------------------------------
 
@@ -433,25 +439,30 @@ class DecisionEngine:
         cold_start = False
         scores: Scores | None = None
         values: dict[str, Any] = {}
+        since = time.perf_counter()
         try:
             feats = self.read_features(customer_id, now)
             values = feats.values
             cold_start = not feats.found
-        except FeatureTimeoutError:
+        except FeatureTimeoutError as exc:
+            logger.warning("online features late: %s", exc)
             fallback = "feature_store_timeout"
-        except Exception as exc:  # FeatureStoreDownError, or anything a store client raises
-            logger.error("online features unavailable: %s", type(exc).__name__)
+        except FeatureStoreDownError as exc:  # the store's own errors only; a bug propagates
+            logger.warning("online features unavailable: %s", exc)
             fallback = "feature_store_unavailable"
+        self._stage("features", since)
         if fallback is None and not cold_start:
             missing = [r for r in self.settings.models.required if r not in self.models.models]
             if missing:
                 fallback = f"model_unavailable:{missing[0]}"
             else:
+                since = time.perf_counter()
                 try:
                     scores = self.score(values, now)
-                except Exception as exc:
-                    logger.error("scoring failed: %s", type(exc).__name__)
+                except Exception:
+                    logger.exception("scoring failed, answering with the default action")
                     fallback = "model_error"
+                self._stage("scores", since)
         try:
             if fallback is not None:
                 decision = self._fallback(
@@ -603,17 +614,19 @@ class DecisionEngine:
                 contact = Candidate(chosen.action, chosen.channel or "")
             return record, contact
 
+        since = time.perf_counter()
         try:
             self.state.settle(
                 customer_id, live, self.policy, now, choose, request,
                 lambda _: decision_json(picked["decision"]),
             )  # fmt: skip
+            self._stage("policy", since)
         except DuplicateRequestError:
             raise
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             if picked.get("error") is exc:
                 raise
-            logger.error("state store unavailable: %s", type(exc).__name__)
+            logger.warning("state store unavailable: %s", _first_line(exc))
             return self._fallback(
                 customer_id, ctx, now, "state_store_unavailable", versions, mode, request
             )
@@ -801,8 +814,8 @@ class DecisionEngine:
             )  # fmt: skip
         except DuplicateRequestError:
             raise
-        except Exception as exc:
-            logger.error("decision not logged, state store unavailable: %s", type(exc).__name__)
+        except STORE_ERRORS as exc:
+            logger.warning("decision not logged, state store unavailable: %s", _first_line(exc))
             # cannot check the contact policy: send nothing
             return decision_of(none if contact is not None else chosen, False)
         return decision_of(picked["chosen"], True)
@@ -914,6 +927,13 @@ class DecisionEngine:
         out["priority"] = np.where(choose, best_prio, 0.0)
         out["expected_value"] = np.where(choose, value[np.arange(n), best_action], 0.0)
         return out
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line: drivers append the statement after it (never its parameters:
+    the state store's engine hides them)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def _no_action() -> CandidateOutcome:

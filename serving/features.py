@@ -11,10 +11,19 @@ thread hop cost 1-3 ms a call on this busy 2-core machine, more than the read): 
 client gets socket timeouts of the deadline (see :func:`with_deadline`), SQLite a busy
 timeout, and a read that still finishes late is reported as :class:`FeatureTimeoutError`, so
 the engine answers with its fallback; a store error gives :class:`FeatureStoreDownError`.
+
+The Redis client makes no retries: redis-py's default retries three times with an exponential
+back-off of up to 10 s, which, run inline on the event loop, stalled the whole worker for ~12 s
+a request while Redis was paused. The four views are read in one pipeline (one round trip, so
+one socket timeout bounds the read). A store error opens the store's
+:class:`~serving.breaker.CircuitBreaker`: later reads fail at once while a background probe
+waits for the store to come back. Only the stores' own errors (Redis, SQLite, socket) count as
+"down": any other exception is a bug and propagates.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -23,13 +32,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.redis import _versioned_fv_name
 from feast.infra.online_stores.sqlite import _quote_id, _table_id
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from features.catalog import FeatureCatalog
 from features.realtime import _entity_keys
 from features.settings import StoreSettings
+from serving.breaker import CircuitBreaker, StoreUnavailableError
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -39,8 +54,12 @@ class FeatureStoreDownError(RuntimeError):
     """The online store raised an error."""
 
 
-class FeatureTimeoutError(RuntimeError):
+class FeatureTimeoutError(FeatureStoreDownError):
     """The online store did not answer within the deadline."""
+
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, sqlite3.Error, OSError)
+"""What the online stores raise when they are down, slow or unreachable."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class OnlineFeatures:
         }
         self._ageing = {f.name for f in catalog.features if f.ages_with_time}
         self._lock = threading.Lock()
+        self.breaker = CircuitBreaker("online store", self._probe)
         self.refresh_views()
 
     @property
@@ -76,6 +96,9 @@ class OnlineFeatures:
         """Re-reads the feature view definitions from the registry."""
         views = {view: self.store.get_feature_view(view) for view in self.catalog.views}
         provider = self.store._get_provider()
+        online: Any = provider.online_store
+        if type(online).__name__ == "RedisOnlineStore":
+            online._get_client(self.store.config.online_store).set_retry(Retry(NoBackoff(), 0))
         tables = None
         if type(provider.online_store).__name__ == "SqliteOnlineStore":
             config = self.store.config
@@ -96,11 +119,25 @@ class OnlineFeatures:
     ) -> list[CustomerFeatures]:
         """The customers' features; raises FeatureTimeoutError or FeatureStoreDownError."""
         now = now or datetime.now(UTC)
+        try:
+            self.breaker.check()
+        except StoreUnavailableError as exc:
+            raise FeatureStoreDownError(str(exc)) from None
         started = time.perf_counter()
-        rows = self._read(customer_ids, now)
+        try:
+            rows = self._read(customer_ids, now)
+        except STORE_ERRORS as exc:
+            self.breaker.trip(exc)
+            if isinstance(exc, RedisTimeoutError | TimeoutError):
+                raise FeatureTimeoutError(f"online store timed out: {exc}") from exc
+            raise FeatureStoreDownError(f"online store error: {type(exc).__name__}: {exc}") from exc
         if deadline_ms is not None and (time.perf_counter() - started) * 1000 > deadline_ms:
             raise FeatureTimeoutError(f"online store slower than {deadline_ms:g} ms")
         return rows
+
+    def _probe(self) -> None:
+        """A read of a customer that does not exist (the breaker's background probe)."""
+        self._read(["__journeyml_probe__"], datetime.now(UTC))
 
     def _read(self, customer_ids: list[str], now: datetime) -> list[CustomerFeatures]:
         values: list[dict[str, Any]] = [{} for _ in customer_ids]
@@ -108,30 +145,26 @@ class OnlineFeatures:
         stamps: list[list[datetime]] = [[] for _ in customer_ids]
         views, provider, tables = self._state
         n_views = len(views)
-        try:
-            rows_by_view = (
-                self._sqlite_view_rows(provider, tables, customer_ids)
-                if tables is not None
-                else self._feast_view_rows(provider, views, customer_ids)
-            )
-            for view, rows in rows_by_view:
-                specs = self._specs[view]
-                for i, (ts, row) in enumerate(rows):
-                    if ts is None or row is None:
-                        for name in specs:
-                            values[i][name] = None
-                        continue
-                    age = max((now - ts).total_seconds(), 0.0)
-                    ages[i].append(age)
-                    stamps[i].append(ts)
-                    for name, value in row.items():
-                        if name in self._ageing and value is not None:
-                            value = float(value) + age / 86400.0
-                        values[i][name] = value
-        except Exception as exc:
-            if "timeout" in type(exc).__name__.lower():
-                raise FeatureTimeoutError(f"online store timed out: {type(exc).__name__}") from exc
-            raise FeatureStoreDownError(f"online store error: {type(exc).__name__}") from exc
+        if tables is not None:
+            rows_by_view = self._sqlite_view_rows(provider, tables, customer_ids)
+        elif type(provider.online_store).__name__ == "RedisOnlineStore":
+            rows_by_view = self._redis_view_rows(provider, views, customer_ids)
+        else:
+            rows_by_view = self._feast_view_rows(provider, views, customer_ids)
+        for view, rows in rows_by_view:
+            specs = self._specs[view]
+            for i, (ts, row) in enumerate(rows):
+                if ts is None or row is None:
+                    for name in specs:
+                        values[i][name] = None
+                    continue
+                age = max((now - ts).total_seconds(), 0.0)
+                ages[i].append(age)
+                stamps[i].append(ts)
+                for name, value in row.items():
+                    if name in self._ageing and value is not None:
+                        value = float(value) + age / 86400.0
+                    values[i][name] = value
         out = []
         for i in range(len(customer_ids)):
             found = bool(ages[i])
@@ -161,6 +194,37 @@ class OnlineFeatures:
                     rows.append((None, None))
                     continue
                 decoded = {n: feast_value_type_to_python_type(v) for n, v in row.items()}
+                rows.append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), decoded))
+            yield view, rows
+
+    def _redis_view_rows(
+        self, provider: Any, views: dict[str, Any], customer_ids: list[str]
+    ) -> Iterator[tuple[str, list[_ViewRow]]]:
+        """What :meth:`_feast_view_rows` reads, for every view in one Redis pipeline (Feast's
+        ``RedisOnlineStore.online_read`` sends one per view): one round trip, so the client's
+        socket timeout bounds the whole read."""
+        online = provider.online_store
+        config = self.store.config
+        keys = online._generate_redis_keys_for_entities(config, _entity_keys(customer_ids))
+        plans = []
+        commands: list[tuple[bytes, list[Any]]] = []
+        for view, table in views.items():
+            fv_name = _versioned_fv_name(table, config)
+            names, fields = online._generate_hset_keys_for_features(
+                table, None, fv_name_override=fv_name
+            )
+            plans.append((view, fv_name, names))
+            commands.extend((key, fields) for key in keys)
+        replies = online._read_hash_fields(config, commands)
+        n = len(keys)
+        for v, (view, table_name, names) in enumerate(plans):
+            part = replies[v * n : (v + 1) * n]
+            rows: list[_ViewRow] = []
+            for ts, row in online._convert_redis_values_to_protobuf(part, table_name, names):
+                if ts is None or row is None:
+                    rows.append((None, None))
+                    continue
+                decoded = {n: feast_value_type_to_python_type(x) for n, x in row.items()}
                 rows.append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), decoded))
             yield view, rows
 
@@ -213,7 +277,8 @@ class OnlineFeatures:
             )
 
     def close(self) -> None:
-        """Nothing to release: the store's connections belong to the Feast store."""
+        """Stops the breaker's probe (the store's connections belong to the Feast store)."""
+        self.breaker.stop()
 
 
 def with_deadline(settings: StoreSettings, deadline_ms: float) -> StoreSettings:

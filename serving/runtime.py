@@ -33,6 +33,7 @@ from journeyml.events.bounds import TimeBounds
 from journeyml.events.config import load_events_config
 from journeyml.events.schema import NORMALISED_EVENT_SCHEMA
 from journeyml.events.staging import content_id_sql
+from serving import metrics
 from serving.actions import load_decision_catalogs
 from serving.auth import KeyRing
 from serving.config import ServingSettings
@@ -44,6 +45,7 @@ from serving.engine import (
     Scores,
     hashed_id,
 )
+from serving.features import STORE_ERRORS as ONLINE_ERRORS
 from serving.features import (
     FeatureStoreDownError,
     FeatureTimeoutError,
@@ -58,6 +60,7 @@ from serving.schemas import (
     NextBestActionRequest,
     ScoreRequest,
 )
+from serving.state import STORE_ERRORS as STATE_ERRORS
 from serving.state import RequestKey, StateStore
 
 logger = logging.getLogger(__name__)
@@ -93,7 +96,8 @@ class Runtime:
         self.updater: RealtimeUpdater | None = None
         self._feature_error: str | None = None
         self._lock = threading.Lock()
-        self.state = StateStore(settings.resolved_state_url())
+        self.state = StateStore(settings.resolved_state_url(), timeout_ms=settings.state_timeout_ms)
+        self.state.guard()
         self.event_store = EventStore(settings.resolved_event_store_url())
         self.models = ModelSet(settings)
         self._connect_features()
@@ -113,6 +117,7 @@ class Runtime:
             self.catalog.descriptions,
             clock=self.now,
         )
+        self.engine.observe_stage = metrics.observe_stage
 
     def now(self) -> datetime:
         """The service's "now": the data's clock (see :mod:`journeyml.clock`). On a lake that
@@ -152,20 +157,67 @@ class Runtime:
     # -- health ----------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
+        """Each component's state; ready while every required one is up. A store whose
+        breaker is open is not called (its background probe is); one that is up gets one
+        cheap call within its deadline."""
         if self.features is None:
             with self._lock:
                 if self.features is None:
                     self._connect_features()
                     self.engine.features = self.features
-        problems = dict(self.models.errors)
-        if self._feature_error:
-            problems["features"] = self._feature_error
+        components = {
+            "models": self._models_health(),
+            "online_store": self._online_health(),
+            "state_store": self._state_health(),
+            "keys": self._keys_health(),
+        }
+        ready = all(c["ok"] for c in components.values() if c["required"])
+        problems = {k: str(c["detail"]) for k, c in components.items() if not c["ok"]}
+        problems.update(self.models.errors)
+        return {
+            "ready": ready,
+            "components": components,
+            "models": self.models.versions(),
+            "problems": problems,
+        }
+
+    def _models_health(self) -> dict[str, Any]:
+        missing = [r for r in self.settings.models.required if r not in self.models.models]
+        detail: Any = self.models.versions()
+        if missing:
+            detail = f"not loaded: {', '.join(missing)}; " + "; ".join(
+                f"{k}: {v}" for k, v in self.models.errors.items()
+            )
+        return {"ok": not missing, "required": True, "detail": detail}
+
+    def _online_health(self) -> dict[str, Any]:
+        if self.features is None:
+            return {"ok": False, "required": True, "detail": self._feature_error}
         try:
+            self.features.read(["__journeyml_ready__"], deadline_ms=self.settings.deadline_ms)
+        except FeatureStoreDownError as exc:
+            return {"ok": False, "required": True, "detail": str(exc)}
+        return {"ok": True, "required": True, "detail": "up"}
+
+    def _state_health(self) -> dict[str, Any]:
+        breaker = self.state.breaker
+        try:
+            if breaker is not None:
+                breaker.check()
             self.state.ping()
-        except Exception as exc:
-            problems["state"] = f"state store unreachable: {type(exc).__name__}"
-        ready = self.models.ready() and self.features is not None and "state" not in problems
-        return {"ready": ready, "models": self.models.versions(), "problems": problems}
+        except STATE_ERRORS as exc:
+            if breaker is not None and not breaker.is_open:
+                breaker.trip(exc)
+            return {"ok": False, "required": True, "detail": str(exc).splitlines()[0]}
+        checkpoint = self.state.checkpoint_error
+        detail = "up" if checkpoint is None else f"up; checkpoints failing: {checkpoint}"
+        return {"ok": True, "required": True, "detail": detail}
+
+    def _keys_health(self) -> dict[str, Any]:
+        if self.keyring is None:
+            return {"ok": True, "required": False, "detail": "authentication off"}
+        n = len(self.keyring)
+        return {"ok": n > 0, "required": False, "detail": f"{n} key(s) loaded"}
 
     def close(self) -> None:
         self.models.stop()
@@ -186,6 +238,7 @@ class Runtime:
         if req.request_id is not None:
             keep = timedelta(hours=self.settings.request_ids.keep_hours)
             request = RequestKey(caller, req.request_id, datetime.now(UTC) + keep)
+        started = time.perf_counter()
         try:
             decision = self.engine.decide(
                 req.customer_id,
@@ -195,6 +248,10 @@ class Runtime:
             )
         except RequestConflictError as exc:
             return Reply(409, {"error": str(exc)})
+        metrics.observe_stage("decision", time.perf_counter() - started)
+        metrics.count_decision(
+            decision.action, decision.channel, decision.fallback_reason, decision.holdout
+        )
         return Reply(200, decision_body(decision))
 
     def score(self, req: ScoreRequest) -> Reply:
@@ -205,10 +262,12 @@ class Runtime:
             )
         now = self.now()
         results = []
+        unique = list(dict.fromkeys(req.customer_ids))  # a repeated id is read once
         try:
             if self.features is None:
                 raise FeatureStoreDownError("feature store not ready")
-            rows = self.features.read(list(req.customer_ids), now, self.settings.deadline_ms)
+            read = self.features.read(unique, now, self.settings.deadline_ms)
+            rows = [dict(zip(unique, read, strict=True))[c] for c in req.customer_ids]
         except (FeatureTimeoutError, FeatureStoreDownError) as exc:
             reason = (
                 "feature_store_timeout"
@@ -234,8 +293,8 @@ class Runtime:
                         stale=row.stale,
                         **scores_body(self.engine.score(row.values, now)),
                     )
-                except Exception as exc:
-                    logger.error("scoring failed for %s: %s", hashed_id(cid), type(exc).__name__)
+                except Exception:
+                    logger.exception("scoring failed for %s", hashed_id(cid))
                     item.update(known=True, fallback_reason="model_error")
             results.append(item)
         return Reply(200, {"results": results, "model_versions": self.models.versions()})
@@ -251,6 +310,11 @@ class Runtime:
             report = self.updater.apply(table)
         except EventTimeError as exc:  # refused before anything was stored
             return Reply(400, {"error": str(exc)})
+        except (*STATE_ERRORS, *ONLINE_ERRORS) as exc:
+            logger.warning(
+                "events not stored, a store is unavailable: %s", str(exc).splitlines()[0]
+            )
+            return Reply(503, {"error": "event or feature store unavailable, retry later"})
         self._saw_events(table)
         return Reply(
             200,
@@ -270,7 +334,13 @@ class Runtime:
             if problem is not None:
                 return Reply(400, {"error": problem})
         at = req.at or self.now()
-        status = self.state.record_feedback(req.decision_id, req.outcome, at, req.details)
+        try:
+            status = self.state.record_feedback(req.decision_id, req.outcome, at, req.details)
+        except STATE_ERRORS as exc:
+            reason = str(exc).splitlines()[0]
+            logger.warning("feedback not stored: %s", reason)
+            return Reply(503, {"error": f"state store unavailable, retry later ({reason})"})
+        metrics.count_feedback(req.outcome, status)
         if status == "unknown_decision":
             return Reply(404, {"error": "unknown decision_id"})
         return Reply(
@@ -321,6 +391,9 @@ class _NoRequestDataInLogs(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", 500)
+        if exc is not None and (type(exc).__name__ == "ValidationError" or status < 500):
+            record.levelno, record.levelname = logging.INFO, "INFO"  # the client's error
         if exc is not None and type(exc).__name__ == "ValidationError":
             fields = ", ".join(
                 ".".join(str(p) for p in e.get("loc", ()))

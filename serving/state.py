@@ -67,6 +67,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from serving.breaker import CircuitBreaker, StoreUnavailableError
+
 logger = logging.getLogger(__name__)
 
 ANY_CHANNEL = "any"
@@ -76,6 +78,14 @@ OUTCOMES = ("accepted", "ignored", "clicked", "converted", "declined", "complain
 POSITIVE_OUTCOMES = ("accepted", "clicked", "converted")
 """Outcomes that end a run of ignored contacts (no suppression across them)."""
 IGNORED = "ignored"
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    StoreUnavailableError,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+)
+"""What the store raises when it is down, locked, read-only or slower than its timeout."""
 
 FeedbackStatus = Literal["created", "duplicate", "unknown_decision"]
 MODES = ("decide", "preview")
@@ -229,16 +239,22 @@ class StateStore:
             (``postgresql://`` is read as psycopg 3).
         table_prefix: prefix of the three tables (``<prefix>decisions``, ``<prefix>contacts``,
             ``<prefix>feedback``); letters, digits and ``_``.
+        timeout_ms: the longest a call waits for a lock or a statement (SQLite's busy timeout;
+            PostgreSQL's connect, statement and lock timeouts); default 30 s (batch jobs).
+            The service passes its request-path deadline.
     """
 
-    def __init__(self, url: str, *, table_prefix: str = "jml_") -> None:
+    def __init__(
+        self, url: str, *, table_prefix: str = "jml_", timeout_ms: float | None = None
+    ) -> None:
         if not _PREFIX.match(table_prefix):
             raise ValueError(
                 f"table_prefix {table_prefix!r}: letters, digits and _ only, at most 30, "
                 "not starting with a digit"
             )
         self.prefix = table_prefix
-        self.engine = _create_engine(url)
+        self.engine = _create_engine(url, timeout_ms)
+        self.breaker: CircuitBreaker | None = None
         self._sqlite = self.engine.dialect.name == "sqlite"
         meta = sa.MetaData()
         p = table_prefix
@@ -389,17 +405,25 @@ class StateStore:
         SQLite takes its single write lock at ``BEGIN IMMEDIATE``, so reads inside the
         transaction already see every earlier commit and no other writer can interleave.
         """
-        with self.engine.connect() as conn:
-            if self._sqlite:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            elif lock is not None:
-                conn.execute(self._lock, {"key": self._lock_key(lock)})
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.check()
+        try:
+            with self.engine.connect() as conn:
+                if self._sqlite:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif lock is not None:
+                    conn.execute(self._lock, {"key": self._lock_key(lock)})
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+        except STORE_ERRORS as exc:
+            if breaker is not None and not isinstance(exc, StoreUnavailableError):
+                breaker.trip(exc)
+            raise
 
     def _lock_key(self, name: str) -> int:
         digest = hashlib.sha256(f"{self.prefix}\x00{name}".encode()).digest()
@@ -823,11 +847,35 @@ class StateStore:
         with self.engine.connect() as conn:
             conn.execute(sa.select(self.decisions.c.decision_id).limit(1)).all()
 
+    def guard(self, probe_seconds: float = 0.5) -> CircuitBreaker:
+        """Puts the write transactions behind a circuit breaker (the service's request path):
+        after a store error they fail at once until a background write probe succeeds."""
+        if self.breaker is None:
+            self.breaker = CircuitBreaker("state store", self._probe_write, probe_seconds)
+        return self.breaker
+
+    def _probe_write(self) -> None:
+        """A write that changes nothing, on fresh connections: an SQLite connection opened
+        while the file was read-only stays read-only, so the pool is emptied first."""
+        self.engine.dispose()
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                _restart_wal(conn)
+            else:
+                conn.execute(sa.select(self.decisions.c.decision_id).limit(1)).all()
+
+    @property
+    def checkpoint_error(self) -> str | None:
+        """The last background checkpoint's failure, or None (SQLite only)."""
+        return None if self._checkpointer is None else self._checkpointer.error
+
     def close(self) -> None:
         """Stops the background checkpoints and closes the store's connections."""
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self.breaker is not None:
+            self.breaker.stop()
         self.engine.dispose()
 
 
@@ -855,13 +903,20 @@ class _Checkpointer(threading.Thread):
         self._engine = engine
         self._interval = interval
         self._stopped = threading.Event()
+        self.error: str | None = None
 
     def run(self) -> None:
         while not self._stopped.wait(self._interval):
             try:
                 self.checkpoint()
             except Exception as exc:  # the next round tries again; SQLite's net remains
-                logger.debug("state store checkpoint failed: %s", type(exc).__name__)
+                if self.error is None:  # once a streak, not every second
+                    logger.warning("state store checkpoint failed: %s", exc, exc_info=True)
+                self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            else:
+                if self.error is not None:
+                    logger.warning("state store checkpoints work again")
+                self.error = None
 
     def checkpoint(self) -> str:
         """One round: ``empty``, ``copied`` (part of the log) or ``restarted`` (all of it, and
@@ -1239,13 +1294,24 @@ def _num(x: float) -> str:
 # -- engines -------------------------------------------------------------------------------
 
 
-def _create_engine(url: str) -> sa.Engine:
+def _create_engine(url: str, timeout_ms: float | None = None) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
+    wait_ms = int(timeout_ms if timeout_ms is not None else _SQLITE_BUSY_MS)
     if backend == "postgresql":
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        # hide_parameters: an error's text never carries a row's values (customer ids)
+        connect_args: dict[str, Any] = {"connect_timeout": max(1, math.ceil(wait_ms / 1000))}
+        if timeout_ms is not None:
+            connect_args["options"] = f"-c statement_timeout={wait_ms} -c lock_timeout={wait_ms}"
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            pool_timeout=max(wait_ms / 1000, 0.001),
+            connect_args=connect_args,
+        )
     if backend != "sqlite":
         raise ValueError(f"state store: unsupported database {backend!r} (SQLite or PostgreSQL)")
     database = parsed.database or ""
@@ -1255,19 +1321,26 @@ def _create_engine(url: str) -> sa.Engine:
         )
     if not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(parsed, pool_size=8, max_overflow=32)
-    event.listen(engine, "connect", _sqlite_pragmas)
+    engine = sa.create_engine(
+        parsed,
+        pool_size=8,
+        max_overflow=32,
+        hide_parameters=True,
+        pool_timeout=max(wait_ms / 1000, 0.001),
+        connect_args={"timeout": wait_ms / 1000},
+    )
+    event.listen(engine, "connect", lambda conn, record: _sqlite_pragmas(conn, record, wait_ms))
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_ms: int = _SQLITE_BUSY_MS) -> None:
     """Transactions are begun explicitly (``BEGIN IMMEDIATE`` for writes); WAL lets readers
     run beside the writer; ``synchronous=NORMAL`` is durable across process crashes (WAL);
     checkpoints run in the background (:class:`_Checkpointer`), SQLite's own only as a net."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA wal_autocheckpoint = {_SQLITE_AUTOCHECKPOINT_PAGES}")
