@@ -56,6 +56,10 @@ def serve(
         "JOURNEYML_DATA_DIR": str(data_dir.resolve()),
         "JOURNEYML_WORKERS": str(workers),
         "BENTOML_DO_NOT_TRACK": "true",
+        # BentoML keeps its Prometheus multiprocess files under $BENTOML_HOME and empties that
+        # folder at start: shared per user, a second BentoML service wiped this one's counts.
+        # Each instance (workspace and port) gets its own, emptied at its own start.
+        "BENTOML_HOME": str((data_dir / "serving" / f"bentoml-{port}").resolve()),
     }
     cmd = [
         str(Path(sys.executable).parent / "bentoml"),

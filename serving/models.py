@@ -12,6 +12,7 @@ version and no request ever sees a half-loaded model.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -119,16 +120,20 @@ class ModelSet:
             if loaded is not None and loaded.version == version:
                 self._errors.pop(role, None)
                 continue
+            folder = self._download_root / f"{name}-{version}-{time.time_ns()}"
             try:
                 bundle = load_model_bundle(
                     f"models:/{name}/{version}",
                     expected_manifest_sha256=(mv.tags or {}).get(MANIFEST_TAG),
-                    dst_path=self._download_root / f"{name}-{version}-{time.time_ns()}",
+                    dst_path=folder,
                 )
                 bundle.prepare_row_path()  # here, not in the first request after the load
             except Exception as exc:
+                # the download is removed: a champion that fails verification is tried again
+                # every refresh, and its copies filled the temporary folder
+                shutil.rmtree(folder, ignore_errors=True)
                 self._errors[role] = f"{name} v{version} failed to load: {exc}"
-                logger.error("%s v%s failed to load: %s", name, version, exc)
+                logger.error("%s v%s failed to load: %s", name, version, exc, exc_info=True)
                 continue
             current[role] = LoadedModel(role, name, version, bundle)
             self._errors.pop(role, None)
@@ -182,6 +187,8 @@ class ModelSet:
                 logger.exception("model refresh failed")
 
     def stop(self) -> None:
+        """Ends the background refresh and removes the downloaded bundles' folder."""
         self._stop.set()
         if self._registry_db is not None:
             self._registry_db.dispose()
+        shutil.rmtree(self._download_root, ignore_errors=True)

@@ -29,7 +29,8 @@ def _aware(value: datetime | None) -> datetime | None:
         raise ValueError("a timestamp between years 1 and 9999 in UTC") from None
 
 
-AwareTime = Annotated[datetime, AfterValidator(_aware)]
+# strict: a timestamp is an ISO 8601 string (lax mode took numbers as epoch seconds)
+AwareTime = Annotated[datetime, Field(strict=True), AfterValidator(_aware)]
 
 
 def _small_mapping(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -112,7 +113,7 @@ class EventIn(Strict):
     event_type: Token
     event_id: Token | None = None
     channel: Token | None = None
-    value: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    value: Annotated[float, Field(allow_inf_nan=False, strict=True)] | None = None
     session_id: Token | None = None
     properties: SmallMapping = None
 
