@@ -10,7 +10,7 @@ DATA ?= data
 export UV_PYTHON_DOWNLOADS := never
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo stop bento browser java test lint format typecheck clean
+.PHONY: help install demo stop bento browser java services test reliability lint format typecheck clean
 
 help: ## List the targets with what they do
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -78,8 +78,14 @@ java: ## Install Debian's openjdk-17-jre-headless (for the spark engine) when no
 		|| $(APT) install -y openjdk-17-jre-headless \
 		|| { $(APT) update && $(APT) install -y openjdk-17-jre-headless; }
 
-test: install browser java ## Run the whole test suite
+services: ## Start (or install) Redis and PostgreSQL for the tests when they are not running
+	bash .ci/services
+
+test: install browser java ## Run the whole test suite (the fault suite included)
 	$(BIN)/pytest -n 2
+
+reliability: install ## Run only the fault suite (tests/reliability: its own Redis and server)
+	$(BIN)/pytest -p no:randomly tests/reliability -n 0
 
 lint: install ## Lint and check formatting with ruff
 	$(BIN)/ruff check .

@@ -6,8 +6,8 @@ on file descriptor 3, replies on 4, each message JSON ended by a NUL byte), so t
 no driver package, no WebDriver binary and no network port. Page scripts are disabled: the
 reports must render without JavaScript (DevTools' own ``Runtime.evaluate`` still works).
 
-The test is skipped only when Chromium is not installed (``make browser`` installs Debian's
-``chromium``; CI runs it).
+The test is skipped when Chromium is not installed, and fails then when ``CI`` is set
+(``make browser`` installs Debian's ``chromium``; CI runs it).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from evaluation.html import Report, pyplot
 from evaluation.model_report import add_model_sections
 from journeyml.cli import app
 from tests.evaluation.test_report import build_report_workspace, literal_records
+from tests.services import require
 
 CHROMIUM = os.environ.get("JOURNEYML_CHROMIUM", "/usr/bin/chromium")
 WIDTH = 1200
@@ -42,10 +43,14 @@ INK = 235  # a pixel with a channel below this is drawn on (the page background 
 PAGE_INK_SHARE = 0.03  # share of drawn pixels on the whole page
 FIGURE_INK_SHARE = 0.01  # ... and inside each figure: a blank figure has none
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason=f"Chromium is not installed at {CHROMIUM}: run `make browser` (Debian's chromium)",
-)
+
+@pytest.fixture(autouse=True)
+def _chromium_installed() -> None:
+    """Skips without Chromium, fails when CI is set (``make browser`` installs it)."""
+    require(
+        Path(CHROMIUM).exists(),
+        f"Chromium at {CHROMIUM} (run `make browser`: Debian's chromium)",
+    )
 
 
 class DevToolsError(RuntimeError):

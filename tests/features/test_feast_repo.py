@@ -28,6 +28,7 @@ from tests.features.helpers import (
     redis_available,
     write_lake,
 )
+from tests.services import skip_or_fail
 
 REPO = REPO_ROOT / "features" / "repo"
 FEAST = str(Path(sys.executable).parent / "feast")
@@ -129,7 +130,7 @@ def assert_ui_serves(fs_yaml: Path, env: dict[str, str]) -> None:
 @pytest.mark.postgres
 def test_feast_apply_with_the_production_config(tmp_path: Path, snapshots) -> None:  # type: ignore[no-untyped-def]
     if not (redis_available() and postgres_available()):
-        pytest.skip("needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432")
+        skip_or_fail("needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432")
     text = (REPO / "feature_store.production.yaml").read_text()
     project = f"jml_{uuid.uuid4().hex[:8]}"
     fs_yaml = tmp_path / "feature_store.yaml"

@@ -39,6 +39,7 @@ from tests.features.helpers import (
     redis_available,
     write_lake,
 )
+from tests.services import skip_or_fail
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ARROW = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
@@ -148,7 +149,7 @@ def test_crc64_is_redis_crc() -> None:
 @pytest.mark.redis
 def test_crc64_matches_the_servers_dump() -> None:
     if not redis_available():
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        skip_or_fail("Redis is not reachable on 127.0.0.1:6379")
     client = redis.Redis(host="127.0.0.1", port=6379)
     key = f"crc_{uuid.uuid4().hex}"
     try:
@@ -207,7 +208,7 @@ def settings(request: pytest.FixtureRequest) -> Iterator[StoreSettings]:
         yield StoreSettings(project=project)
         return
     if not redis_available():
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        skip_or_fail("Redis is not reachable on 127.0.0.1:6379")
     yield StoreSettings(project=project, online=OnlineStoreSettings(type="redis"))
     client = redis.Redis(host="127.0.0.1", port=6379)
     for suffix in ("feast", "fast"):
@@ -402,7 +403,7 @@ def test_redis_reload_keeps_fields_it_does_not_write(
     tmp_path: Path, catalog: FeatureCatalog
 ) -> None:
     if not redis_available():
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        skip_or_fail("Redis is not reachable on 127.0.0.1:6379")
     project = f"extra_{uuid.uuid4().hex[:8]}"
     ws = Workspace(tmp_path)
     write_snapshots(catalog, ws.snapshots, customers=30)
@@ -428,7 +429,7 @@ def test_redis_falls_back_to_hset_when_the_server_refuses(
     tmp_path: Path, catalog: FeatureCatalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not redis_available():
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        skip_or_fail("Redis is not reachable on 127.0.0.1:6379")
     settings = StoreSettings(
         project=f"refuse_{uuid.uuid4().hex[:8]}", online=OnlineStoreSettings(type="redis")
     )
@@ -452,7 +453,7 @@ def test_redis_falls_back_to_hset_when_the_server_refuses(
 @pytest.mark.redis
 def test_redis_replace_script_refuses_a_changed_hash() -> None:
     if not redis_available():
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        skip_or_fail("Redis is not reachable on 127.0.0.1:6379")
     client = redis.Redis(host="127.0.0.1", port=6379)
     key, source = f"cas_{uuid.uuid4().hex}", f"cas_src_{uuid.uuid4().hex}"
     try:
@@ -503,7 +504,7 @@ def test_sqlite_value_num_column_when_enabled(tmp_path: Path, catalog: FeatureCa
 @pytest.mark.redis
 def test_redis_keys_get_the_stores_ttl(tmp_path: Path, catalog: FeatureCatalog) -> None:
     if not redis_available():
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+        skip_or_fail("Redis is not reachable on 127.0.0.1:6379")
     project = f"ttl_{uuid.uuid4().hex[:8]}"
     ws = Workspace(tmp_path)
     write_snapshots(catalog, ws.snapshots, customers=30)
@@ -543,7 +544,7 @@ def test_production_store_redis_and_postgres_registry(
     tmp_path: Path, journey_map: JourneyMap, catalog: FeatureCatalog
 ) -> None:
     if not (redis_available() and postgres_available()):
-        pytest.skip("needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432")
+        skip_or_fail("needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432")
     project = f"prod_{uuid.uuid4().hex[:8]}"
     settings = StoreSettings(
         project=project,

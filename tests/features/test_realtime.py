@@ -28,6 +28,7 @@ from tests.features.helpers import (
     redis_available,
     write_lake,
 )
+from tests.services import skip_or_fail
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 PAST = [
@@ -91,7 +92,7 @@ def online(request: pytest.FixtureRequest) -> Iterator[StoreSettings]:
         yield StoreSettings()
         return
     if not redis_available():
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
+        skip_or_fail("Redis is not running on 127.0.0.1:6379")
     project = f"rt_{uuid.uuid4().hex[:8]}"
     yield StoreSettings(
         project=project,
@@ -237,7 +238,7 @@ def test_freshness_flags_and_ageing(
 @pytest.mark.postgres
 def test_event_store_on_postgres_is_idempotent() -> None:
     if not postgres_available():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        skip_or_fail("PostgreSQL is not running on 127.0.0.1:5432")
     table = f"events_{uuid.uuid4().hex[:8]}"
     store = EventStore("postgresql+psycopg://postgres@127.0.0.1:5432/test", table=table)
     try:

@@ -22,6 +22,7 @@ from serving.engine import DecisionContext
 from serving.runtime import Runtime
 from serving.schemas import EventsRequest, FeedbackRequest, ScoreRequest
 from tests.features.helpers import postgres_available, redis_available
+from tests.services import skip_or_fail
 from tests.serving.conftest import ServingWorkspace, serving_settings
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -34,7 +35,7 @@ def production(
     serving_ws: ServingWorkspace, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Runtime, FeatureSettings]]:
     if not redis_available() or not postgres_available():
-        pytest.skip("needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432")
+        skip_or_fail("needs Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432")
     tmp = tmp_path_factory.mktemp("production")
     project = f"srv{uuid.uuid4().hex[:8]}"
     store_settings = StoreSettings(

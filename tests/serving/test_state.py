@@ -44,6 +44,7 @@ from serving.state import (
     hashed_id,
     suppression_reason,
 )
+from tests.services import skip_or_fail
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -78,7 +79,7 @@ def drop_tables(store: StateStore) -> None:
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A factory of stores on one backend; each test gets its own tables."""
     if request.param == "postgres" and not postgres_available():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        skip_or_fail("PostgreSQL is not running on 127.0.0.1:5432")
     url = f"sqlite:///{tmp_path / 'state' / 'state.db'}"
     if request.param == "postgres":
         url = PG_URL

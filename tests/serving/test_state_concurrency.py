@@ -25,6 +25,7 @@ from serving.state import (
     DecisionRecord,
     StateStore,
 )
+from tests.services import skip_or_fail
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -47,7 +48,7 @@ def postgres_available(host: str = "127.0.0.1", port: int = 5432) -> bool:
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(url, table prefix) of a fresh store; the tables are created before any worker runs."""
     if request.param == "postgres" and not postgres_available():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        skip_or_fail("PostgreSQL is not running on 127.0.0.1:5432")
     url = PG_URL if request.param == "postgres" else f"sqlite:///{tmp_path / 'state.db'}"
     prefix = f"c{uuid.uuid4().hex[:10]}_"
     store = StateStore(url, table_prefix=prefix)

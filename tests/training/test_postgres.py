@@ -11,6 +11,7 @@ import pytest
 
 from journeyml.config import JourneyMap
 from tests.features.helpers import postgres_available
+from tests.services import skip_or_fail
 from tests.training.conftest import SimWorkspace, small_config
 from training.config import GateSettings, TrackingSettings
 from training.pipeline import train_models
@@ -25,7 +26,7 @@ SERVER = "postgres@127.0.0.1:5432/test"
 @pytest.fixture
 def schema() -> Iterator[str]:
     if not postgres_available():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
+        skip_or_fail("PostgreSQL is not running on 127.0.0.1:5432")
     import psycopg
 
     name = f"mlflow_{uuid.uuid4().hex[:10]}"
