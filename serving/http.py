@@ -244,6 +244,22 @@ _STATUS = {
 }
 
 
+SMALL_MAPPINGS = ("properties", "details")
+SMALL_MAPPING = {
+    "maxProperties": 20,
+    "propertyNames": {"maxLength": 64},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "maxLength": 256},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+        ]
+    },
+}
+"""What :data:`serving.schemas.SmallMapping` accepts (its validator is not in the schema)."""
+
+
 def complete_openapi(
     spec: dict[str, Any], api_routes: Iterable[str], limits: LimitSettings
 ) -> dict[str, Any]:
@@ -293,5 +309,11 @@ def _limit_arrays(node: Any, limit: dict[str, int]) -> None:
             prop = properties.get(name)
             if isinstance(prop, dict) and prop.get("type") == "array":
                 prop["maxItems"] = min(int(prop.get("maxItems", maximum)), maximum)
+        for name in SMALL_MAPPINGS:
+            prop = properties.get(name)
+            if isinstance(prop, dict):
+                for option in [prop, *prop.get("anyOf", [])]:
+                    if option.get("type") == "object":
+                        option.update(SMALL_MAPPING)
     for value in node.values():
         _limit_arrays(value, limit)

@@ -7,7 +7,14 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 CustomerId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$", strict=True)]
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
@@ -29,8 +36,22 @@ def _aware(value: datetime | None) -> datetime | None:
         raise ValueError("a timestamp between years 1 and 9999 in UTC") from None
 
 
-# strict: a timestamp is an ISO 8601 string (lax mode took numbers as epoch seconds)
-AwareTime = Annotated[datetime, Field(strict=True), AfterValidator(_aware)]
+def _not_a_number(value: Any) -> Any:
+    """Pydantic's lax mode took numbers as epoch seconds; the API documents ISO 8601 strings."""
+    if isinstance(value, bool | int | float):
+        raise ValueError("expected an ISO 8601 string, e.g. 2026-11-22T10:00:00Z")
+    return value
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """Lax mode took booleans as 0 and 1; the API documents numbers."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+AwareTime = Annotated[datetime, BeforeValidator(_not_a_number), AfterValidator(_aware)]
+Amount = Annotated[float, Field(allow_inf_nan=False), BeforeValidator(_not_a_boolean)]
 
 
 def _small_mapping(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -113,7 +134,7 @@ class EventIn(Strict):
     event_type: Token
     event_id: Token | None = None
     channel: Token | None = None
-    value: Annotated[float, Field(allow_inf_nan=False, strict=True)] | None = None
+    value: Amount | None = None
     session_id: Token | None = None
     properties: SmallMapping = None
 
