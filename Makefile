@@ -84,8 +84,8 @@ services: ## Start (or install) Redis and PostgreSQL for the tests when they are
 test: install browser java ## Run the whole test suite (the fault suite included)
 	$(BIN)/pytest -n 2
 
-reliability: install ## Run only the fault suite (tests/reliability: its own Redis and server)
-	$(BIN)/pytest -p no:randomly tests/reliability -n 0
+reliability: install ## Run the fault suite's long version alone (its own Redis and server)
+	JOURNEYML_LONG_FAULTS=1 $(BIN)/pytest -p no:randomly tests/reliability -n 0
 
 lint: install ## Lint and check formatting with ruff
 	$(BIN)/ruff check .
