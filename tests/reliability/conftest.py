@@ -31,7 +31,7 @@ from features.catalog import build_catalog
 from features.online import load_latest_snapshot
 from features.settings import FeatureSettings, OnlineStoreSettings, StoreSettings
 from features.store import Workspace, apply_definitions, open_store
-from journeyml.config import load_journey_map
+from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
 from serving.auth import generate_key, hash_key
 from serving.config import AuthSettings, ServingSettings
 from tests.services import require_binary
@@ -201,7 +201,7 @@ def redis_workspace(
     features_yaml = root / "features.yaml"
     features_yaml.write_text(yaml.safe_dump(features.model_dump(mode="json")), encoding="utf-8")
     ws = Workspace(root)
-    catalog = build_catalog(load_journey_map(), features)
+    catalog = build_catalog(load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"), features)
     store = open_store(store_settings, ws)
     apply_definitions(store, catalog, ws)
     load_latest_snapshot(store, catalog, ws.snapshots)
