@@ -24,6 +24,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.reliability.conftest import FaultRig, H
 
@@ -350,6 +351,12 @@ def test_the_service_keeps_its_openapi_document(rig: FaultRig) -> None:
                 suppress_health_check=list(HealthCheck),
             )
             def check(case: Any) -> None:
-                case.call_and_validate(base_url=rig.server.url, headers=dict(H), timeout=30)
+                case.call_and_validate(
+                    base_url=rig.server.url, headers=dict(H), timeout=30,
+                    # a valid-looking date can still be outside the event contract's window
+                    # (it depends on the lake's first event), which no OpenAPI schema can
+                    # state: that 400 is tested by the time-bound tests, not here
+                    excluded_checks=[positive_data_acceptance],
+                )  # fmt: skip
 
             check()
