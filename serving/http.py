@@ -285,6 +285,12 @@ def complete_openapi(
                 "description": description,
                 "content": {"application/json": {"schema": schema}},
             }
+        if route == "/v1/next-best-action":
+            responses["409"] = {
+                "description": "request_id already used for another customer or mode, or by "
+                "a call that has not finished",
+                "content": {"application/json": {"schema": _ERROR}},
+            }
         if route == "/v1/feedback":
             responses["404"] = {
                 "description": "unknown decision_id",
