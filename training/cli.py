@@ -205,6 +205,15 @@ def promote(
                 )
             decision = move_champion(client, name, registered, target)
         else:
+            if (
+                model == "all"
+                and current_version(client, registered, CHALLENGER) is None
+                and current_version(client, registered, CHAMPION) is None
+            ):
+                # e.g. no uplift model on a log without marketing actions: nothing was trained,
+                # so nothing was refused.
+                console.print(f"{registered}: not trained on this workspace, nothing to promote")
+                continue
             decision = promote_challenger(client, name, registered, cfg.gate(name))
         before = f"v{decision.champion_before}" if decision.champion_before else "none"
         after = f"v{decision.champion_after}" if decision.champion_after else "none"

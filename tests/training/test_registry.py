@@ -186,3 +186,22 @@ def test_only_unset_promotes_challengers_where_no_champion_exists(
     )
     code, out = cli("promote", "--to", "challenger", *args)  # without --only-unset: one model
     assert code == 2 and "single --model" in out
+
+
+def test_promote_all_skips_models_never_trained_but_a_named_one_is_refused(
+    trained: Trained, tmp_path: Path
+) -> None:
+    # A prefix under which nothing was registered: like the uplift model on a log without
+    # marketing actions, which train leaves out.
+    config = trained.config.model_copy(
+        update={"registry": trained.config.registry.model_copy(update={"prefix": "never_"})}
+    )
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    data = str(trained.ws.root)
+    code, out = cli("promote", "--config", str(path), "--data-dir", data)
+    assert code == 0, out
+    assert out.count("not trained on this workspace, nothing to promote") == 4, out
+    code, out = cli("promote", "--model", "uplift", "--config", str(path), "--data-dir", data)
+    assert code == 1, out
+    assert "never_uplift: champion stays none" in out
