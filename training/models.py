@@ -471,6 +471,10 @@ class RandomForestBaseline:
             n_jobs=self.num_threads,
             random_state=self.random_state,
         ).fit(self._matrix(x), y)
+        # Trees are grown in parallel (deterministic by random_state), but a parallel predict
+        # adds the trees' probabilities in thread order: the last bits would change from run
+        # to run. One thread predicts in a fixed order.
+        self.forest_.set_params(n_jobs=1)
         return self
 
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
