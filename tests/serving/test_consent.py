@@ -23,7 +23,7 @@ from serving.consent import (
     marketing_consent,
 )
 from serving.engine import DecisionContext
-from serving.lists import churn_risk_list
+from serving.lists import ListFilters, churn_risk_list
 from serving.runtime import Runtime
 from tests.serving.conftest import ServingWorkspace, serving_settings
 
@@ -180,7 +180,9 @@ def test_the_list_counts_unknown_consent_and_gives_it_no_marketing(
     folder = tmp_path / "snapshots"
     folder.mkdir()
     latest.to_parquet(folder / "part.parquet", index=False)
-    summary = churn_risk_list(runtime.engine, folder, tmp_path / "out", now=NOW)
+    # Everyone, active or lapsed at NOW: consent is asked of every listed customer alike.
+    everyone = ListFilters(population="all")
+    summary = churn_risk_list(runtime.engine, folder, tmp_path / "out", now=NOW, filters=everyone)
     listed = pd.read_parquet(tmp_path / "out" / "churn_risk.parquet").set_index("customer_id")
     marketing = {a.id for a in runtime.engine.actions if a.marketing}
     in_doubt = set(latest.loc[unknown, "customer_id"])
