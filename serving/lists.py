@@ -460,6 +460,42 @@ _SCHEMA = pa.schema(
 )
 
 
+def list_summary(
+    engine: DecisionEngine, now: datetime, filters: ListFilters, as_of: datetime | None
+) -> ListSummary:
+    """The summary header of a list, before any customer is read (models, policy, consent rule,
+    filters); both engines' lists start from it.
+
+    Raises:
+        ListError: the churn or the conversion model is not loaded.
+    """
+    missing = [r for r in ("churn", "conversion") if r not in engine.models.models]
+    if missing:
+        raise ListError(
+            f"no {' or '.join(missing)} model is loaded ({engine.models.errors or 'no alias'}): "
+            "train and promote first (`journeyml train`, `journeyml promote`); to list with "
+            "a model the gates refused, without promoting it, name its alias (`journeyml lists "
+            "churn-risk --alias challenger`)"
+        )
+    consent_rule = engine.catalog.consent
+    return ListSummary(
+        as_of=now.isoformat(),
+        consent_rule=(
+            f"column {consent_rule.column or '(none)'} ({consent_rule.meaning}); "
+            f"unknown consent is {consent_rule.unknown.replace('_', ' ')}"
+        ),
+        model_versions=engine.models.versions(),
+        policy_version=engine.catalog.version,
+        filters={
+            "segments": list(filters.segments),
+            "min_risk": filters.min_risk,
+            "top": filters.top,
+            "population": filters.population,
+            "features_as_of": as_of.isoformat() if as_of else None,
+        },
+    )
+
+
 def churn_risk_list(
     engine: DecisionEngine,
     snapshots: Path,
@@ -483,31 +519,7 @@ def churn_risk_list(
     started = time.perf_counter()
     filters = filters or ListFilters()
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    missing = [r for r in ("churn", "conversion") if r not in engine.models.models]
-    if missing:
-        raise ListError(
-            f"no {' or '.join(missing)} model is loaded ({engine.models.errors or 'no alias'}): "
-            "train and promote first (`journeyml train`, `journeyml promote`); to list with "
-            "a model the gates refused, without promoting it, name its alias (`journeyml lists "
-            "churn-risk --alias challenger`)"
-        )
-    consent_rule = engine.catalog.consent
-    summary = ListSummary(
-        as_of=now.isoformat(),
-        consent_rule=(
-            f"column {consent_rule.column or '(none)'} ({consent_rule.meaning}); "
-            f"unknown consent is {consent_rule.unknown.replace('_', ' ')}"
-        ),
-        model_versions=engine.models.versions(),
-        policy_version=engine.catalog.version,
-        filters={
-            "segments": list(filters.segments),
-            "min_risk": filters.min_risk,
-            "top": filters.top,
-            "population": filters.population,
-            "features_as_of": as_of.isoformat() if as_of else None,
-        },
-    )
+    summary = list_summary(engine, now, filters, as_of)
     suppression = suppression or set()
     catalog, _ = load_decision_catalogs(
         engine.settings.actions, engine.settings.features, engine.settings.journeys

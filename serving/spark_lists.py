@@ -49,6 +49,7 @@ from serving.lists import (
     _write_sorted,
     contact_policy_state,
     decide_chunk,
+    list_summary,
 )
 from serving.models import LoadedModel, ModelSet
 
@@ -260,40 +261,6 @@ def latest_rows(
             )
         frame = frame.where(sf.col(segment_column).isin(list(segments)))
     return frame
-
-
-def list_summary(
-    engine: DecisionEngine, now: datetime, filters: ListFilters, as_of: datetime | None
-) -> ListSummary:
-    """The summary header :func:`serving.lists.churn_risk_list` writes (models, policy,
-    consent rule, filters).
-
-    Raises:
-        ListError: the churn or the conversion model is not loaded.
-    """
-    missing = [r for r in ("churn", "conversion") if r not in engine.models.models]
-    if missing:
-        raise ListError(
-            f"no {' or '.join(missing)} model is loaded ({engine.models.errors or 'no alias'}): "
-            "train and promote first (`journeyml train`, `journeyml promote`)"
-        )
-    rule = engine.catalog.consent
-    return ListSummary(
-        as_of=now.isoformat(),
-        consent_rule=(
-            f"column {rule.column or '(none)'} ({rule.meaning}); "
-            f"unknown consent is {rule.unknown.replace('_', ' ')}"
-        ),
-        model_versions=engine.models.versions(),
-        policy_version=engine.catalog.version,
-        filters={
-            "segments": list(filters.segments),
-            "min_risk": filters.min_risk,
-            "top": filters.top,
-            "population": filters.population,
-            "features_as_of": as_of.isoformat() if as_of else None,
-        },
-    )
 
 
 def churn_risk_list_spark(
