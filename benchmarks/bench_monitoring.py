@@ -4,9 +4,9 @@ For each seed, the foreign clickstream generator (tests/foreign_logs/clickstream
 182 days, a user base that ramps up, weekday seasonality) writes two logs: one with its four
 injected incidents (a checkout step failing back to the cart on android, a payment outage on
 every platform, a basket loop on ios, a web outage that loses most web sessions) and one with
-none. Each is ingested with its own column map and replayed by ``journeyml monitor backtest``
-(evaluation.monitor_backtest.backtest) with the shipped monitoring settings and the journey
-map a user writes for this log (benchmarks/configs/clickstream/journeys.yaml).
+none. Each is ingested with its own column map, given the config ``journeyml init`` writes for it
+(journey map and monitoring settings, edited in nothing) and replayed by ``journeyml monitor
+backtest`` (evaluation.monitor_backtest.backtest).
 
 Printed per seed: each incident's detection delay in days (from its start; "-" when missed),
 the false alerts per month on the incident-free log and on the days no incident covers. Targets
@@ -36,25 +36,29 @@ from journeyml.cli import app  # noqa: E402
 from journeyml.config import load_journey_map  # noqa: E402
 from tests.foreign_logs import generate_clickstream  # noqa: E402
 
-JOURNEYS = ROOT / "benchmarks" / "configs" / "clickstream" / "journeys.yaml"
+
+def _invoke(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args)
+    if result.exit_code != 0:
+        raise RuntimeError(f"journeyml {' '.join(args[:2])} failed: {result.output}")
 
 
-def run_seed(seed: int, work: Path, config: Path | None) -> dict[str, object]:
-    settings = load_monitor_settings(config)
-    journey = load_journey_map(JOURNEYS)
+def run_seed(
+    seed: int, work: Path, config: Path | None, journeys: Path | None
+) -> dict[str, object]:
     out: dict[str, object] = {"seed": seed}
     for kind in ("incidents", "clean"):
         folder = work / f"seed{seed}-{kind}"
         log = generate_clickstream(
             folder / "log", n_users=600, seed=seed, incidents=() if kind == "clean" else None
         )
-        lake = folder / "lake"
+        lake, init = folder / "lake", folder / "config"
         if not (lake / "manifest.json").is_file():
-            result = CliRunner().invoke(
-                app, ["events", "ingest", str(log.events_csv), *log.map_args(), "--out", str(lake)]
-            )
-            if result.exit_code != 0:
-                raise RuntimeError(result.output)
+            _invoke(["events", "ingest", str(log.events_csv), *log.map_args(), "--out", str(lake)])
+        # the config a user gets from `journeyml init` on this very log, edited in nothing
+        _invoke(["init", str(log.events_csv), *log.map_args(), "--out", str(init), "--force"])
+        settings = load_monitor_settings(config or init / "monitoring.yaml")
+        journey = load_journey_map(journeys or init / "journeys.yaml")
         known = load_known_incidents(log.truth["incidents"], log.start)
         scored = backtest(lake, settings, known, journey)
         out[kind] = {
@@ -79,12 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--work", type=Path, default=None, help="Keep logs and lakes here.")
-    parser.add_argument("--config", type=Path, default=None, help="Monitoring settings.")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="Monitoring settings (default: init's)."
+    )
+    parser.add_argument(
+        "--journeys", type=Path, default=None, help="A journey map (default: init's)."
+    )
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
-        results = [run_seed(seed, work, args.config) for seed in args.seeds]
+        results = [run_seed(seed, work, args.config, args.journeys) for seed in args.seeds]
     delays: list[int | None] = []
     small: list[int | None] = []
     false_clean = months_clean = 0.0

@@ -198,6 +198,7 @@ class Series:
     denominator: np.ndarray
     segment: str = ALL
     seasonal: bool = False
+    watch_from: int = 0  # no alert opens before this period (the series did not exist yet)
 
     @cached_property
     def weekdays(self) -> np.ndarray:
@@ -238,20 +239,33 @@ def expand(patterns: list[str] | tuple[str, ...], event_types: list[str]) -> lis
 
 
 def journey_steps(
-    journey: JourneyMap, event_types: list[str], error_events: list[str], hours: float
+    journey: JourneyMap,
+    event_types: list[str],
+    error_events: list[str],
+    hours: float,
+    order: Mapping[str, float] | None = None,
 ) -> list[StepSettings]:
-    """Steps read from the journey map: its events in map order, up to the last conversion.
+    """Steps read from the journey map: its events stage by stage, up to the last conversion.
 
     Each event of that chain that the log holds starts a step, which succeeds when the customer
     reaches any later event of the chain; error events are never steps (they are the steps'
-    failures). A map without ordered events up to a conversion gives no step.
+    failures). Within a stage the events keep the map's order, or with ``order`` (event ->
+    where it typically comes in a session, :func:`session_positions`) they follow the log's own
+    order: a map written by ``journeyml init`` lists a stage's events by frequency, and "cart"
+    before "add to cart" would make a step succeed on a loop. A map without ordered events up to
+    a conversion gives no step.
     """
     chain: list[str] = []
     for stage in journey.stages:
+        in_stage: list[str] = []
         for pattern in journey.stage_events.get(stage, []):
             for e in expand([pattern], event_types):
-                if e not in chain and not journey.is_treatment(e):
-                    chain.append(e)
+                if e not in chain and e not in in_stage and not journey.is_treatment(e):
+                    in_stage.append(e)
+        if order is not None:
+            rank = {e: i for i, e in enumerate(in_stage)}
+            in_stage.sort(key=lambda e: (order.get(e, math.inf), rank[e]))
+        chain += in_stage
     chain = [e for e in chain if not any(fnmatchcase(e, p) for p in error_events)]
     conversions = [i for i, e in enumerate(chain) if journey.is_conversion(e)]
     if not conversions:
@@ -268,6 +282,25 @@ def journey_steps(
             )
         )
     return steps
+
+
+def session_positions(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """Where each event type typically comes in a session (the ``ev`` table): the share of the
+    other event types that come first (first occurrences, over the sessions that hold both),
+    averaged over the other types (0 = always first)."""
+    rows = con.execute(
+        """
+        WITH f AS (SELECT sess, event_type, MIN(timestamp) AS t FROM ev GROUP BY 1, 2)
+        SELECT a.event_type, AVG(CASE WHEN b.t < a.t THEN 1.0 WHEN b.t = a.t THEN 0.5
+                                      ELSE 0.0 END) AS before
+        FROM f a JOIN f b ON a.sess = b.sess AND a.event_type <> b.event_type
+        GROUP BY a.event_type, b.event_type
+        """
+    ).fetchall()
+    shares: dict[str, list[float]] = {}
+    for event, before in rows:
+        shares.setdefault(str(event), []).append(float(before))
+    return {e: float(np.mean(v)) for e, v in shares.items()}
 
 
 @dataclass
@@ -474,7 +507,11 @@ def compute_kpis(
         configured = {tuple(sorted(s.from_)) for s in steps}
         names = {s.name for s in steps}
         for s in journey_steps(
-            journey, event_types, settings.error_events, settings.journey_step_hours
+            journey,
+            event_types,
+            settings.error_events,
+            settings.journey_step_hours,
+            session_positions(con),
         ):
             if tuple(sorted(s.from_)) not in configured and s.name not in names:
                 steps.append(s)
@@ -603,11 +640,18 @@ def compute_kpis(
                 rates.append(RateSettings(name=name, events=list(patterns)))
     if error_types and "errors" not in {r.name for r in rates}:
         rates.append(RateSettings(name="errors", events=list(error_types)))
+    seen_rates: dict[frozenset[str], str] = {}
     for rate in rates:
         types = expand(rate.events, event_types)
         if not types:
             skipped.append(rate.name)
             continue
+        if frozenset(types) in seen_rates:
+            # the same events under two names (a configured rate and the journey map's
+            # support events) would be one KPI counted twice
+            logger.info("rate %s counts the events of %s", rate.name, seen_rates[frozenset(types)])
+            continue
+        seen_rates[frozenset(types)] = rate.name
         df = frame(
             f"SELECT {label} AS segment, period, COUNT(*) AS n FROM ev "
             f"WHERE event_type IN {_in_list(types)} GROUP BY {sets}"
@@ -681,6 +725,10 @@ def compute_kpis(
                     ones,
                     str(seg),
                     seasonal=True,
+                    watch_from=_first_reached(
+                        np.cumsum(counts) / np.arange(1, len(counts) + 1),
+                        settings.volume_min_per_period,
+                    ),
                 )
             )
 
@@ -720,10 +768,15 @@ def compute_kpis(
         df = frame(
             f"SELECT {label_p} AS segment, pair, period, COUNT(*) AS n FROM loops GROUP BY {sets_p}"
         )
-        totals = df[df["segment"] == ALL].groupby("pair")["n"].sum()
+        whole = df[df["segment"] == ALL]
+        # a pair is watched from the day the log (as it stood) held enough looping sessions
+        watched = {
+            str(pair): _first_reached(np.cumsum(dense(g, "n")), settings.loop_min_total)
+            for pair, g in whole.groupby("pair")
+        }
         for key, g in df.groupby(["segment", "pair"]):
             seg, pair = str(key[0]), str(key[1])
-            if totals.get(pair, 0) >= settings.loop_min_total and str(seg) in sessions:
+            if watched.get(pair, len(periods)) < len(periods) and str(seg) in sessions:
                 series.append(
                     Series(
                         "loop",
@@ -734,6 +787,7 @@ def compute_kpis(
                         dense(g, "n"),
                         sessions[str(seg)],
                         str(seg),
+                        watch_from=watched[pair],
                     )
                 )
 
@@ -761,6 +815,12 @@ def compute_kpis(
         series, facts, dict(zip(seg_names, seg_cols, strict=True)), usable_steps, rates,
         error_types, loop_types, has_values,
     )  # fmt: skip
+
+
+def _first_reached(values: np.ndarray, minimum: float) -> int:
+    """The first index where ``values`` reaches ``minimum`` (``len(values)`` if never)."""
+    hits = np.nonzero(values >= minimum)[0]
+    return int(hits[0]) if len(hits) else len(values)
 
 
 # -- change detection ---------------------------------------------------------------------------
@@ -1011,7 +1071,7 @@ def detect_changes(s: Series, d: DetectionSettings) -> list[Change]:
         alert: dict[str, Any] | None = None
         for i in range(len(s.periods)):
             if alert is None:
-                if not usable[i] or (s.numerator[i] == 0 and direction == "up"):
+                if not usable[i] or i < s.watch_from or (s.numerator[i] == 0 and direction == "up"):
                     continue
                 base = baseline(s, i - w_max, excluded, d)
                 if base is None:
@@ -1612,8 +1672,9 @@ def detect_all(series: list[Series], settings: MonitorSettings) -> list[Change]:
     for s in series:
         for c in detect_changes(s, settings.detection):
             if s.kpi == "loop" and s.segment == ALL:
+                # as a run on the detection day saw it (not what came after)
                 first = s.periods.index(c.start)
-                last = s.periods.index(c.end) if c.end is not None else len(s.periods) - 1
+                last = s.periods.index(c.detected)
                 per_period = float(s.numerator[first : last + 1].mean())
                 if per_period < settings.loop_min_per_period / 5:
                     continue

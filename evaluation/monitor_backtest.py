@@ -9,12 +9,12 @@ after). So the replay computes the KPIs once and takes each alert's *live* detec
 detection period plus that lag; :func:`live_day` is tested against runs on logs cut at each day.
 
 Incidents (one per group of changes, see :func:`evaluation.monitor.group_changes`) are matched
-to known incidents by time: an alert raised (live) on or after a known incident's start, that
-starts before its end plus ``grace_days`` and is still open at its start minus
-``grace_days``, belongs to it; any other alert (one raised before the incident began
-included) is false. A known
-incident is detected by the first live detection day among its alerts; its delay counts from
-its start.
+to known incidents by time, change by change: a change raised (live) on or after a known
+incident's start, that starts before its end plus ``grace_days`` and is still open at its start
+minus ``grace_days``, is about it, and its alert belongs to it; an alert none of whose changes
+is about a known incident (one raised before the incident began included) is false. A known
+incident is detected on the first live day one of its changes was raised; its delay counts
+from its start.
 """
 
 from __future__ import annotations
@@ -170,17 +170,23 @@ def backtest(
     for g in groups:
         start = min(c.start for c in g)
         day = min(live_day(c, settings, step_hours) for c in g)
-        open_until = max((c.end or last) for c in g)
-        owners = [
-            i
-            for i, k in enumerate(known)
-            if start <= k.end + timedelta(days=grace_days)
-            and day >= k.start
-            and open_until >= k.start - timedelta(days=grace_days)
-        ]
+        owners: dict[int, date] = {}
+        # a change is about a known incident when it is raised on or after its start, starts
+        # before its end and is open at its start; an alert (a group) belongs to the incidents
+        # of its changes, and a change raised before the incident began (noise the incident's
+        # changes were grouped with) does not make the alert false nor date its detection
+        for c in g:
+            raised = live_day(c, settings, step_hours)
+            for i, k in enumerate(known):
+                if (
+                    c.start <= k.end + timedelta(days=grace_days)
+                    and raised >= k.start
+                    and (c.end or last) >= k.start - timedelta(days=grace_days)
+                ):
+                    owners[i] = min(owners.get(i, raised), raised)
         if owners:
-            for i in owners:
-                matched[i].append((day, g))
+            for i, raised in owners.items():
+                matched[i].append((raised, g))
         else:
             false_rows.append(
                 {

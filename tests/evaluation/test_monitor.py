@@ -3,6 +3,7 @@ an alert starting within 3 days of the truth, a stable log must raise none."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -343,6 +344,31 @@ def test_journey_steps_come_from_the_journey_map() -> None:
         ("from_delivery", ["delivery"], ["pay", "confirmed"]),
         ("from_pay", ["pay"], ["confirmed"]),
     ]
+
+
+def test_steps_follow_the_log_order_within_a_stage(tmp_path: Path) -> None:
+    """A map that lists a stage's events out of order (``journeyml init`` lists them by
+    frequency): the steps follow the order customers take them in the log."""
+    shuffled = SHOP.model_copy(
+        update={"stage_events": {"browse": ["basket"], "buy": ["confirmed", "pay", "delivery"]}}
+    )
+    in_map_order = journey_steps(shuffled, ["basket", "delivery", "pay", "confirmed"], [], 2.0)
+    assert [s.name for s in in_map_order] == ["from_basket"]  # the conversion came first
+    write_lake(tmp_path / "lake", _shop_log(40, bug_from=99))
+    result = run_monitor(tmp_path / "lake", MonitorSettings(), journey=shuffled)
+    assert result.facts["steps"] == ["from_basket", "from_delivery", "from_pay"]
+
+
+def test_a_loop_pair_is_watched_from_the_day_the_log_held_it() -> None:
+    """A pair's series exists once the log holds ``loop_min_total`` looping sessions: an alert
+    never opens before then (the replay must not know what the log held later)."""
+    k = np.zeros(120)
+    k[60:] = 4
+    n = np.full(120, 40.0)
+    s = _series(k, n, kind="count", kpi="loop")
+    assert (detect_changes(s, DetectionSettings())[0].detected - START).days < 63
+    late = dataclasses.replace(s, watch_from=70)
+    assert all((c.detected - START).days >= 70 for c in detect_changes(late, DetectionSettings()))
 
 
 def test_a_bug_on_one_platform_is_one_incident_of_that_segment(tmp_path: Path) -> None:
