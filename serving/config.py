@@ -77,6 +77,16 @@ class AuthSettings(StrictModel):
     keys_file: str | None = None  # default: <data>/serving/api_keys.json
 
 
+class TargetGroupSettings(StrictModel):
+    """Thresholds of a list's ``target_group`` (:func:`serving.engine.target_groups`): the
+    uplift thresholds are probability points on the action's objective (0.01 = one point of
+    conversion gained or churn avoided), the risk threshold a calibrated churn risk."""
+
+    persuadable_uplift: float = Field(default=0.01, gt=0.0, le=1.0)
+    do_not_disturb_uplift: float = Field(default=-0.01, ge=-1.0, lt=0.0)
+    lost_cause_risk: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+
 class ServingSettings(StrictModel):
     """Everything ``journeyml serve`` reads; see ``configs/serving.yaml``."""
 
@@ -96,6 +106,7 @@ class ServingSettings(StrictModel):
     reasons_top_k: PositiveInt = 3
     cold_start_propensity: NonNegativeFloat = 0.05
     arbitration: Literal["auto", "propensity", "uplift"] = "auto"
+    target_groups: TargetGroupSettings = TargetGroupSettings()
     models: ModelSettings = ModelSettings()
     exploration: ExplorationSettings = ExplorationSettings()
     holdout: HoldoutSettings = HoldoutSettings()

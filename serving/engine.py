@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from serving.actions import Action, ActionsCatalog
-from serving.config import ServingSettings
+from serving.config import ServingSettings, TargetGroupSettings
 from serving.consent import consent_of_customer, consent_of_frame, consent_reason
 from serving.features import (
     CustomerFeatures,
@@ -247,6 +247,71 @@ def priorities(
         value[:, j] = v
         prio[:, j] = np.where(m.eligible[:, j], v - action.cost, -np.inf)
     return prio, value, bases
+
+
+NET_PREFIX = "net__"
+"""Column prefix of :meth:`DecisionEngine.decide_frame`'s per-action net values."""
+
+
+def best_uplift(
+    actions: Sequence[Action],
+    effect_convert: np.ndarray | None,
+    effect_churn: np.ndarray | None,
+    known: Sequence[bool],
+    eligible: np.ndarray,
+) -> np.ndarray:
+    """Per customer, the largest effect (probability points on the action's own objective:
+    conversion gained, or churn avoided) among the eligible actions the uplift model knows;
+    among every known action when none of them is eligible (what an action could do); NaN
+    without an uplift model. The target group (:func:`target_groups`) reads it."""
+    n = eligible.shape[0]
+    if effect_convert is None or effect_churn is None or not any(known):
+        return np.full(n, np.nan)
+    gain = np.full(eligible.shape, np.nan)
+    for j, action in enumerate(actions):
+        if known[j]:
+            gain[:, j] = (
+                effect_convert[:, j] if action.objective == "convert" else -effect_churn[:, j]
+            )
+    usable = np.where(eligible, gain, np.nan)
+    some = ~np.isnan(usable).all(axis=1)
+    out = np.full(n, np.nan)
+    with np.errstate(all="ignore"):
+        out[some] = np.nanmax(usable[some], axis=1)
+        out[~some] = np.nanmax(gain[~some], axis=1)
+    return out
+
+
+PERSUADABLE, SURE_THING, LOST_CAUSE, DO_NOT_DISTURB = (
+    "persuadable",
+    "sure thing",
+    "lost cause",
+    "do not disturb",
+)
+NO_UPLIFT_GROUP = "unknown (no uplift model)"
+
+
+def target_groups(
+    uplift: np.ndarray, risk: np.ndarray, settings: TargetGroupSettings
+) -> np.ndarray:
+    """The classic uplift quadrants from the best action's effect and the churn risk.
+
+    * persuadable: an action gains at least ``persuadable_uplift`` (probability points);
+    * do not disturb: every action the model knows loses at least ``-do_not_disturb_uplift``
+      (contact would make things worse);
+    * otherwise nothing changes much: a lost cause at churn risk ``lost_cause_risk`` or more,
+      a sure thing below it.
+
+    Without an uplift estimate (no uplift model, or no action it knows):
+    :data:`NO_UPLIFT_GROUP`.
+    """
+    uplift = np.asarray(uplift, dtype=float)
+    risk = np.asarray(risk, dtype=float)
+    out = np.where(risk >= settings.lost_cause_risk, LOST_CAUSE, SURE_THING).astype(object)
+    out[uplift >= settings.persuadable_uplift] = PERSUADABLE
+    out[uplift <= settings.do_not_disturb_uplift] = DO_NOT_DISTURB
+    out[np.isnan(uplift)] = NO_UPLIFT_GROUP
+    return out
 
 
 def contact_policy(catalog: ActionsCatalog) -> ContactPolicy:
@@ -916,6 +981,9 @@ class DecisionEngine:
         prio, value, _ = priorities(
             self.actions, ActionMatrix(conv, churn, ec, er, weights, eligible), known, mode
         )
+        out["uplift"] = best_uplift(self.actions, ec, er, known, eligible)
+        for j, a in enumerate(self.actions):  # every eligible action's net value (capacity)
+            out[f"{NET_PREFIX}{a.id}"] = np.where(np.isfinite(prio[:, j]), prio[:, j], np.nan)
         with_none = np.hstack([np.zeros((n, 1)), prio])
         # ties go to the earlier action in the catalog, "no action" loses ties (as in decide)
         order = np.argsort(-with_none[:, 1:], axis=1, kind="stable")

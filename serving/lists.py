@@ -30,8 +30,13 @@ Who can still be saved: by default the list holds only customers active at its t
 journey map's churn definition (activity within ``inactivity_days``, latest activity not a
 cancellation), the population the churn model is trained and calibrated on; the lapsed go to a
 separate win-back list (``population="lapsed"``) or, with ``"all"``, are listed with
-``status = lapsed``. The summary counts both. Ties of the calibrated risk are ranked by the
-churn model's raw score, then by customer id.
+``status = lapsed``. The summary counts both.
+
+What to do: the list is ranked by the best eligible action's expected incremental value net of
+its cost (the engine's arbitration priority), or by churn risk (``rank_by="risk"``); ties of
+either go to the calibrated risk, then the churn model's raw score, then the customer id. Each
+row has a ``target_group`` (:func:`serving.engine.target_groups`). On request, one CSV per
+action or channel; and a diff against the previous list by ``customer_key`` (a hash of the id).
 
 Left out, and counted: customers who refused marketing, customers on the suppression list (a
 file of customer ids: do-not-contact, legal holds), and customers whom the contact policy
@@ -40,6 +45,7 @@ suppresses on every channel the catalog uses (they ignored every recent contact)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -63,9 +69,11 @@ from serving.actions import load_decision_catalogs
 from serving.config import ServingSettings
 from serving.consent import REFUSED, UNKNOWN, consent_of_frame
 from serving.engine import (
+    NET_PREFIX,
     NO_ACTION,
     DecisionEngine,
     holdout_flag,
+    target_groups,
 )
 from serving.models import ModelSet
 from serving.state import Candidate, StateStore
@@ -87,18 +95,28 @@ COLUMNS = [
     "reason_3",
     "recommended_action",
     "channel",
+    "incremental_value",
     "expected_value",
+    "uplift",
+    "target_group",
     "holdout",
     "consent",
     "status",
     "segment",
     "features_as_of",
+    "customer_key",
 ]
 ACTIVE, LAPSED = "active", "lapsed"
 POPULATIONS = (ACTIVE, LAPSED, "all")
+RANK_BY = ("incremental_value", "risk")
+SPLIT_BY = ("action", "channel")
 RAW_SCORE = "churn_raw_score"
 """The churn model's uncalibrated score: breaks ties of the calibrated risk in the ranking
 (kept in the parts, not in the list's files)."""
+BEST_VALUE = "best_value"
+"""The best eligible action's net value before the holdout withholds it: ranks the holdout
+among the others, so that a ``--top`` keeps the control group's share (kept in the parts)."""
+HIDDEN = (RAW_SCORE, BEST_VALUE)
 
 
 class ListError(ValueError):
@@ -113,8 +131,11 @@ class ListFilters:
     min_risk: float = 0.0
     top: int | None = None
     population: str = ACTIVE
+    rank_by: str = "incremental_value"
 
     def __post_init__(self) -> None:
+        if self.rank_by not in RANK_BY:
+            raise ListError(f"--rank-by must be one of {', '.join(RANK_BY)}, not {self.rank_by!r}")
         if self.population not in POPULATIONS:
             raise ListError(
                 f"--population must be one of {', '.join(POPULATIONS)}, not {self.population!r}"
@@ -147,6 +168,11 @@ class ListSummary:
     with_action: int = 0
     by_band: dict[str, int] = field(default_factory=dict)
     by_action: dict[str, int] = field(default_factory=dict)
+    by_target_group: dict[str, int] = field(default_factory=dict)
+    by_channel: dict[str, int] = field(default_factory=dict)
+    incremental_value: float = 0.0  # total over the listed customers (holdout: none)
+    rank_by: str = "incremental_value"
+    diff: dict[str, Any] = field(default_factory=dict)  # against the previous list
     model_versions: dict[str, str] = field(default_factory=dict)
     policy_version: str = ""
     filters: dict[str, Any] = field(default_factory=dict)
@@ -329,7 +355,9 @@ def score_chunk(
     channel_of = {a.id: a.channel for a in engine.actions}
     channel = np.array([channel_of.get(a) for a in action], dtype=object)
     value = np.where(holdout, 0.0, decided["expected_value"].to_numpy(dtype=float))
+    best = decided["priority"].to_numpy(dtype=float)
     risk = decided["churn_risk"].to_numpy(dtype=float)
+    uplift = decided["uplift"].to_numpy(dtype=float)
     bands = np.array([settings.risk_band(r) for r in risk], dtype=object)
     as_of = pd.to_datetime(chunk[TIMESTAMP], utc=True) if TIMESTAMP in chunk else pd.NaT
     churn_bundle = engine.models.models["churn"].bundle
@@ -350,7 +378,10 @@ def score_chunk(
             "reason_3": reasons[2],
             "recommended_action": action,
             "channel": channel,
+            "incremental_value": np.where(holdout, 0.0, best),
             "expected_value": value,
+            "uplift": uplift,
+            "target_group": target_groups(uplift, risk, settings.target_groups),
             "holdout": holdout,
             "consent": decided["consent"].to_numpy(dtype=object),
             "status": status,
@@ -358,10 +389,24 @@ def score_chunk(
             if segment_column in chunk
             else None,
             "features_as_of": as_of,
+            "customer_key": [customer_key(c) for c in ids],
             RAW_SCORE: np.asarray(raw, dtype=float),
+            BEST_VALUE: best,
+            **{
+                f"{NET_PREFIX}{a.id}": np.where(
+                    holdout, np.nan, decided[f"{NET_PREFIX}{a.id}"].to_numpy(dtype=float)
+                )
+                for a in engine.actions
+            },
         },
-        columns=[*COLUMNS, RAW_SCORE],
+        columns=part_schema(engine).names,
     )
+
+
+def customer_key(customer_id: str) -> str:
+    """A customer's key in a list's diff: the first 16 hex digits of the id's SHA-256 (the
+    diff file names no customer)."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()[:16]
 
 
 CHUNK_COUNTS = (
@@ -411,7 +456,7 @@ def decide_chunk(
     keep &= wanted
     counts["consent_unknown"] = int(((consent.status == UNKNOWN) & keep).sum())
     if not keep.any():
-        return pd.DataFrame(columns=[*COLUMNS, RAW_SCORE]), counts
+        return pd.DataFrame(columns=part_schema(engine).names), counts
     segment_column = engine.settings.segment_column
     scored = score_chunk(engine, aged_all[keep], now, policy_rows, segment_column, active[keep])
     low = scored["churn_risk"].to_numpy() < filters.min_risk
@@ -449,15 +494,28 @@ _SCHEMA = pa.schema(
         ("reason_3", pa.string()),
         ("recommended_action", pa.string()),
         ("channel", pa.string()),
+        ("incremental_value", pa.float64()),
         ("expected_value", pa.float64()),
+        ("uplift", pa.float64()),
+        ("target_group", pa.string()),
         ("holdout", pa.bool_()),
         ("consent", pa.string()),
         ("status", pa.string()),
         ("segment", pa.string()),
         ("features_as_of", pa.timestamp("us", tz="UTC")),
+        ("customer_key", pa.string()),
         (RAW_SCORE, pa.float64()),
+        (BEST_VALUE, pa.float64()),
     ]
 )
+
+
+def part_schema(engine: DecisionEngine) -> pa.Schema:
+    """The columns of a list's parts: the list's, the hidden ranking keys (:data:`HIDDEN`)
+    and every action's net value (``net__<action>``, NaN where not eligible or in the
+    holdout), which a capacity assignment reads."""
+    nets = [pa.field(f"{NET_PREFIX}{a.id}", pa.float64()) for a in engine.actions]
+    return pa.schema([*_SCHEMA, *nets])
 
 
 def list_summary(
@@ -486,11 +544,13 @@ def list_summary(
         ),
         model_versions=engine.models.versions(),
         policy_version=engine.catalog.version,
+        rank_by=filters.rank_by,
         filters={
             "segments": list(filters.segments),
             "min_risk": filters.min_risk,
             "top": filters.top,
             "population": filters.population,
+            "rank_by": filters.rank_by,
             "features_as_of": as_of.isoformat() if as_of else None,
         },
     )
@@ -507,6 +567,8 @@ def churn_risk_list(
     now: datetime | None = None,
     suppression: set[str] | None = None,
     chunk_rows: int = 100_000,
+    split_by: str | None = None,
+    previous: Path | None = None,
 ) -> ListSummary:
     """Writes ``<out_dir>/<name>.csv``, ``.parquet`` and ``.json`` (the summary), atomically.
 
@@ -515,7 +577,11 @@ def churn_risk_list(
         now: the decision time for the models' calendar features and the contact policy
             (default: the current time).
         suppression: customer ids never to list.
+        split_by: ``action`` or ``channel``: also one CSV per recommended action or channel.
+        previous: the list to diff against (default: ``<out_dir>/<name>.parquet``, when
+            there); the diff's counts go in the summary, its rows in ``<name>_diff.csv``.
     """
+    check_outputs(split_by, previous)
     started = time.perf_counter()
     filters = filters or ListFilters()
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -529,6 +595,7 @@ def churn_risk_list(
     policy_rows = contact_policy_state(engine, now)
     channels = sorted({a.channel for a in engine.actions})
     suppressed_policy = set(_suppressed_everywhere(policy_rows, channels))
+    schema = part_schema(engine)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))
     try:
@@ -547,12 +614,14 @@ def churn_risk_list(
                 setattr(summary, key, getattr(summary, key) + count)
             if scored.empty:
                 continue
-            table = pa.Table.from_pandas(scored, schema=_SCHEMA, preserve_index=False)
+            table = pa.Table.from_pandas(scored, schema=schema, preserve_index=False)
             pq.write_table(table, work / f"part-{parts:05d}.parquet")
             parts += 1
         if filters.segments:
             summary.other_segment = count_customers(snapshots, as_of) - summary.customers_read
-        outputs = _write_sorted(work, parts, out_dir, name, filters.top, summary)
+        outputs = _write_sorted(
+            work, parts, out_dir, name, filters, summary, schema, split_by, previous
+        )
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.outputs = [str(p) for p in outputs]
         json_path = out_dir / f"{name}.json"
@@ -574,6 +643,14 @@ def churn_risk_list(
     return summary
 
 
+def check_outputs(split_by: str | None, previous: Path | None) -> None:
+    """Refuses output options the list cannot honour, before any customer is read."""
+    if split_by is not None and split_by not in SPLIT_BY:
+        raise ListError(f"--split-by must be one of {', '.join(SPLIT_BY)}, not {split_by!r}")
+    if previous is not None and not previous.is_file():
+        raise ListError(f"--previous {previous} does not exist")
+
+
 def _in_population(active: np.ndarray, population: str) -> np.ndarray:
     if population == ACTIVE:
         return active
@@ -582,56 +659,169 @@ def _in_population(active: np.ndarray, population: str) -> np.ndarray:
     return np.ones_like(active)
 
 
+def _order_by(rank_by: str) -> str:
+    """The list's order: by the best action's expected incremental value (net of cost), or by
+    churn risk; ties by risk, then the churn model's raw score, then customer id."""
+    risk = f"churn_risk DESC, {RAW_SCORE} DESC, customer_id"
+    return f"{BEST_VALUE} DESC, {risk}" if rank_by == "incremental_value" else risk
+
+
 def _write_sorted(
-    work: Path, parts: int, out_dir: Path, name: str, top: int | None, summary: ListSummary
+    work: Path,
+    parts: int,
+    out_dir: Path,
+    name: str,
+    filters: ListFilters,
+    summary: ListSummary,
+    schema: pa.Schema,
+    split_by: str | None = None,
+    previous: Path | None = None,
 ) -> list[Path]:
-    """Sorts the parts into the final CSV and Parquet; both replace the old files at the end."""
+    """Sorts the parts into the final CSV and Parquet (and, with ``split_by``, one CSV per
+    action or channel; with a previous list, the diff against it); every file replaces the old
+    one at the end."""
     csv_tmp, parquet_tmp = work / f"{name}.csv", work / f"{name}.parquet"
+    if previous is None and (out_dir / f"{name}.parquet").exists():
+        previous = out_dir / f"{name}.parquet"
     con = duckdb.connect()
+    written: list[tuple[Path, Path]] = []
     try:
         con.execute("SET TimeZone = 'UTC'")
         con.execute(f"SET temp_directory = '{_sql(str(work / 'spill'))}'")
         if parts:
             source = f"read_parquet('{_sql(str(work / 'part-*.parquet'))}')"
         else:
-            empty = pa.Table.from_pylist([], schema=_SCHEMA)
+            empty = pa.Table.from_pylist([], schema=schema)
             con.register("empty_list", empty)
             source = "empty_list"
+        top = filters.top
         limit = f"LIMIT {int(top)}" if top is not None else ""
+        columns = ", ".join(f'"{c}"' for c in COLUMNS)
         con.execute(
-            f"CREATE VIEW ranked AS SELECT * EXCLUDE ({RAW_SCORE}) FROM {source} "
-            f"ORDER BY churn_risk DESC, {RAW_SCORE} DESC, customer_id {limit}"
+            f"CREATE VIEW ranked AS SELECT {columns} FROM {source} "
+            f"ORDER BY {_order_by(filters.rank_by)} {limit}"
         )
         total = con.execute(f"SELECT count(*) FROM {source}").fetchone()
         con.execute(f"COPY (SELECT * FROM ranked) TO '{_sql(str(parquet_tmp))}' (FORMAT parquet)")
+        listed = f"read_parquet('{_sql(str(parquet_tmp))}')"
         con.execute(
-            f"COPY (SELECT * FROM read_parquet('{_sql(str(parquet_tmp))}')) "
-            f"TO '{_sql(str(csv_tmp))}' (FORMAT csv, HEADER true)"
+            f"COPY (SELECT * FROM {listed}) TO '{_sql(str(csv_tmp))}' (FORMAT csv, HEADER true)"
         )
+        written += [(parquet_tmp, out_dir / parquet_tmp.name), (csv_tmp, out_dir / csv_tmp.name)]
         stats = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE holdout), "
-            f"count(*) FILTER (WHERE recommended_action <> '{NO_ACTION}') "
-            f"FROM read_parquet('{_sql(str(parquet_tmp))}')"
+            f"count(*) FILTER (WHERE recommended_action <> '{NO_ACTION}'), "
+            f"coalesce(sum(incremental_value), 0) FROM {listed}"
         ).fetchone()
-        bands = con.execute(
-            f"SELECT risk_band, count(*) FROM read_parquet('{_sql(str(parquet_tmp))}') "
-            "GROUP BY 1 ORDER BY 2 DESC"
-        ).fetchall()
-        actions = con.execute(
-            f"SELECT recommended_action, count(*) FROM read_parquet('{_sql(str(parquet_tmp))}') "
-            "GROUP BY 1 ORDER BY 2 DESC"
-        ).fetchall()
+
+        def counts(column: str) -> dict[str, int]:
+            rows = con.execute(
+                f"SELECT {column}, count(*) FROM {listed} WHERE {column} IS NOT NULL "
+                "GROUP BY 1 ORDER BY 2 DESC, 1"
+            ).fetchall()
+            return {str(v): int(c) for v, c in rows}
+
+        summary.by_band = counts("risk_band")
+        summary.by_action = counts("recommended_action")
+        summary.by_channel = counts("channel")
+        summary.by_target_group = counts("target_group")
+        if split_by is not None:
+            written += _split_files(con, listed, work, out_dir, name, split_by)
+        if previous is not None:
+            diff_tmp = work / f"{name}_diff.csv"
+            summary.diff = _diff(con, listed, previous, diff_tmp)
+            written.append((diff_tmp, out_dir / diff_tmp.name))
+        else:
+            summary.diff = {"previous": None}
     finally:
         con.close()
     assert stats is not None and total is not None
-    summary.listed, summary.holdout, summary.with_action = (int(v) for v in stats)
+    summary.listed, summary.holdout, summary.with_action = (int(v) for v in stats[:3])
+    summary.incremental_value = round(float(stats[3]), 6)
     summary.beyond_top = int(total[0]) - summary.listed
-    summary.by_band = {str(b): int(c) for b, c in bands}
-    summary.by_action = {str(a): int(c) for a, c in actions}
-    targets = [out_dir / f"{name}.parquet", out_dir / f"{name}.csv"]
-    for tmp, target in zip((parquet_tmp, csv_tmp), targets, strict=True):
+    keep = {target.name for _, target in written}
+    for old in [*out_dir.glob(f"{name}__action_*.csv"), *out_dir.glob(f"{name}__channel_*.csv")]:
+        if old.name not in keep:  # an older list's split: it would contradict this list
+            old.unlink()
+    for tmp, target in written:
         tmp.replace(target)
-    return targets
+    return [target for _, target in written]
+
+
+def _split_files(
+    con: duckdb.DuckDBPyConnection, listed: str, work: Path, out_dir: Path, name: str, by: str
+) -> list[tuple[Path, Path]]:
+    """One CSV per recommended action (``<name>__action_<id>.csv``, "no action" left out) or
+    per channel (``<name>__channel_<channel>.csv``), in the list's order."""
+    column = "recommended_action" if by == "action" else "channel"
+    values = [
+        str(v)
+        for (v,) in con.execute(
+            f"SELECT DISTINCT {column} FROM {listed} WHERE {column} IS NOT NULL "
+            f"AND {column} <> '{NO_ACTION}' ORDER BY 1"
+        ).fetchall()
+    ]
+    out = []
+    for value in values:
+        tmp = work / f"{name}__{by}_{value}.csv"
+        con.execute(
+            f"COPY (SELECT * FROM {listed} WHERE {column} = $value) "
+            f"TO '{_sql(str(tmp))}' (FORMAT csv, HEADER true)",
+            {"value": value},
+        )
+        out.append((tmp, out_dir / tmp.name))
+    return out
+
+
+def _diff(
+    con: duckdb.DuckDBPyConnection, listed: str, previous: Path, target: Path
+) -> dict[str, Any]:
+    """The list against the previous one, by customer key: counts of new, still listed and
+    gone customers (and of those still listed whose action changed), and a CSV of every key
+    with its change and both actions (no customer id)."""
+    try:
+        if previous.suffix == ".parquet":
+            before = pd.read_parquet(previous)
+        else:
+            before = pd.read_csv(previous, dtype={"customer_id": str})
+    except Exception as exc:
+        raise ListError(f"--previous {previous} could not be read: {exc}") from exc
+    if "customer_key" not in before.columns:
+        if "customer_id" not in before.columns:
+            raise ListError(f"--previous {previous} has no customer_id or customer_key column")
+        before["customer_key"] = [customer_key(str(c)) for c in before["customer_id"]]
+    if "recommended_action" not in before.columns:
+        before["recommended_action"] = None
+    con.register("previous_list", before[["customer_key", "recommended_action"]])
+    con.execute(
+        f"""COPY (
+            SELECT coalesce(n.customer_key, p.customer_key) AS customer_key,
+                CASE WHEN p.customer_key IS NULL THEN 'new'
+                     WHEN n.customer_key IS NULL THEN 'gone' ELSE 'still listed' END AS change,
+                p.recommended_action AS previous_action,
+                n.recommended_action AS recommended_action
+            FROM (SELECT customer_key, recommended_action FROM {listed}) n
+            FULL OUTER JOIN previous_list p USING (customer_key)
+            ORDER BY change, customer_key
+        ) TO '{_sql(str(target))}' (FORMAT csv, HEADER true)"""
+    )
+    row = con.execute(
+        f"""SELECT count(*) FILTER (WHERE change = 'new'),
+                count(*) FILTER (WHERE change = 'still listed'),
+                count(*) FILTER (WHERE change = 'gone'),
+                count(*) FILTER (WHERE change = 'still listed'
+                    AND previous_action IS DISTINCT FROM recommended_action)
+            FROM read_csv('{_sql(str(target))}', header = true, all_varchar = true)"""
+    ).fetchone()
+    assert row is not None
+    new, still, gone, changed = (int(v) for v in row)
+    return {
+        "previous": str(previous),
+        "new": new,
+        "still_listed": still,
+        "gone": gone,
+        "action_changed": changed,
+    }
 
 
 def _atomic_text(path: Path, text: str) -> None:

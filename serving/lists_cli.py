@@ -67,6 +67,22 @@ def churn_risk(
     suppression_list: Path | None = typer.Option(
         None, "--suppression-list", help="CSV or Parquet of customer ids never to list."
     ),
+    rank_by: str = typer.Option(
+        "incremental_value",
+        "--rank-by",
+        help="incremental_value (default: the best eligible action's expected incremental "
+        "value, uplift x value - cost) or risk (churn risk).",
+    ),
+    split_by: str | None = typer.Option(
+        None,
+        "--split-by",
+        help="action or channel: also one CSV per recommended action or per channel.",
+    ),
+    previous: Path | None = typer.Option(
+        None,
+        "--previous",
+        help="The list to compare with (default: the list already in the output folder).",
+    ),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", min=1, help="Customers per chunk."),
     engine_name: str = typer.Option(
         "duckdb",
@@ -74,7 +90,8 @@ def churn_risk(
         help="duckdb (one machine) or spark (the spark: section of the feature settings).",
     ),
 ) -> None:
-    """Customers ranked by churn risk, with reasons, next step and the recommended action."""
+    """Customers ranked by what an action would gain (or by churn risk), with reasons, target
+    group, next step and the recommended action."""
     from features.store import Workspace
     from journeyml.clock import data_clock
     from journeyml.config import ConfigError
@@ -97,7 +114,7 @@ def churn_risk(
             settings = settings.model_copy(
                 update={"models": settings.models.model_copy(update={"alias": alias})}
             )
-        filters = ListFilters(tuple(segment), min_risk, top, population)
+        filters = ListFilters(tuple(segment), min_risk, top, population, rank_by)
         suppression = read_suppression_list(suppression_list) if suppression_list else None
         if engine_name not in ("duckdb", "spark"):
             raise ListError(f"--engine must be duckdb or spark, not {engine_name!r}")
@@ -106,7 +123,7 @@ def churn_risk(
             if engine_name == "spark":
                 summary = _spark_list(
                     settings, engine, data_dir, out, filters, features_time, clock.now,
-                    suppression,
+                    suppression, split_by, previous,
                 )  # fmt: skip
             else:
                 summary = churn_risk_list(
@@ -118,6 +135,8 @@ def churn_risk(
                     now=clock.now,
                     suppression=suppression,
                     chunk_rows=chunk_rows,
+                    split_by=split_by,
+                    previous=previous,
                 )
         finally:
             engine.state.close()
@@ -148,6 +167,20 @@ def churn_risk(
     console.print(table)
     bands = ", ".join(f"{band} {count:,}" for band, count in summary.by_band.items())
     console.print(f"Risk bands: {bands or 'none'}")
+    groups = ", ".join(f"{g} {c:,}" for g, c in summary.by_target_group.items())
+    console.print(f"Target groups: {groups or 'none'}")
+    actions = ", ".join(f"{a} {c:,}" for a, c in summary.by_action.items())
+    console.print(
+        f"Actions: {actions or 'none'}; expected incremental value of the list: "
+        f"{summary.incremental_value:,.2f} (ranked by {summary.rank_by.replace('_', ' ')})"
+    )
+    diff = summary.diff
+    if diff.get("previous"):
+        console.print(
+            f"Against the previous list ({diff['previous']}): {diff['new']:,} new, "
+            f"{diff['still_listed']:,} still listed ({diff['action_changed']:,} with another "
+            f"action), {diff['gone']:,} gone"
+        )
     served = ", ".join(f"{ref}" for ref in summary.model_versions.values())
     used = settings.models.alias
     note = "" if used == "champion" else ", not the promoted champion"
@@ -165,6 +198,8 @@ def _spark_list(
     features_time: datetime | None,
     decision_time: datetime | None,
     suppression: set[str] | None,
+    split_by: str | None = None,
+    previous: Path | None = None,
 ) -> ListSummary:
     """The list decided on Spark (the session the feature settings' ``spark:`` describe)."""
     from features.settings import load_feature_settings
@@ -188,4 +223,6 @@ def _spark_list(
         now=decision_time,
         suppression=suppression,
         output_files=spark_settings.output_files,
+        split_by=split_by,
+        previous=previous,
     )

@@ -37,7 +37,6 @@ from journeyml.config import load_journey_map
 from serving.config import ServingSettings
 from serving.engine import DecisionEngine
 from serving.lists import (
-    _SCHEMA,
     CHUNK_COUNTS,
     ENTITY,
     TIMESTAMP,
@@ -47,9 +46,11 @@ from serving.lists import (
     _atomic_text,
     _suppressed_everywhere,
     _write_sorted,
+    check_outputs,
     contact_policy_state,
     decide_chunk,
     list_summary,
+    part_schema,
 )
 from serving.models import LoadedModel, ModelSet
 
@@ -167,7 +168,7 @@ def _frame_from_bytes(data: bytes) -> pd.DataFrame:
 # -- the list ---------------------------------------------------------------------------------
 
 
-def _output_schema() -> Any:
+def _output_schema(schema: pa.Schema) -> Any:
     from pyspark.sql.types import (
         BooleanType,
         DoubleType,
@@ -184,7 +185,7 @@ def _output_schema() -> Any:
         pa.bool_(): BooleanType(),
         pa.timestamp("us", tz="UTC"): TimestampType(),
     }
-    fields = [StructField(f.name, spark_type[f.type], True) for f in _SCHEMA]
+    fields = [StructField(f.name, spark_type[f.type], True) for f in schema]
     fields += [StructField(_LEFT_OUT_COL, StringType(), True)]
     fields += [StructField(_COUNT_COL, LongType(), True)]
     return StructType(fields)
@@ -195,6 +196,7 @@ def decide_partitions(
     now: datetime,
     ageing: list[str],
     filters: ListFilters,
+    names: list[str],
 ) -> Callable[[Iterable[pd.DataFrame]], Iterable[pd.DataFrame]]:
     """The ``mapInPandas`` function: each batch of latest rows to list rows, plus one row per
     left-out reason with its count (``left_out``, ``left_out_n``)."""
@@ -221,7 +223,7 @@ def decide_partitions(
                     {_LEFT_OUT_COL: list(counts), _COUNT_COL: list(counts.values())}
                 )
                 yield pd.concat([out, tally], ignore_index=True)[
-                    [*_SCHEMA.names, _LEFT_OUT_COL, _COUNT_COL]
+                    [*names, _LEFT_OUT_COL, _COUNT_COL]
                 ]
             engine.state.close()
         finally:
@@ -275,6 +277,8 @@ def churn_risk_list_spark(
     now: datetime | None = None,
     suppression: set[str] | None = None,
     output_files: int = 8,
+    split_by: str | None = None,
+    previous: Path | None = None,
 ) -> ListSummary:
     """:func:`serving.lists.churn_risk_list` with the rows read and decided by Spark.
 
@@ -284,9 +288,11 @@ def churn_risk_list_spark(
     from serving.actions import load_decision_catalogs
 
     started = time.perf_counter()
+    check_outputs(split_by, previous)
     filters = filters or ListFilters()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     summary = list_summary(engine, now, filters, as_of)
+    schema = part_schema(engine)
     snapshots = str(snapshots)
     if not Path(snapshots).exists() and "://" not in snapshots:
         raise ListError(
@@ -311,7 +317,8 @@ def churn_risk_list_spark(
         segment_column = engine.settings.segment_column
         rows = latest_rows(spark, snapshots, as_of, filters.segments, segment_column)
         decided = rows.mapInPandas(
-            decide_partitions(broadcast, now, ageing, filters), _output_schema()
+            decide_partitions(broadcast, now, ageing, filters, schema.names),
+            _output_schema(schema),
         ).persist()
         summary.customers_read = rows.count()
         for reason, count in (
@@ -325,7 +332,7 @@ def churn_risk_list_spark(
         parts = work / "parts"
         (
             decided.where(f"{_LEFT_OUT_COL} IS NULL")
-            .select(*_SCHEMA.names)
+            .select(*schema.names)
             .repartition(output_files, ENTITY)
             .write.parquet(str(parts))
         )
@@ -334,11 +341,14 @@ def churn_risk_list_spark(
             everyone = latest_rows(spark, snapshots, as_of, ())
             summary.other_segment = everyone.count() - summary.customers_read
         n_parts = len(list(parts.glob("part-*.parquet")))
-        outputs = _write_sorted(parts, n_parts, out_dir, name, filters.top, summary)
+        outputs = _write_sorted(
+            parts, n_parts, out_dir, name, filters, summary, schema, split_by, previous
+        )
         target = out_dir / f"{name}_parts"
         shutil.rmtree(target, ignore_errors=True)
-        for leftover in (parts / f"{name}.csv", parts / f"{name}.parquet"):
+        for leftover in parts.glob(f"{name}*.csv"):
             leftover.unlink(missing_ok=True)
+        (parts / f"{name}.parquet").unlink(missing_ok=True)
         parts.rename(target)
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.outputs = [*(str(p) for p in outputs), str(target)]

@@ -104,11 +104,14 @@ def test_contact_policy_opt_out_and_suppression_leave_customers_out_and_are_coun
 def test_filters_order_and_repeatability(
     serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
 ) -> None:
-    full = churn_risk_list(engine, snapshots(serving_ws), tmp_path / "full", now=NOW)
+    by_risk = ListFilters(rank_by="risk")
+    full = churn_risk_list(
+        engine, snapshots(serving_ws), tmp_path / "full", now=NOW, filters=by_risk
+    )
     frame = pd.read_csv(tmp_path / "full" / "churn_risk.csv")
     assert frame["churn_risk"].is_monotonic_decreasing
     segment = str(frame["segment"].value_counts().index[0])
-    filters = ListFilters(segments=(segment,), min_risk=0.1, top=7)
+    filters = ListFilters(segments=(segment,), min_risk=0.1, top=7, rank_by="risk")
     small = churn_risk_list(
         engine, snapshots(serving_ws), tmp_path / "small", now=NOW, filters=filters, chunk_rows=50
     )
@@ -124,7 +127,9 @@ def test_filters_order_and_repeatability(
     )
     assert small.other_segment == full.customers_read - small.customers_read > 0
     # chunking does not change the list: same bytes with other chunk sizes
-    churn_risk_list(engine, snapshots(serving_ws), tmp_path / "again", now=NOW, chunk_rows=33)
+    churn_risk_list(
+        engine, snapshots(serving_ws), tmp_path / "again", now=NOW, chunk_rows=33, filters=by_risk
+    )
     assert (tmp_path / "again" / "churn_risk.csv").read_bytes() == (
         tmp_path / "full" / "churn_risk.csv"
     ).read_bytes()
@@ -242,3 +247,89 @@ def test_the_default_list_holds_only_customers_who_can_still_be_saved(
     assert top.nunique() >= 0.8 * len(top)
     with pytest.raises(ListError, match="--population"):
         ListFilters(population="gone")
+
+
+def test_the_list_ranks_by_what_an_action_gains_and_says_whom_it_would_change(
+    serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    summary = churn_risk_list(engine, snapshots(serving_ws), out, now=NOW, split_by="action")
+    listed = pd.read_parquet(out / "churn_risk.parquet")
+    cost = {a.id: a.cost for a in engine.actions}
+    acted = listed[listed["recommended_action"] != NO_ACTION]
+    assert len(acted) > 20
+    # net of cost: the incremental value is the action's expected value less its cost
+    net = acted["expected_value"] - acted["recommended_action"].map(cost)
+    assert (acted["incremental_value"] - net).abs().max() < 1e-9
+    assert (acted["incremental_value"] > 0).all()
+    # the default order is by that value (the holdout, withheld, ranks where it would be)
+    shown = listed.loc[~listed["holdout"], "incremental_value"]
+    assert shown.is_monotonic_decreasing
+    assert summary.incremental_value == pytest.approx(listed["incremental_value"].sum())
+    # target groups from the best action's uplift and the risk, thresholds from the settings
+    t = engine.settings.target_groups
+    group = listed["target_group"]
+    assert set(group) <= {"persuadable", "sure thing", "lost cause", "do not disturb"}
+    assert (listed.loc[group == "persuadable", "uplift"] >= t.persuadable_uplift).all()
+    assert (listed.loc[group == "do not disturb", "uplift"] <= t.do_not_disturb_uplift).all()
+    quiet = group.isin(["sure thing", "lost cause"])
+    assert listed.loc[quiet, "uplift"].between(t.do_not_disturb_uplift, t.persuadable_uplift).all()
+    assert (listed.loc[group == "lost cause", "churn_risk"] >= t.lost_cause_risk).all()
+    assert (listed.loc[group == "sure thing", "churn_risk"] < t.lost_cause_risk).all()
+    assert summary.by_target_group == group.value_counts().to_dict()
+    # every customer with an action is in exactly one action file, in the list's order
+    files = sorted(out.glob("churn_risk__action_*.csv"))
+    assert {f.name for f in files} == {
+        f"churn_risk__action_{a}.csv" for a in acted["recommended_action"].unique()
+    }
+    for f in files:
+        part = pd.read_csv(f, dtype={"customer_id": str})
+        action = f.stem.removeprefix("churn_risk__action_")
+        want = acted.loc[acted["recommended_action"] == action, "customer_id"].tolist()
+        assert part["customer_id"].tolist() == want
+    # ranked by risk instead: the same customers and actions, another order
+    churn_risk_list(
+        engine, snapshots(serving_ws), tmp_path / "risk", now=NOW,
+        filters=ListFilters(rank_by="risk"), split_by="channel",
+    )  # fmt: skip
+    by_risk = pd.read_parquet(tmp_path / "risk" / "churn_risk.parquet")
+    assert by_risk["churn_risk"].is_monotonic_decreasing
+    assert sorted(by_risk["customer_id"]) == sorted(listed["customer_id"])
+    assert list((tmp_path / "risk").glob("churn_risk__channel_*.csv"))
+    with pytest.raises(ListError, match="--rank-by"):
+        ListFilters(rank_by="value")
+    with pytest.raises(ListError, match="--split-by"):
+        churn_risk_list(engine, snapshots(serving_ws), out, now=NOW, split_by="segment")
+
+
+def test_the_summary_compares_with_the_previous_list_by_hashed_id(
+    serving_ws: ServingWorkspace, engine: DecisionEngine, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = churn_risk_list(engine, snapshots(serving_ws), out, now=NOW, split_by="action")
+    assert first.diff == {"previous": None}
+    before = pd.read_parquet(out / "churn_risk.parquet")
+    gone = set(before["customer_id"][:4])
+    # the previous list, given by flag: a CSV with customer ids and a few customers more
+    extra = before.head(3).assign(customer_id=["x-1", "x-2", "x-3"])
+    older = pd.concat([before, extra]).drop(columns=["customer_key"])
+    older.to_csv(tmp_path / "older.csv", index=False)
+    second = churn_risk_list(
+        engine, snapshots(serving_ws), out, now=NOW, suppression=gone,
+        previous=tmp_path / "older.csv",
+    )  # fmt: skip
+    assert second.diff["new"] == 0
+    assert second.diff["gone"] == len(gone) + 3
+    assert second.diff["still_listed"] == len(before) - len(gone)
+    assert second.diff["action_changed"] == 0
+    diff = pd.read_csv(out / "churn_risk_diff.csv", dtype=str)
+    assert "customer_id" not in diff.columns and len(diff) == len(before) + 3
+    assert not set(diff["customer_key"]) & set(before["customer_id"])  # ids never shown
+    # the split of the first list is gone: the second one asked for none
+    assert not list(out.glob("churn_risk__action_*.csv"))
+    # by default, the list already in the folder: everyone still listed, the 4 back as new
+    third = churn_risk_list(engine, snapshots(serving_ws), out, now=NOW)
+    assert (third.diff["new"], third.diff["gone"]) == (len(gone), 0)
+    assert third.diff["previous"] == str(out / "churn_risk.parquet")
+    with pytest.raises(ListError, match="--previous"):
+        churn_risk_list(engine, snapshots(serving_ws), out, now=NOW, previous=tmp_path / "none.csv")
