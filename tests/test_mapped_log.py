@@ -92,7 +92,9 @@ def test_the_mapped_log_keeps_the_simulated_events(workspace: Path) -> None:
 
 
 def test_churn_risk_list(workspace: Path) -> None:
-    out = run("lists", "churn-risk", "--data-dir", str(workspace), "--top", "100")
+    out = run(
+        "lists", "churn-risk", "--data-dir", str(workspace), "--top", "100", "--rank-by", "risk"
+    )
     assert "Churn-risk list: 100 customers" in out
     listed = pd.read_parquet(workspace / "lists" / "churn_risk.parquet")
     assert len(listed) == 100 and listed["churn_risk"].is_monotonic_decreasing
