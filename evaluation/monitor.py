@@ -9,7 +9,9 @@ property such as a clickstream's ``platform``, or a column of the customers tabl
   trials that reach the step's success (or any later step) within the step's time
   (*conversion*), the share where an error event comes first (*error rate*), the share with
   two or more error events within the step's time (*repeated errors*), and the share followed
-  by a support contact (*support after the step*). Steps are listed in the config, and derived
+  by a support contact (*support after the step*). A trial counts in the period it is judged
+  in (the step's time after it starts), so a period's trials are complete when it ends and a
+  daily run judges yesterday evening's checkouts today, not tomorrow. Steps are listed in the config, and derived
   from the journey map (consecutive events of the map up to the conversion), never from one
   log's vocabulary;
 - **rates per active customer**: complaints, support contacts, error events;
@@ -554,7 +556,8 @@ def compute_kpis(
                        JOIN x ON x.customer_id = j.customer_id AND x.tf > j.t
                         AND EPOCH_US(x.tf) - EPOCH_US(j.t) <= {within}
                        WHERE j.tf IS NOT NULL GROUP BY 1, 2)
-            SELECT '{step.name}', j.customer_id, j.period,
+            SELECT '{step.name}', j.customer_id,
+                   {_period_sql(f"(j.t + to_microseconds({within}))", pdays, origin)},
                    ts IS NOT NULL AND EPOCH_US(ts) - EPOCH_US(j.t) <= {within}
                        AND (tf IS NULL OR tf > ts) AS ok,
                    tf IS NOT NULL AND EPOCH_US(tf) - EPOCH_US(j.t) <= {within}

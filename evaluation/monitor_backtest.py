@@ -3,10 +3,11 @@ incidents (detection delay, false alerts per month).
 
 The detector (:func:`evaluation.monitor.detect_changes`) is causal: what it decides at a period
 depends only on that period and the ones before. A live run on day ``d`` sees a KPI's periods
-up to ``d`` minus the time the KPI needs to be complete (a step's trials are judged
-``within_hours`` after they start; a support contact after a step ``support_within_hours``
-after). So the replay computes the KPIs once and takes each alert's *live* detection day as its
-detection period plus that lag; :func:`live_day` is tested against runs on logs cut at each day.
+up to ``d`` minus the time the KPI needs to be complete (a step's trials count in the period
+they are judged in, ``within_hours`` after they start, so they are complete with it; whether a
+support contact followed is known ``support_within_hours`` after the start). So the replay
+computes the KPIs once and takes each alert's *live* detection day as its detection period plus
+that lag; :func:`live_day` is tested against runs on logs cut at each day.
 
 Incidents (one per group of changes, see :func:`evaluation.monitor.group_changes`) are matched
 to known incidents by time, change by change: a change raised (live) on or after a known
@@ -119,11 +120,12 @@ def load_known_incidents(path: Path, origin: date) -> list[KnownIncident]:
 
 
 def kpi_lag_days(change: Change, settings: MonitorSettings, step_hours: dict[str, float]) -> int:
-    """Days after a period's end before a live run sees that period of this KPI complete."""
+    """Days after a period's end before a live run sees that period of this KPI complete (a
+    step's trials count in the period they are judged in; the support contacts after them are
+    known ``support_within_hours`` after the trial started)."""
     if change.kpi == "step_support":
-        return math.ceil(settings.support_within_hours / 24)
-    if change.kpi.startswith("step_"):
-        return math.ceil(step_hours.get(change.step, 24.0) / 24)
+        later = max(settings.support_within_hours - step_hours.get(change.step, 24.0), 0.0)
+        return math.ceil(later / 24)
     return 0
 
 

@@ -359,6 +359,41 @@ def test_steps_follow_the_log_order_within_a_stage(tmp_path: Path) -> None:
     assert result.facts["steps"] == ["from_basket", "from_delivery", "from_pay"]
 
 
+def test_a_trial_counts_on_the_day_it_is_judged(tmp_path: Path) -> None:
+    """A basket opened at 23:30 is judged two hours later: it is a trial of the next day (a run
+    at the end of its day could not have judged it), one opened at 10:00 a trial of its day."""
+    rows = []
+    for day in range(20):
+        for hour, minute in ((10, 0), (23, 30)):
+            t = datetime(2025, 1, 1, hour, minute, tzinfo=UTC) + timedelta(days=day)
+            rows += [(f"K{hour}", t, "basket"), (f"K{hour}", t + timedelta(minutes=5), "pay")]
+    rows.append(("K0", datetime(2025, 1, 21, 23, 59, tzinfo=UTC), "basket"))
+    table = pa.Table.from_pydict(
+        {
+            "event_id": [f"e{i}" for i in range(len(rows))],
+            "customer_id": [r[0] for r in rows],
+            "timestamp": [r[1] for r in rows],
+            "event_type": [r[2] for r in rows],
+            "channel": [None] * len(rows),
+            "value": [None] * len(rows),
+            "session_id": [None] * len(rows),
+            "properties": [None] * len(rows),
+        },
+        schema=NORMALISED_EVENT_SCHEMA,
+    )
+    write_lake(tmp_path / "lake", table)
+    settings = MonitorSettings(
+        steps=[{"name": "pay", "from": ["basket"], "success": ["pay"], "within_hours": 2}]
+    )
+    kpis = run_monitor(tmp_path / "lake", settings).kpis
+    trials = kpis[(kpis["kpi"] == "step_conversion") & (kpis["step"] == "pay")]
+    per_day = dict(zip(trials["period"], trials["denominator"], strict=True))
+    assert per_day[date(2025, 1, 1)] == 1  # 10:00 only; 23:30 is judged on 2 January
+    assert per_day[date(2025, 1, 2)] == 2
+    # 21 January: the 23:30 basket of the 20th; its own 23:59 basket is judged after the log
+    assert per_day[date(2025, 1, 21)] == 1
+
+
 def test_a_loop_pair_is_watched_from_the_day_the_log_held_it() -> None:
     """A pair's series exists once the log holds ``loop_min_total`` looping sessions: an alert
     never opens before then (the replay must not know what the log held later)."""
