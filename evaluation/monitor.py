@@ -11,9 +11,9 @@ property such as a clickstream's ``platform``, or a column of the customers tabl
   two or more error events within the step's time (*repeated errors*), and the share followed
   by a support contact (*support after the step*). A trial counts in the period it is judged
   in (the step's time after it starts), so a period's trials are complete when it ends and a
-  daily run judges yesterday evening's checkouts today, not tomorrow. Steps are listed in the config, and derived
-  from the journey map (consecutive events of the map up to the conversion), never from one
-  log's vocabulary;
+  daily run judges yesterday evening's checkouts today, not tomorrow. Steps are listed in the
+  config, and derived from the journey map (consecutive events of the map up to the
+  conversion), never from one log's vocabulary;
 - **rates per active customer**: complaints, support contacts, error events;
 - **NPS detractors**: the share of NPS answers of 6 or less;
 - **loops**: sessions that go back and forth between two mapped events (A → B → A), per
