@@ -558,10 +558,10 @@ class DecisionEngine:
         """The answer first given to ``request``, or None when the key is not stored."""
         try:
             stored = self.state.find_request(request)
-        except Exception as exc:  # the store is down: the decision itself will fall back
+        except STORE_ERRORS as exc:  # the store is down: the decision itself will fall back
             if not missing_ok:
                 raise
-            logger.error("request ids unreadable, state store unavailable: %s", type(exc).__name__)
+            logger.warning("request ids unreadable, state store unavailable: %s", _first_line(exc))
             return None
         if stored is None:
             if missing_ok:

@@ -52,7 +52,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -560,6 +562,8 @@ class StateStore:
 
     def find_request(self, request: RequestKey) -> StoredRequest | None:
         """The unexpired first use of a request key, or None."""
+        if self.breaker is not None:
+            self.breaker.check()  # a store known to be down is not waited for
         with self.engine.connect() as conn:
             return self._request_row(conn, request)
 
@@ -1303,15 +1307,23 @@ def _create_engine(url: str, timeout_ms: float | None = None) -> sa.Engine:
     if backend == "postgresql":
         # hide_parameters: an error's text never carries a row's values (customer ids)
         connect_args: dict[str, Any] = {"connect_timeout": max(1, math.ceil(wait_ms / 1000))}
-        if timeout_ms is not None:
-            connect_args["options"] = f"-c statement_timeout={wait_ms} -c lock_timeout={wait_ms}"
-        return sa.create_engine(
+        if timeout_ms is None:  # batch jobs: the server's timeouts and a pre-ping suffice
+            return sa.create_engine(
+                parsed,
+                pool_pre_ping=True,
+                hide_parameters=True,
+                pool_timeout=max(wait_ms / 1000, 0.001),
+                connect_args=connect_args,
+            )
+        connect_args["options"] = f"-c statement_timeout={wait_ms} -c lock_timeout={wait_ms}"
+        engine = sa.create_engine(
             parsed,
-            pool_pre_ping=True,
             hide_parameters=True,
             pool_timeout=max(wait_ms / 1000, 0.001),
             connect_args=connect_args,
         )
+        _bound_postgres_calls(engine, 2 * wait_ms / 1000)
+        return engine
     if backend != "sqlite":
         raise ValueError(f"state store: unsupported database {backend!r} (SQLite or PostgreSQL)")
     database = parsed.database or ""
@@ -1331,6 +1343,123 @@ def _create_engine(url: str, timeout_ms: float | None = None) -> sa.Engine:
     )
     event.listen(engine, "connect", lambda conn, record: _sqlite_pragmas(conn, record, wait_ms))
     return engine
+
+
+def _bound_postgres_calls(engine: sa.Engine, seconds: float) -> None:
+    """Bounds every use of the engine's PostgreSQL connections by the client's own clock.
+
+    PostgreSQL's statement and lock timeouts are enforced by the server, so a server that
+    hangs (paused, overloaded, a network that drops packets without a reset) enforces
+    nothing, and psycopg waits on its socket without a limit; libpq's ``connect_timeout``
+    is whole seconds, at least 2. Here a connection is opened within ``seconds``, and one
+    checked out of the pool (its liveness ping, every statement, the commit and the
+    rollback on return) is closed by the watchdog once it has been held ``seconds``: the
+    call waiting on it fails with an OperationalError, which the store's breaker takes as
+    the store being down. ``seconds`` is twice the statement timeout, so a call that waits
+    for a lock up to that timeout and then writes is not cut.
+    """
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, _rec: Any, cargs: Any, cparams: Any) -> Any:
+        return _connect_within(lambda: dialect.connect(*cargs, **cparams), seconds)
+
+    @event.listens_for(engine, "checkout")
+    def checkout(dbapi_connection: Any, rec: Any, _proxy: Any) -> None:
+        _WATCHDOG.arm(id(rec), dbapi_connection.fileno(), seconds)
+        try:  # the pre-ping, under the watchdog (SQLAlchemy's own runs before this event)
+            dbapi_connection.execute("SELECT 1")
+            if not dbapi_connection.autocommit:
+                dbapi_connection.rollback()
+        except Exception as exc:
+            _WATCHDOG.disarm(id(rec))
+            raise sa.exc.DisconnectionError(f"{type(exc).__name__}: {exc}") from exc
+
+    def disarm(_dbapi_connection: Any, rec: Any, *_: Any) -> None:
+        _WATCHDOG.disarm(id(rec))
+
+    for name in ("checkin", "invalidate", "soft_invalidate", "close", "detach"):
+        event.listen(engine, name, disarm)
+
+
+def _connect_within(connect: Callable[[], Any], seconds: float) -> Any:
+    """``connect()`` run in a helper thread and given up after ``seconds`` (a connection
+    that arrives later is closed)."""
+    box: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            conn = connect()
+        except BaseException as exc:
+            box["error"] = exc
+            return
+        with lock:
+            if box.get("abandoned"):
+                conn.close()
+            else:
+                box["conn"] = conn
+
+    thread = threading.Thread(target=run, name="state-store-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    with lock:
+        if "conn" in box:
+            return box["conn"]
+        if "error" in box:
+            raise box["error"]
+        box["abandoned"] = True
+    import psycopg
+
+    raise psycopg.errors.ConnectionTimeout(f"no connection within {seconds * 1000:.0f} ms")
+
+
+class _Watchdog:
+    """Closes the sockets of connections held past their deadline (one thread a process)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, int, float]] = {}  # key -> (deadline, fd, seconds)
+        self._thread: threading.Thread | None = None
+
+    def arm(self, key: int, fd: int, seconds: float) -> None:
+        with self._cond:
+            self._armed[key] = (time.monotonic() + seconds, fd, seconds)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="state-store-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self, key: int) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._armed:
+                    self._cond.wait()
+                    continue
+                key, (deadline, fd, seconds) = min(self._armed.items(), key=lambda kv: kv[1][0])
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                del self._armed[key]
+                try:  # a shutdown wakes the thread waiting on the socket with an EOF
+                    with socket.socket(fileno=os.dup(fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed
+                    continue
+            logger.warning(
+                "state store: a call held its connection over %.0f ms, the connection was "
+                "closed (the database does not answer)",
+                seconds * 1000,
+            )
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, busy_ms: int = _SQLITE_BUSY_MS) -> None:

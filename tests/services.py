@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +60,31 @@ def require_binary(name: str) -> str:
     require(path is not None, f"the program {name!r}")
     assert path is not None
     return path
+
+
+@contextmanager
+def unwritable(*paths: Path) -> Iterator[None]:
+    """Makes files truly unwritable for the block, for every process, root included.
+
+    The suite runs as root in CI, where ``chmod`` changes nothing (and for any user it
+    changes only later opens, not the descriptors a server already holds): the files get
+    the immutable attribute (``chattr +i``), after which every write, through a descriptor
+    opened before too, fails with EPERM as on a file system remounted read-only. Without
+    root (CAP_LINUX_IMMUTABLE) or ``chattr`` the test skips, or fails under CI. The files
+    are made writable again on the way out, even when the block fails.
+
+    SQLite's shared-memory file (``-shm``) must not be passed: it is mapped in memory, and
+    writing to an immutable mapping kills the process (SIGBUS) instead of failing a call.
+    """
+    targets = [p for p in paths if p.exists()]
+    chattr = shutil.which("chattr")
+    require(chattr is not None and os.geteuid() == 0, "root and chattr (an unwritable file)")
+    assert chattr is not None
+    done = subprocess.run(
+        [chattr, "+i", *map(str, targets)], capture_output=True, text=True, check=False
+    )
+    require(done.returncode == 0, f"chattr +i in {targets[0].parent}: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", *map(str, targets)], check=True)

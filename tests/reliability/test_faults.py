@@ -27,6 +27,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.reliability.conftest import FaultRig, H
+from tests.services import unwritable
 
 pytestmark = pytest.mark.slow
 
@@ -279,6 +280,39 @@ def test_state_store_locked_then_released(rig: FaultRig) -> None:
     wait_until(stored, RECOVERY_SECONDS)
     assert time.monotonic() - released < RECOVERY_SECONDS
     assert httpx.get(f"{rig.server.url}/readyz", timeout=30).status_code == 200
+    log = rig.server.log_text()
+    assert d["customer_id"] not in log and "[parameters" not in log
+
+
+def test_state_store_unwritable_then_restored(rig: FaultRig) -> None:
+    """The database and its write-ahead log immutable (root's read-only file system, where
+    chmod changes nothing): 503 on feedback, decisions unlogged, readiness 503; writable
+    again, service resumes by itself without a restart."""
+    d = nba(rig, 7).json()
+    assert d["logged"] is True
+    db = rig.state_db
+    with unwritable(db, db.with_name(db.name + "-wal")):
+        feedback = rig.server.post(
+            "/v1/feedback", {"decision_id": d["decision_id"], "outcome": "clicked"}
+        )
+        assert feedback.status_code == 503, feedback.text
+        assert "state store unavailable" in feedback.json()["error"]
+        assert d["decision_id"] not in feedback.text and d["customer_id"] not in feedback.text
+        decided = nba(rig, 8)
+        assert decided.status_code == 200 and decided.json()["logged"] is False
+        assert decided.json()["fallback_reason"] == "state_store_unavailable"
+        ready = httpx.get(f"{rig.server.url}/readyz", timeout=30)
+        assert ready.status_code == 503 and not ready.json()["components"]["state_store"]["ok"]
+    restored = time.monotonic()
+
+    def stored() -> bool:
+        r = rig.server.post("/v1/feedback", {"decision_id": d["decision_id"], "outcome": "clicked"})
+        return r.status_code == 200
+
+    wait_until(stored, RECOVERY_SECONDS)
+    assert time.monotonic() - restored < RECOVERY_SECONDS
+    assert httpx.get(f"{rig.server.url}/readyz", timeout=30).status_code == 200
+    assert nba(rig, 8).json()["logged"] is True
     log = rig.server.log_text()
     assert d["customer_id"] not in log and "[parameters" not in log
 

@@ -8,15 +8,19 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 
 import serving.state as state_module
 from serving.runtime import Runtime
 from serving.schemas import FeedbackRequest
+from serving.state import RequestKey
+from tests.services import unwritable
 from tests.serving.conftest import ServingWorkspace, serving_settings
 
 
@@ -62,6 +66,34 @@ def test_a_locked_state_store_answers_503_and_service_resumes_by_itself(
     wait_for(lambda: runtime.feedback(feedback).status == 200, 5)
     assert runtime.readiness()["ready"]
     assert runtime.engine.decide(cid).logged
+    logged = caplog.text
+    assert cid not in logged and "[parameters" not in logged
+
+
+def test_an_unwritable_state_store_answers_503_and_service_resumes_by_itself(
+    runtime: Runtime, serving_ws: ServingWorkspace, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database file and its write-ahead log immutable (a read-only file system as
+    root sees it): every write fails with a disk I/O error or "readonly database", through
+    the connections the service already holds as well as new ones."""
+    cid = serving_ws.customers[2]
+    decision = runtime.engine.decide(cid)
+    assert decision.logged
+    feedback = FeedbackRequest(decision_id=decision.decision_id, outcome="clicked")
+    db = tmp_path / "state.db"
+    with unwritable(db, db.with_name("state.db-wal")):
+        reply = runtime.feedback(feedback)
+        assert reply.status == 503 and "state store unavailable" in reply.body["error"]
+        assert decision.decision_id not in str(reply.body) and cid not in str(reply.body)
+        assert not runtime.readiness()["components"]["state_store"]["ok"]
+        fallback = runtime.engine.decide(serving_ws.customers[3])
+        assert fallback.fallback_reason == "state_store_unavailable" and not fallback.logged
+        assert runtime.feedback(feedback).status == 503  # still down: no write got through
+    wait_for(lambda: runtime.feedback(feedback).status == 200, 5)
+    assert runtime.readiness()["ready"]
+    again = runtime.engine.decide(serving_ws.customers[3])
+    assert again.logged and again.fallback_reason is None
+    assert runtime.state.decision(again.decision_id) is not None
     logged = caplog.text
     assert cid not in logged and "[parameters" not in logged
 
@@ -116,3 +148,32 @@ def test_a_failing_checkpointer_is_a_warning_and_a_readiness_detail(
     state = runtime.readiness()["components"]["state_store"]
     assert state["ok"] and "checkpoints failing" in state["detail"]
     assert "disk I/O error" in state["detail"]
+
+
+def test_request_ids_fall_back_on_store_errors_only(
+    runtime: Runtime,
+    serving_ws: ServingWorkspace,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Reading a request id: the store's own error is a warning with its message (the
+    decision goes on, and falls back if the store stays down); a programming error is raised
+    with its traceback, not taken for "no such request"."""
+    cid = serving_ws.customers[5]
+    key = RequestKey("all", "retry-1", datetime.now(UTC) + timedelta(hours=1))
+
+    def down(request: RequestKey) -> Any:
+        raise sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(runtime.state, "find_request", down)
+    with caplog.at_level(logging.WARNING, logger="serving.engine"):
+        decision = runtime.engine.decide(cid, request=key)
+    assert decision.action  # answered
+    assert "database is locked" in caplog.text and cid not in caplog.text
+
+    def bug(request: RequestKey) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'answer'")
+
+    monkeypatch.setattr(runtime.state, "find_request", bug)
+    with pytest.raises(AttributeError, match="has no attribute 'answer'"):
+        runtime.engine.decide(cid, request=RequestKey("all", "retry-2", key.expires_at))
