@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from serving.config import ServingSettings
-from training.bundle import MANIFEST_TAG, ModelBundle, load_model_bundle
+from training.bundle import MANIFEST_TAG, BundleError, ModelBundle, load_model_bundle
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -63,6 +63,9 @@ class ModelSet:
         self._download_root = Path(tempfile.mkdtemp(prefix="journeyml-models-"))
         self._fingerprint: tuple[tuple[str, str, str], ...] | None = None
         self._registry_db: Any = None
+        # role -> (version, expected checksum) of a bundle that failed verification: not
+        # downloaded again until the alias moves to another version or the checksum changes
+        self._refused: dict[str, tuple[str, str | None]] = {}
 
     # -- reading -------------------------------------------------------------------------
 
@@ -120,21 +123,30 @@ class ModelSet:
             if loaded is not None and loaded.version == version:
                 self._errors.pop(role, None)
                 continue
+            expected = (mv.tags or {}).get(MANIFEST_TAG)
+            if self._refused.get(role) == (version, expected):
+                continue  # failed verification already; its error stays in readiness
             folder = self._download_root / f"{name}-{version}-{time.time_ns()}"
             try:
                 bundle = load_model_bundle(
-                    f"models:/{name}/{version}",
-                    expected_manifest_sha256=(mv.tags or {}).get(MANIFEST_TAG),
-                    dst_path=folder,
+                    f"models:/{name}/{version}", expected_manifest_sha256=expected, dst_path=folder
                 )
                 bundle.prepare_row_path()  # here, not in the first request after the load
             except Exception as exc:
-                # the download is removed: a champion that fails verification is tried again
-                # every refresh, and its copies filled the temporary folder
-                shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)  # a failed download leaves nothing
                 self._errors[role] = f"{name} v{version} failed to load: {exc}"
-                logger.error("%s v%s failed to load: %s", name, version, exc, exc_info=True)
+                if isinstance(exc, BundleError):
+                    # altered or incomplete: the same version would fail the same way, so it is
+                    # not downloaded again every refresh (a transient error is retried)
+                    self._refused[role] = (version, expected)
+                    logger.error(
+                        "%s v%s failed verification, not retried until %s@%s moves: %s",
+                        name, version, name, self.settings.models.alias, exc,
+                    )  # fmt: skip
+                else:
+                    logger.error("%s v%s failed to load: %s", name, version, exc, exc_info=True)
                 continue
+            self._refused.pop(role, None)
             current[role] = LoadedModel(role, name, version, bundle)
             self._errors.pop(role, None)
             changed.append(role)

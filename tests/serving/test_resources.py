@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import serving.cli as cli
+import training.bundle as bundle_module
 from journeyml.config import CONFIG_DIR
 from serving.models import ModelSet
 from tests.serving.conftest import ServingWorkspace, serving_settings
@@ -17,29 +18,46 @@ from training.bundle import MANIFEST_TAG
 from training.tracking import use_tracking_uri
 
 
-def test_a_champion_that_fails_verification_leaves_no_download(
-    serving_ws: ServingWorkspace, tmp_path: Path
+def test_a_champion_that_fails_verification_is_not_downloaded_again_until_it_moves(
+    serving_ws: ServingWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = serving_settings(serving_ws, tmp_path)
     real = use_tracking_uri(settings.resolved_tracking_uri())
+    tampered = {"on": True}
 
     class Tampered:
-        """The registry, except that every version's manifest checksum is wrong."""
+        """The registry, except that every version's manifest checksum is wrong while on."""
 
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
         def get_model_version_by_alias(self, name: str, alias: str) -> Any:
             mv = real.get_model_version_by_alias(name, alias)
-            mv._tags = {**(mv.tags or {}), MANIFEST_TAG: "0" * 64}
+            if tampered["on"]:
+                mv._tags = {**(mv.tags or {}), MANIFEST_TAG: "0" * 64}
             return mv
 
+    downloads: list[str] = []
+
+    def counted(uri: str, **kwargs: Any) -> Any:
+        downloads.append(uri)
+        return bundle_module.load_model_bundle(uri, **kwargs)
+
     models = ModelSet(settings, client=Tampered())  # type: ignore[arg-type]
+    monkeypatch.setattr("serving.models.load_model_bundle", counted)
     root = models._download_root
-    for _ in range(3):  # the refresh retries a failed champion every round
+    for _ in range(3):  # a refresh round every refresh_seconds
         models.refresh()
     assert set(models.errors) >= {"churn", "conversion"} and not models.ready()
+    assert "failed verification" not in str(models.errors)  # the error is the bundle's own
+    assert "does not match" in models.errors["churn"]
+    roles = len({u.split("/")[1] for u in downloads})
+    assert len(downloads) == roles, downloads  # once per model, not once per round
     assert list(root.iterdir()) == []
+    tampered["on"] = False  # the registry's checksum moves (as when the alias moves)
+    models.refresh()
+    assert models.ready() and "churn" not in models.errors
+    assert len(downloads) > roles
     models.stop()
     assert not root.exists()
 
