@@ -116,6 +116,22 @@ def test_score_many_and_the_batch_limit(api: TestClient, serving_ws: ServingWork
     assert r.status_code == 400 and "at most 100" in r.json()["error"]
 
 
+def test_score_answers_every_copy_of_a_repeated_id(
+    api: TestClient, serving_ws: ServingWorkspace
+) -> None:
+    """A repeated id gets the same answer at each place (the earlier copies were answered
+    as unknown customers), in the order asked, beside the other ids."""
+    a, b = serving_ws.customers[6], serving_ws.customers[7]
+    ids = [a, b, a, "nobody", a, "nobody"]
+    r = api.post("/v1/score", json={"customer_ids": ids}, headers=H)
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["customer_id"] for x in results] == ids
+    assert [x["known"] for x in results] == [True, True, True, False, True, False]
+    assert results[0] == results[2] == results[4]
+    assert results[1]["churn_risk"] is not None
+
+
 def test_feedback_is_idempotent_and_unknown_decisions_are_404(
     api: TestClient, serving_ws: ServingWorkspace
 ) -> None:
