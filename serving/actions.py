@@ -138,6 +138,14 @@ class ContactPolicy(StrictModel):
     suppress_days: PositiveInt = 30
 
 
+class CapacityLimits(StrictModel):
+    """A list's volume limits: at most N customers per action and per channel (a call
+    centre's calls a week); a list assigns within them (:mod:`serving.capacity`)."""
+
+    actions: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    channels: dict[str, NonNegativeInt] = Field(default_factory=dict)
+
+
 class ActionsCatalog(StrictModel):
     """The validated catalog; build it with :func:`load_actions` (rules compiled, names
     checked). A catalog built directly compiles its rules on first use, unchecked."""
@@ -148,6 +156,7 @@ class ActionsCatalog(StrictModel):
     actions: list[Action] = Field(min_length=1)
     contact_policy: ContactPolicy
     consent: ConsentSettings = ConsentSettings()
+    capacity: CapacityLimits = CapacityLimits()
 
     _stages: dict[str, list[tuple[Stage, Rule]]] = PrivateAttr(default_factory=dict)
 
@@ -247,6 +256,15 @@ def _problems(
                     continue
                 compiled.append((stage, rule))
         stages[action.id] = compiled
+    for action_id in catalog.capacity.actions:
+        if action_id not in seen:
+            problems.append(
+                f"capacity.actions.{action_id}: " + _unknown("action", action_id, catalog.ids)
+            )
+    used = list(dict.fromkeys(a.channel for a in catalog.actions))
+    for channel in catalog.capacity.channels:
+        if channel not in used:
+            problems.append(f"capacity.channels.{channel}: " + _unknown("channel", channel, used))
     column = catalog.consent.column
     if column is not None and column not in kinds and any(a.marketing for a in catalog.actions):
         close = difflib.get_close_matches(column, sorted(kinds), n=3, cutoff=0.6)

@@ -65,7 +65,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from journeyml.config import JourneyMap, load_journey_map
-from serving.actions import load_decision_catalogs
+from serving.actions import Action, load_decision_catalogs
+from serving.capacity import Capacity, assign, best_choice, usage
 from serving.config import ServingSettings
 from serving.consent import REFUSED, UNKNOWN, consent_of_frame
 from serving.engine import (
@@ -173,6 +174,7 @@ class ListSummary:
     incremental_value: float = 0.0  # total over the listed customers (holdout: none)
     rank_by: str = "incremental_value"
     diff: dict[str, Any] = field(default_factory=dict)  # against the previous list
+    capacity: dict[str, Any] = field(default_factory=dict)  # limits, use, value given up
     model_versions: dict[str, str] = field(default_factory=dict)
     policy_version: str = ""
     filters: dict[str, Any] = field(default_factory=dict)
@@ -569,6 +571,7 @@ def churn_risk_list(
     chunk_rows: int = 100_000,
     split_by: str | None = None,
     previous: Path | None = None,
+    capacity: Capacity | None = None,
 ) -> ListSummary:
     """Writes ``<out_dir>/<name>.csv``, ``.parquet`` and ``.json`` (the summary), atomically.
 
@@ -580,6 +583,7 @@ def churn_risk_list(
         split_by: ``action`` or ``channel``: also one CSV per recommended action or channel.
         previous: the list to diff against (default: ``<out_dir>/<name>.parquet``, when
             there); the diff's counts go in the summary, its rows in ``<name>_diff.csv``.
+        capacity: volume limits besides the catalog's (these win where both set one).
     """
     check_outputs(split_by, previous)
     started = time.perf_counter()
@@ -620,8 +624,9 @@ def churn_risk_list(
         if filters.segments:
             summary.other_segment = count_customers(snapshots, as_of) - summary.customers_read
         outputs = _write_sorted(
-            work, parts, out_dir, name, filters, summary, schema, split_by, previous
-        )
+            work, parts, out_dir, name, filters, summary, schema, split_by, previous,
+            engine.actions, list_capacity(engine, capacity),
+        )  # fmt: skip
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.outputs = [str(p) for p in outputs]
         json_path = out_dir / f"{name}.json"
@@ -641,6 +646,12 @@ def churn_risk_list(
         summary.seconds,
     )
     return summary
+
+
+def list_capacity(engine: DecisionEngine, extra: Capacity | None) -> Capacity:
+    """The catalog's volume limits with ``extra``'s (the command line's) over them."""
+    limits = engine.catalog.capacity
+    return Capacity(dict(limits.actions), dict(limits.channels)).merged(extra or Capacity())
 
 
 def check_outputs(split_by: str | None, previous: Path | None) -> None:
@@ -676,10 +687,13 @@ def _write_sorted(
     schema: pa.Schema,
     split_by: str | None = None,
     previous: Path | None = None,
+    actions: Sequence[Action] = (),
+    capacity: Capacity | None = None,
 ) -> list[Path]:
     """Sorts the parts into the final CSV and Parquet (and, with ``split_by``, one CSV per
     action or channel; with a previous list, the diff against it); every file replaces the old
-    one at the end."""
+    one at the end. With ``capacity``, the actions are first assigned within the limits
+    (:func:`serving.capacity.assign`, over every listed customer)."""
     csv_tmp, parquet_tmp = work / f"{name}.csv", work / f"{name}.parquet"
     if previous is None and (out_dir / f"{name}.parquet").exists():
         previous = out_dir / f"{name}.parquet"
@@ -694,6 +708,8 @@ def _write_sorted(
             empty = pa.Table.from_pylist([], schema=schema)
             con.register("empty_list", empty)
             source = "empty_list"
+        if capacity:
+            source = _capacity_source(con, source, work, actions, capacity, summary)
         top = filters.top
         limit = f"LIMIT {int(top)}" if top is not None else ""
         columns = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -746,6 +762,65 @@ def _write_sorted(
     for tmp, target in written:
         tmp.replace(target)
     return [target for _, target in written]
+
+
+def _capacity_source(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    work: Path,
+    actions: Sequence[Action],
+    capacity: Capacity,
+    summary: ListSummary,
+) -> str:
+    """The parts with the actions assigned within ``capacity``: one batch read of every
+    listed customer's net values (the holdout's are NaN: it gets nothing, uses nothing), one
+    assignment, one join back. Fills ``summary.capacity``."""
+    ids = [a.id for a in actions]
+    nets = ", ".join(f'"{NET_PREFIX}{a}"' for a in ids)
+    frame = con.execute(f"SELECT customer_id, {nets} FROM {source}").df()
+    values = frame[[f"{NET_PREFIX}{a}" for a in ids]].to_numpy(dtype=float)
+    channels = [a.channel for a in actions]
+    result = assign(values, channels, ids, capacity)
+    best = best_choice(values)
+    rows = np.flatnonzero(best >= 0)  # who had an action to give: the others keep "none"
+    choice = result.choice[rows]
+    some = choice >= 0
+    net = np.zeros(len(rows))
+    net[some] = values[rows[some], choice[some]]
+    cost = np.array([a.cost for a in actions])
+    ids_of = np.array([*ids, NO_ACTION], dtype=object)
+    channel_of = np.array([*channels, None], dtype=object)
+    table = pa.table(
+        {
+            "customer_id": frame["customer_id"].to_numpy(dtype=object)[rows],
+            "c_action": ids_of[choice],
+            "c_channel": channel_of[choice],
+            "c_net": net,
+            "c_gross": np.where(some, net + cost[np.clip(choice, 0, None)], 0.0),
+        }
+    )
+    path = work / "capacity.parquet"
+    pq.write_table(table, path)
+    changed = choice != best[rows]
+    summary.capacity = {
+        "limits": capacity.as_dict(),
+        "used": usage(result.choice, channels, ids, capacity),
+        "value_without_limits": round(result.unconstrained, 6),
+        "value_within_limits": round(result.value, 6),
+        "value_given_up": round(result.given_up, 6),
+        "customers_moved": int((changed & some).sum()),  # to another action
+        "customers_dropped": int((changed & ~some).sum()),  # to no action
+    }
+    return (
+        f"(SELECT s.* REPLACE ("
+        f"coalesce(c.c_action, s.recommended_action) AS recommended_action, "
+        f"CASE WHEN c.customer_id IS NULL THEN s.channel ELSE c.c_channel END AS channel, "
+        f"coalesce(c.c_net, s.incremental_value) AS incremental_value, "
+        f"coalesce(c.c_gross, s.expected_value) AS expected_value, "
+        f"CASE WHEN s.holdout THEN s.{BEST_VALUE} ELSE coalesce(c.c_net, s.{BEST_VALUE}) END "
+        f"AS {BEST_VALUE}) "
+        f"FROM {source} s LEFT JOIN read_parquet('{_sql(str(path))}') c USING (customer_id))"
+    )
 
 
 def _split_files(

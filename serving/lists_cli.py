@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from serving.capacity import Capacity
     from serving.config import ServingSettings
     from serving.engine import DecisionEngine
     from serving.lists import ListFilters, ListSummary
@@ -83,6 +84,13 @@ def churn_risk(
         "--previous",
         help="The list to compare with (default: the list already in the output folder).",
     ),
+    capacity: list[str] = typer.Option(
+        [],
+        "--capacity",
+        help="NAME=N: at most N customers for this action or channel (repeat for several; "
+        "over the catalog's capacity section); assigned to maximise the total incremental "
+        "value.",
+    ),
     chunk_rows: int = typer.Option(100_000, "--chunk-rows", min=1, help="Customers per chunk."),
     engine_name: str = typer.Option(
         "duckdb",
@@ -95,6 +103,7 @@ def churn_risk(
     from features.store import Workspace
     from journeyml.clock import data_clock
     from journeyml.config import ConfigError
+    from serving.capacity import CapacityError, parse_capacity
     from serving.config import load_serving_settings
     from serving.lists import (
         ListError,
@@ -120,10 +129,11 @@ def churn_risk(
             raise ListError(f"--engine must be duckdb or spark, not {engine_name!r}")
         engine = batch_engine(settings)
         try:
+            limits = parse_capacity(capacity, engine.actions)
             if engine_name == "spark":
                 summary = _spark_list(
                     settings, engine, data_dir, out, filters, features_time, clock.now,
-                    suppression, split_by, previous,
+                    suppression, split_by, previous, limits,
                 )  # fmt: skip
             else:
                 summary = churn_risk_list(
@@ -137,10 +147,11 @@ def churn_risk(
                     chunk_rows=chunk_rows,
                     split_by=split_by,
                     previous=previous,
+                    capacity=limits,
                 )
         finally:
             engine.state.close()
-    except (ConfigError, ListError) as exc:
+    except (ConfigError, ListError, CapacityError) as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     table = Table(title=f"Churn-risk list: {summary.listed:,} customers")
@@ -174,6 +185,18 @@ def churn_risk(
         f"Actions: {actions or 'none'}; expected incremental value of the list: "
         f"{summary.incremental_value:,.2f} (ranked by {summary.rank_by.replace('_', ' ')})"
     )
+    cap = summary.capacity
+    if cap:
+        used = "; ".join(
+            f"{name} {n:,} of {limit:,}"
+            for kind in ("actions", "channels")
+            for name, (n, limit) in cap["used"][kind].items()
+        )
+        console.print(
+            f"Capacity: {used}; value within the limits {cap['value_within_limits']:,.2f}, "
+            f"given up by them {cap['value_given_up']:,.2f} ({cap['customers_moved']:,} "
+            f"customers moved to another action, {cap['customers_dropped']:,} to none)"
+        )
     diff = summary.diff
     if diff.get("previous"):
         console.print(
@@ -200,6 +223,7 @@ def _spark_list(
     suppression: set[str] | None,
     split_by: str | None = None,
     previous: Path | None = None,
+    capacity: Capacity | None = None,
 ) -> ListSummary:
     """The list decided on Spark (the session the feature settings' ``spark:`` describe)."""
     from features.settings import load_feature_settings
@@ -225,4 +249,5 @@ def _spark_list(
         output_files=spark_settings.output_files,
         split_by=split_by,
         previous=previous,
+        capacity=capacity,
     )

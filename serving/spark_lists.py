@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 
 from journeyml.config import load_journey_map
+from serving.capacity import Capacity
 from serving.config import ServingSettings
 from serving.engine import DecisionEngine
 from serving.lists import (
@@ -49,6 +50,7 @@ from serving.lists import (
     check_outputs,
     contact_policy_state,
     decide_chunk,
+    list_capacity,
     list_summary,
     part_schema,
 )
@@ -279,6 +281,7 @@ def churn_risk_list_spark(
     output_files: int = 8,
     split_by: str | None = None,
     previous: Path | None = None,
+    capacity: Capacity | None = None,
 ) -> ListSummary:
     """:func:`serving.lists.churn_risk_list` with the rows read and decided by Spark.
 
@@ -342,12 +345,14 @@ def churn_risk_list_spark(
             summary.other_segment = everyone.count() - summary.customers_read
         n_parts = len(list(parts.glob("part-*.parquet")))
         outputs = _write_sorted(
-            parts, n_parts, out_dir, name, filters, summary, schema, split_by, previous
-        )
+            parts, n_parts, out_dir, name, filters, summary, schema, split_by, previous,
+            engine.actions, list_capacity(engine, capacity),
+        )  # fmt: skip
         target = out_dir / f"{name}_parts"
         shutil.rmtree(target, ignore_errors=True)
         for leftover in parts.glob(f"{name}*.csv"):
             leftover.unlink(missing_ok=True)
+        (parts / "capacity.parquet").unlink(missing_ok=True)
         (parts / f"{name}.parquet").unlink(missing_ok=True)
         parts.rename(target)
         summary.seconds = round(time.perf_counter() - started, 3)
