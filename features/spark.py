@@ -129,7 +129,7 @@ def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-class _Hadoop:
+class HadoopFiles:
     """The Hadoop file system behind a URI (local, HDFS, S3A, ABFS, ...), through the JVM."""
 
     def __init__(self, spark: SparkSession, uri: str):
@@ -159,7 +159,7 @@ class _Hadoop:
         return False
 
 
-def _sibling(uri: str, prefix: str) -> str:
+def sibling_uri(uri: str, prefix: str) -> str:
     head, _, name = uri.rstrip("/").rpartition("/")
     return f"{head}/.{name}.{prefix}" if head else f".{name}.{prefix}"
 
@@ -333,7 +333,7 @@ def build_snapshots_spark(
 
     started = time.perf_counter()
     events_uri = join_uri(lake, EVENTS_DIR)
-    fs = _Hadoop(spark, events_uri)
+    fs = HadoopFiles(spark, events_uri)
     if not fs.has_parquet(events_uri):
         raise FeatureBuildError(
             f"no ingested events under {events_uri}: run `journeyml events ingest` first"
@@ -348,7 +348,7 @@ def build_snapshots_spark(
         catalog.settings.profile_attributes,
     )
     span = customer_span(spark)
-    tmp = _sibling(out, f"tmp-{uuid.uuid4().hex[:8]}")
+    tmp = sibling_uri(out, f"tmp-{uuid.uuid4().hex[:8]}")
     try:
         # as microseconds: PySpark turns timestamps into the Python process's local time
         first_us, last_us, most = spark.sql(
@@ -357,7 +357,7 @@ def build_snapshots_spark(
         ).collect()[0]
         if first_us is None or last_us is None:
             raise FeatureBuildError(f"the lake at {lake} has no customer activity events")
-        first, last = _from_us(first_us), _from_us(last_us)
+        first, last = from_unix_micros(first_us), from_unix_micros(last_us)
         if as_of is not None and as_of <= first:
             raise FeatureBuildError(
                 f"--as-of {as_of.isoformat()} is before the first event ({first.isoformat()})"
@@ -377,7 +377,7 @@ def build_snapshots_spark(
         rows, customers_n, n_snap = written.selectExpr(
             "COUNT(*)", f"COUNT(DISTINCT {ENTITY})", f"COUNT(DISTINCT {TIMESTAMP_FIELD})"
         ).collect()[0]
-        _replace(fs, tmp, out)
+        replace_output(fs, tmp, out)
     except Exception:
         if fs.exists(tmp):
             fs.delete(tmp)
@@ -405,10 +405,10 @@ def build_snapshots_spark(
     return report
 
 
-def _replace(fs: _Hadoop, tmp: str, out: str) -> None:
+def replace_output(fs: HadoopFiles, tmp: str, out: str) -> None:
     """Moves ``tmp`` to ``out``, the previous ``out`` deleted only once the new one is there."""
     if fs.exists(out):
-        old = _sibling(out, f"old-{uuid.uuid4().hex[:8]}")
+        old = sibling_uri(out, f"old-{uuid.uuid4().hex[:8]}")
         fs.rename(out, old)
         fs.rename(tmp, out)
         fs.delete(old)
@@ -416,5 +416,5 @@ def _replace(fs: _Hadoop, tmp: str, out: str) -> None:
         fs.rename(tmp, out)
 
 
-def _from_us(micros: int) -> datetime:
+def from_unix_micros(micros: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))

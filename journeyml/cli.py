@@ -23,7 +23,7 @@ from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
 from serving.cli import keygen, sample, serve
 from serving.lists_cli import app as lists_app
-from training.cli import promote, train
+from training.cli import promote, train, training_set
 
 app = typer.Typer(
     name="journeyml",
@@ -79,6 +79,7 @@ app.add_typer(
     features_app, name="features", help="Build journey features, load and read the feature store."
 )
 app.command("train")(train)
+app.command("training-set")(training_set)
 app.command("promote")(promote)
 app.command("serve")(serve)
 app.command("serve-keygen")(keygen)

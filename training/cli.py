@@ -84,6 +84,13 @@ def train(
         help="Decision log (every decision incl. 'none', with propensities) for the uplift "
         "model (default: decisions.parquet of the truth folder if any; else the event log).",
     ),
+    dataset: Path | None = typer.Option(
+        None,
+        "--dataset",
+        help="Train from this training set (`journeyml training-set`, e.g. built by Spark) "
+        "instead of labelling the lake; sampled by customer over the dataset: budget of "
+        "models.yaml.",
+    ),
 ) -> None:
     """Train models with baselines, log them to MLflow and register each as challenger."""
     from training.config import LOWER_IS_BETTER
@@ -114,6 +121,7 @@ def train(
             truth,
             decisions,
             skip_without_actions=model == "all",
+            dataset=dataset,
         )
     except (TrainingError, LabelError) as exc:
         err.print(f"[red]train: {exc}[/red]")
@@ -146,6 +154,82 @@ def train(
                 table.add_row("", "", metric, f"{r.metrics[metric]:.4f}", "", "", "")
     console.print(table)
     console.print("promote with [bold]journeyml promote[/bold] (gates in configs/models.yaml)")
+
+
+def training_set(
+    data_dir: Path = DataDir,
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        help="Where the set goes (a path, or a Hadoop-compatible URI with --engine spark; "
+        "default: training_set beside the feature snapshots).",
+    ),
+    engine: str = typer.Option(
+        "duckdb", "--engine", help="duckdb (one machine) or spark (the spark: section)."
+    ),
+    features_config: Path | None = typer.Option(
+        None, "--features-config", help="Feature settings (default: features.yaml of --config-dir)."
+    ),
+    journeys: Path | None = typer.Option(
+        None, "--journeys", help="Journey map (default: journeys.yaml of --config-dir)."
+    ),
+) -> None:
+    """Write the labelled training set (labels + features at every labelled cutoff) as Parquet,
+    for `journeyml train --dataset`."""
+    from features.settings import load_feature_settings
+    from features.store import Workspace
+    from journeyml.config import load_journey_map
+    from training.labels import LabelError
+    from training.training_set import TrainingSetReport, build_training_set
+
+    if engine not in ("duckdb", "spark"):
+        err.print(f"[red]--engine must be duckdb or spark, not {engine!r}[/red]")
+        raise typer.Exit(2)
+    try:
+        settings = load_feature_settings(str(features_config) if features_config else None)
+        journey_map = load_journey_map(journeys)
+    except ConfigError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ws = Workspace(data_dir)
+    report: TrainingSetReport
+    try:
+        if engine == "spark":
+            from features.spark import JavaMissingError, spark_session
+            from training.spark_labels import build_training_set_spark
+
+            snapshots = settings.spark.output or str(ws.snapshots)
+            target = out or f"{snapshots.rstrip('/').rpartition('/')[0]}/training_set"
+            try:
+                spark = spark_session(settings.spark)
+            except JavaMissingError as exc:
+                err.print(f"[red]training-set --engine spark: {exc}[/red]")
+                raise typer.Exit(2) from None
+            report = build_training_set_spark(
+                spark,
+                settings.spark.lake or str(ws.lake),
+                snapshots,
+                target,
+                journey_map,
+                settings,
+                settings.spark.output_files,
+            )
+        else:
+            target = out or str(ws.snapshots.parent / "training_set")
+            report = build_training_set(ws.lake, ws.snapshots, target, journey_map, settings)
+    except LabelError as exc:
+        err.print(f"[red]training-set: {exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table(title="training set", show_header=False)
+    table.add_row("rows", f"{report.rows:,} ({report.active_rows:,} active)")
+    table.add_row("customers", f"{report.customers:,}")
+    table.add_row("cutoffs", str(report.cutoffs))
+    table.add_row("features", str(report.features))
+    table.add_row("log end", report.log_end.isoformat())
+    table.add_row("engine", engine)
+    table.add_row("written to", report.path)
+    table.add_row("seconds", f"{report.seconds:.1f}")
+    console.print(table)
 
 
 def promote(

@@ -52,6 +52,19 @@ class FeatureReadSettings(StrictModel):
     calendar: tuple[Literal["calendar_month"], ...] = ("calendar_month",)
 
 
+class DatasetSettings(StrictModel):
+    """How ``journeyml train --dataset PATH`` reads a training set built elsewhere (Spark).
+
+    A set larger than either budget is sampled by customer (every row of a kept customer, at
+    every cutoff) at the rate that fits both; the rate is logged with each run.
+    """
+
+    max_rows: PositiveInt = 5_000_000
+    max_memory_mb: PositiveInt = Field(
+        default=4096, description="Budget for the set's uncompressed size as Parquet reports it."
+    )
+
+
 class TrackingSettings(StrictModel):
     """MLflow tracking; unset URIs mean the embedded SQLite store under the data folder."""
 
@@ -151,6 +164,7 @@ class TrainingConfig(StrictModel):
     num_threads: PositiveInt = 2
     split: SplitSettings = Field(default_factory=SplitSettings)
     features: FeatureReadSettings = Field(default_factory=FeatureReadSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)

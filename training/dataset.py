@@ -128,10 +128,12 @@ def read_features(
         fetched = _read_with_duckdb(spec, unique)
     out = keys.merge(fetched, on=[ENTITY, TIMESTAMP], how="left", validate="many_to_one")
     out.index = entities.index
-    return _normalise(out, spec)
+    return normalise_features(out, spec)
 
 
-def _normalise(frame: pd.DataFrame, spec: ServiceSpec) -> pd.DataFrame:
+def normalise_features(frame: pd.DataFrame, spec: ServiceSpec) -> pd.DataFrame:
+    """The entity columns and the service's features: numbers as float64, strings as object
+    (missing as None)."""
     cats = set(spec.categorical)
     cols: dict[str, object] = {ENTITY: frame[ENTITY].astype(str), TIMESTAMP: frame[TIMESTAMP]}
     for name in spec.features:

@@ -21,6 +21,11 @@ Only cutoffs whose longest horizon ends inside the log (``T + max horizon <= las
 are labelled. Event roles come from :func:`features.pipeline.event_roles` through
 ``register_inputs``, so pattern semantics live in one place (``JourneyMap``). Everything is one
 range join and one aggregation: no per-customer loops.
+
+The query is written once, in SQL that DuckDB runs and :func:`features.pipeline.to_spark_sql`
+transpiles for Spark (:mod:`training.spark_labels`): "the first event in a window" is
+``ARG_MIN(x, seq) FILTER (...)`` over a per-customer sequence number in (time, event id) order
+(Spark's ``MIN_BY``), not an ordered aggregate, which Spark lacks.
 """
 
 from __future__ import annotations
@@ -94,8 +99,13 @@ def register_label_roles(con: duckdb.DuckDBPyConnection, journey_map: JourneyMap
     con.unregister("churn_arrow")
 
 
-def label_query(journey_map: JourneyMap) -> str:
-    """SQL over ``events``, ``label_roles`` and ``entities(customer_id, cutoff)``."""
+def label_query(journey_map: JourneyMap, ordered: bool = True) -> str:
+    """SQL over ``events``, ``label_roles`` and ``entities(customer_id, cutoff)``.
+
+    Args:
+        ordered: sort the rows by cutoff and customer (the Spark engine leaves it out: its
+            writer partitions the rows itself).
+    """
     h = journey_map.horizons
     inactivity = journey_map.churn.inactivity_days
     lookback = inactivity if inactivity is not None else 365 * 100
@@ -116,18 +126,19 @@ def label_query(journey_map: JourneyMap) -> str:
     return f"""
 WITH ev AS (
     SELECT e.customer_id, e.timestamp AS ts, e.event_id, e.event_type,
-        r.stage_idx, r.is_activity, r.is_conversion, r.is_churn
+        r.stage_idx, r.is_activity, r.is_conversion, r.is_churn,
+        ROW_NUMBER() OVER (PARTITION BY e.customer_id ORDER BY e.timestamp, e.event_id) AS seq
     FROM events AS e JOIN label_roles AS r ON r.event_type = e.event_type
     WHERE r.is_activity = 1 OR r.is_conversion = 1 OR r.is_churn = 1
 ),
 moves AS (
-    SELECT customer_id, ts, event_id, stage_now
-    FROM ({stage_machine(staged, "customer_id", "ts, event_id")}) AS s
+    SELECT customer_id, ts, event_id, stage_now, seq
+    FROM ({stage_machine(staged, "customer_id", "ts, event_id", ("ROW_NUMBER() OVER w AS seq",))})
+        AS s
     WHERE stage_now IS NOT NULL AND stage_prior IS DISTINCT FROM stage_now
 ),
 next_move AS (
-    SELECT n.customer_id, n.cutoff, FIRST(ev.stage_now ORDER BY ev.ts, ev.event_id)
-        AS next_stage_idx
+    SELECT n.customer_id, n.cutoff, ARG_MIN(ev.stage_now, ev.seq) AS next_stage_idx
     FROM entities AS n
     JOIN moves AS ev ON ev.customer_id = n.customer_id AND {within(h.next_step_days)}
     GROUP BY n.customer_id, n.cutoff
@@ -142,7 +153,7 @@ agg AS (
         COUNT(ev.ts) FILTER (WHERE {within(h.churn_days)} AND ev.is_churn = 1) AS churn_events_h,
         COUNT(ev.ts) FILTER (WHERE {within(h.conversion_days)} AND ev.is_conversion = 1)
             AS conversions_h,
-        FIRST(ev.event_type ORDER BY ev.ts, ev.event_id)
+        ARG_MIN(ev.event_type, ev.seq)
             FILTER (WHERE {within(h.next_step_days)} AND ev.is_activity = 1) AS next_type
     FROM entities AS n
     LEFT JOIN ev ON ev.customer_id = n.customer_id
@@ -169,7 +180,7 @@ SELECT
     COALESCE(next_type, '{NONE_LABEL}') AS next_event_type,
     COALESCE(CASE next_stage_idx {stages} END, '{NONE_LABEL}') AS next_stage
 FROM flags
-ORDER BY cutoff, customer_id
+{"ORDER BY cutoff, customer_id" if ordered else ""}
 """
 
 
@@ -320,16 +331,22 @@ class SplitPlan:
         return out
 
 
-def held_out_customers(customer_ids: pd.Series | np.ndarray, share: float) -> np.ndarray:
-    """Whether each customer is in the held-out validation group: a fixed function of the id
-    (its sha256), so a customer is in the same group at every cutoff and in every run."""
+def customer_fraction(customer_ids: pd.Series | np.ndarray, salt: str = "") -> np.ndarray:
+    """A number in [0, 1) fixed by each customer id (its salted sha256): the same in every
+    run, uniform over customers. Different salts give independent draws."""
     ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
     unique = ids.drop_duplicates()
     fraction = {
-        c: int.from_bytes(hashlib.sha256(c.encode("utf-8")).digest()[:8], "big") / 2.0**64
+        c: int.from_bytes(hashlib.sha256((salt + c).encode("utf-8")).digest()[:8], "big") / 2.0**64
         for c in unique
     }
-    return ids.map(fraction).to_numpy(dtype=np.float64) < share
+    return ids.map(fraction).to_numpy(dtype=np.float64)
+
+
+def held_out_customers(customer_ids: pd.Series | np.ndarray, share: float) -> np.ndarray:
+    """Whether each customer is in the held-out validation group: a fixed function of the id
+    (its sha256), so a customer is in the same group at every cutoff and in every run."""
+    return customer_fraction(customer_ids) < share
 
 
 def plan_splits(cutoffs: list[datetime], split: SplitSettings, gap_days: int) -> SplitPlan:

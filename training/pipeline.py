@@ -35,8 +35,15 @@ from training.bundle import (
     load_model_bundle,
 )
 from training.config import BinaryModelSettings, TrainingConfig
-from training.dataset import ServiceSpec, describe_service, entity_frame, read_features
+from training.dataset import (
+    ServiceSpec,
+    describe_service,
+    entity_frame,
+    normalise_features,
+    read_features,
+)
 from training.labels import (
+    LABEL_COLUMNS,
     LabelSet,
     SplitPlan,
     assign_splits,
@@ -64,6 +71,13 @@ from training.tracking import (
     git_commit,
     log_and_register,
     use_tracking,
+)
+from training.training_set import (
+    CUTOFF,
+    KEY_COLUMNS,
+    LOG_END,
+    TrainingSetSample,
+    read_training_set,
 )
 from training.truth import Truth, compare_effects_with_truth, compare_with_truth, load_truth
 from training.uplift import (
@@ -137,6 +151,9 @@ class PreparedData:
     rows: pd.DataFrame  # active customers at cutoffs of a split, with a ``split`` column
     store: FeatureStore
     prepare_seconds: float
+    # with ``journeyml train --dataset``: the set's features, row by row with ``rows``
+    dataset: pd.DataFrame | None = None
+    sample: TrainingSetSample | None = None
 
 
 def prepare_data(
@@ -144,8 +161,13 @@ def prepare_data(
     journey_map: JourneyMap,
     feature_settings: FeatureSettings,
     config: TrainingConfig,
+    dataset: str | Path | None = None,
 ) -> PreparedData:
     """Labels the lake, splits by time and opens the feature store of the workspace.
+
+    With ``dataset`` (a training set, :mod:`training.training_set`), the labels and features
+    are that set's, sampled by customer over the ``dataset`` budget of the config; the feature
+    store still names each model's features (its FeatureService).
 
     The feature definitions of this journey map and these feature settings are registered in
     Feast first (as ``journeyml features apply`` does; applying the same definitions again
@@ -157,15 +179,29 @@ def prepare_data(
 
     started = time.perf_counter()
     ws = Workspace(data_dir)
-    labels = build_labels(ws.lake, journey_map, feature_settings)
+    sample = None
+    if dataset is not None:
+        sample = read_training_set(dataset, config.dataset.max_rows, config.dataset.max_memory_mb)
+        cutoffs = sorted({t.to_pydatetime() for t in sample.frame[CUTOFF].unique()})
+        log_end = pd.Timestamp(sample.frame[LOG_END].iloc[0]).to_pydatetime()
+        labels = LabelSet(sample.frame, tuple(cutoffs), log_end)
+    else:
+        labels = build_labels(ws.lake, journey_map, feature_settings)
     plan = plan_splits(list(labels.cutoffs), config.split, max_horizon_days(journey_map))
-    frame = labels.frame.copy()
+    # the set read for this run is ours to extend; the lake's labels are copied
+    frame = labels.frame if sample is not None else labels.frame.copy()
     frame["split"] = assign_splits(frame, plan)
     rows = frame[frame["split"].notna() & frame["active"]].reset_index(drop=True)
     if rows.empty:
         raise TrainingError("no active customers at the labelled cutoffs")
     store = open_store(feature_settings.store, ws)
     apply_definitions(store, build_catalog(journey_map, feature_settings), ws)
+    if sample is not None:
+        features = rows
+        rows = rows[[*KEY_COLUMNS, *LABEL_COLUMNS, "split"]]
+        return PreparedData(
+            labels, plan, rows, store, time.perf_counter() - started, features, sample
+        )
     return PreparedData(labels, plan, rows, store, time.perf_counter() - started)
 
 
@@ -179,6 +215,15 @@ def read_model_features(
         raise TrainingError(
             f"feature service {service!r} could not be read from the Feast registry ({exc})"
         ) from None
+    if data.dataset is not None:
+        missing = [f for f in spec.features if f not in data.dataset.columns]
+        if missing:
+            raise TrainingError(
+                f"the training set has no column for {len(missing)} features of {service} "
+                f"({', '.join(missing[:5])}): rebuild it from snapshots of these feature settings"
+            )
+        frame = entity_frame(data.dataset).join(data.dataset[list(spec.features)])
+        return spec, normalise_features(frame, spec)
     # services with the same views and features (churn_v1, conversion_v1) are read once
     key = repr((spec.features, [(v.name, v.source_path, v.ttl) for v in spec.views]))
     if key not in cache:
@@ -957,6 +1002,7 @@ def log_task(
             "num_threads": config.num_threads,
             "feature_engine": config.features.engine,
             "log_end": data.labels.log_end.isoformat(),
+            **(data.sample.params() if data.sample is not None else {}),
             "split_test_days": config.split.test_days,
             "split_validation_days": config.split.validation_days,
             "split_purge": config.split.purge,
@@ -1001,6 +1047,7 @@ def train_models(
     truth_dir: str | Path | None = None,
     decisions_path: str | Path | None = None,
     skip_without_actions: bool = False,
+    dataset: str | Path | None = None,
 ) -> list[TrainedModel]:
     """Trains, evaluates, logs and registers (as ``challenger``) each requested model.
 
@@ -1011,7 +1058,15 @@ def train_models(
     """
     from features.store import Workspace
 
-    data = prepare_data(data_dir, journey_map, feature_settings, config)
+    if dataset is not None and "uplift" in models:
+        if not skip_without_actions:
+            raise TrainingError(
+                "the uplift model learns from the lake's events or the decision log, not from "
+                "a training set: train it without --dataset"
+            )
+        logger.warning("uplift: skipped (it does not train from a training set)")
+        models = [m for m in models if m != "uplift"]
+    data = prepare_data(data_dir, journey_map, feature_settings, config, dataset)
     truth = load_truth(truth_dir) if truth_dir is not None else None
     client = use_tracking(target)
     experiment_id = ensure_experiment(client, target)
