@@ -118,6 +118,10 @@ class DriftSettings(StrictModel):
         ]
     )  # fmt: skip
     min_reference_rows: PositiveInt = 200
+    performance_window_days: PositiveInt = 28
+    min_label_rows: PositiveInt = 20
+    auc_drop_warn: PositiveFloat = 0.03
+    auc_drop_alert: PositiveFloat = 0.05
 
 
 class WebhookSettings(StrictModel):
@@ -1533,19 +1537,163 @@ def feature_drift(
     )
 
 
-def _with_score_moves(drift: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
-    """Adds ``scores_moved``: for each feature, the affected models whose score moved too."""
+def _with_moves(drift: pd.DataFrame, judged: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Adds ``column``: for each feature, the models reading it whose ``judged`` row (score or
+    performance drift) is at warn or alert."""
     moved = {
         str(s).split(" v")[0]
-        for s, lv in zip(scores["score"], scores["level"], strict=True)
-        if lv != "ok"
+        for s, lv in zip(judged["score"], judged["level"], strict=True)
+        if lv in ("warn", "alert")
     }
     out = drift.copy()
-    out["scores_moved"] = [
+    out[column] = [
         ", ".join(m for m in str(models).split(", ") if m and m in moved)
         for models in drift["models"]
     ]
     return out
+
+
+@dataclass(frozen=True)
+class LabelledModel:
+    """What a model's performance is measured on: its label (``churn``, ``conversion``) and
+    the snapshot cutoffs of its test period (rows it was judged on and never trained on)."""
+
+    label: str
+    test_from: datetime
+    test_to: datetime
+
+
+PERFORMANCE_COLUMNS = [
+    "score", "label", "reference_from", "reference_to", "reference_rows", "reference_auc",
+    "recent_from", "recent_to", "recent_rows", "recent_auc", "recent_rate", "recent_mean_score",
+    "auc_change", "level",
+]  # fmt: skip
+
+
+def compare_performance(
+    reference: tuple[np.ndarray, np.ndarray],
+    recent: tuple[np.ndarray, np.ndarray],
+    settings: DriftSettings,
+) -> dict[str, Any]:
+    """AUC of (labels, scores) on the reference and the recent rows, and the verdict: ``alert``
+    when the AUC fell by ``auc_drop_alert`` or more, ``warn`` by ``auc_drop_warn``, ``too few
+    labels`` when either side has fewer than ``min_label_rows`` positives or negatives."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, Any] = {}
+    enough = True
+    for side, (y, score) in (("reference", reference), ("recent", recent)):
+        y = np.asarray(y, dtype=int)
+        positives = int(y.sum())
+        out[f"{side}_rows"] = len(y)
+        if min(positives, len(y) - positives) < settings.min_label_rows:
+            enough = False
+            out[f"{side}_auc"] = float("nan")
+        else:
+            out[f"{side}_auc"] = float(roc_auc_score(y, np.asarray(score, dtype=float)))
+    y, score = recent
+    out["recent_rate"] = float(np.mean(y)) if len(y) else float("nan")
+    out["recent_mean_score"] = float(np.mean(score)) if len(score) else float("nan")
+    if not enough:
+        out["auc_change"], out["level"] = float("nan"), "too few labels"
+        return out
+    change = out["recent_auc"] - out["reference_auc"]
+    out["auc_change"] = change
+    out["level"] = (
+        "alert"
+        if -change >= settings.auc_drop_alert
+        else "warn"
+        if -change >= settings.auc_drop_warn
+        else "ok"
+    )
+    return out
+
+
+def performance_drift(
+    lake: Path,
+    snapshots: Path,
+    journey: JourneyMap,
+    scorers: Mapping[str, Scorer],
+    labelled: Mapping[str, LabelledModel],
+    settings: DriftSettings,
+) -> pd.DataFrame:
+    """Whether each model still ranks customers as well as on its test period, where labels
+    have matured.
+
+    The reference is the model's own test period (snapshot rows it never trained on); the
+    recent rows are the snapshots after it whose label horizon has passed by the log's last
+    event, the last ``performance_window_days`` of them. Both are labelled by the training
+    labels' own definition (:func:`training.labels.compute_labels`, active customers only) and
+    scored by the model; a fall of the AUC says the model got worse, a recent base rate far from
+    the mean score that its calibration moved. Without matured rows after the test period the
+    level is ``no matured labels``.
+    """
+    from training.labels import compute_labels, open_lake
+
+    glob = str(snapshots / "**" / "*.parquet").replace("'", "''")
+    rows: list[dict[str, Any]] = []
+    con = open_lake(lake, journey)
+    try:
+        last = con.execute("SELECT MAX(timestamp) FROM events").fetchone()
+        log_end = last[0] if last else None
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW snap AS SELECT * REPLACE "
+            f"(CAST(event_timestamp AS TIMESTAMPTZ) AS event_timestamp) "
+            f"FROM read_parquet('{glob}')"
+        )
+        times = [r[0] for r in con.execute("SELECT DISTINCT event_timestamp FROM snap").fetchall()]
+        h = journey.horizons
+        for name, model in labelled.items():
+            if name not in scorers:
+                continue
+            horizon = timedelta(
+                days={"churn": h.churn_days, "conversion": h.conversion_days}.get(
+                    model.label, max(h.churn_days, h.conversion_days, h.next_step_days)
+                )
+            )
+            matured = sorted(t for t in times if log_end is not None and t + horizon <= log_end)
+            reference = [t for t in matured if model.test_from <= t <= model.test_to]
+            after = [t for t in matured if t > model.test_to]
+            recent = [
+                t for t in after if t > after[-1] - timedelta(days=settings.performance_window_days)
+            ]
+            row: dict[str, Any] = {
+                "score": name,
+                "label": model.label,
+                "reference_from": min(reference, default=None),
+                "reference_to": max(reference, default=None),
+                "recent_from": min(recent, default=None),
+                "recent_to": max(recent, default=None),
+            }
+            if not reference or not recent:
+                row["level"] = "no matured labels"
+                rows.append(row)
+                continue
+            sides = []
+            for cutoffs in (reference, recent):
+                con.register("cutoffs_df", pd.DataFrame({"t": cutoffs}))
+                frame = con.execute(
+                    "SELECT s.* FROM snap s JOIN cutoffs_df c ON s.event_timestamp = c.t"
+                ).df()
+                con.unregister("cutoffs_df")
+                labels = compute_labels(
+                    con,
+                    journey,
+                    frame[["customer_id", "event_timestamp"]].rename(
+                        columns={"event_timestamp": "cutoff"}
+                    ),
+                )
+                frame["cutoff"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+                labels["cutoff"] = pd.to_datetime(labels["cutoff"], utc=True)
+                merged = frame.merge(labels, on=["customer_id", "cutoff"], how="inner")
+                merged = merged[merged["active"].astype(bool)].reset_index(drop=True)
+                y = merged[model.label].to_numpy(dtype=float)
+                sides.append((y, np.asarray(scorers[name](merged), dtype=float)))
+            row.update(compare_performance(sides[0], sides[1], settings))
+            rows.append(row)
+    finally:
+        con.close()
+    return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
 
 
 def score_drift(
@@ -1586,10 +1734,11 @@ class MonitorResult:
     facts: dict[str, object] = field(default_factory=dict)
     score_drift: pd.DataFrame | None = None
     incidents: pd.DataFrame = field(default_factory=pd.DataFrame)
+    performance: pd.DataFrame | None = None
 
     def write(self, out: Path) -> list[Path]:
         """kpis.parquet, alerts.csv, alerts.json, incidents.jsonl, drift.csv, score_drift.csv,
-        summary.json, each atomically."""
+        performance.csv, summary.json, each atomically."""
         out.mkdir(parents=True, exist_ok=True)
         incidents = self.incidents
         written = [
@@ -1610,6 +1759,11 @@ class MonitorResult:
         if scores is not None:
             written.append(
                 _atomic(out / "score_drift.csv", lambda p: scores.to_csv(p, index=False))
+            )
+        performance = self.performance
+        if performance is not None:
+            written.append(
+                _atomic(out / "performance.csv", lambda p: performance.to_csv(p, index=False))
             )
         written.append(
             _atomic(
@@ -1693,11 +1847,14 @@ def run_monitor(
     journey: JourneyMap | None = None,
     until: date | None = None,
     model_features: Mapping[str, list[str]] | None = None,
+    labelled: Mapping[str, LabelledModel] | None = None,
 ) -> MonitorResult:
     """KPIs of the lake per segment, their changes grouped into incidents, and (when snapshots
     exist) feature drift and, with ``scorers``, score drift.
 
     ``until`` monitors the log as it stood at the end of that day (the backtest's replay).
+    With ``labelled`` (scorer name -> its label and test period) and a journey map, each
+    model's performance where labels have matured (:func:`performance_drift`).
     """
     con = duckdb.connect()
     try:
@@ -1739,14 +1896,19 @@ def run_monitor(
         for i, c in enumerate(changes)
     ]
     alert_frame = pd.DataFrame(alerts, columns=ALERT_COLUMNS)
-    drift = scores = None
+    drift = scores = performance = None
     if snapshots is not None and any(snapshots.rglob("*.parquet")):
         frames = drift_frames(snapshots, settings.drift)
         history = pd.Timestamp(str(facts["first_event"])).to_pydatetime()
         drift = feature_drift(frames, settings.drift, model_features, history)
         if scorers:
             scores = score_drift(frames, scorers, settings.drift)
-            drift = _with_score_moves(drift, scores)
+            drift = _with_moves(drift, scores, "scores_moved")
+            if labelled and journey is not None:
+                performance = performance_drift(
+                    lake, snapshots, journey, scorers, labelled, settings.drift
+                )
+                drift = _with_moves(drift, performance, "performance_moved")
         facts["drift_reference_end"] = drift.attrs.get("reference_end")
         facts["drift_current"] = drift.attrs.get("current")
         facts["drift_alerts"] = int((drift["level"] == "alert").sum())
@@ -1760,4 +1922,4 @@ def run_monitor(
         "monitoring: %d KPI series, %d changes, %d incidents",
         len(series), len(alert_frame), len(incidents),
     )  # fmt: skip
-    return MonitorResult(kpis, alert_frame, drift, facts, scores, incidents)
+    return MonitorResult(kpis, alert_frame, drift, facts, scores, incidents, performance)

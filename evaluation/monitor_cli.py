@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from evaluation.monitor import MonitorSettings, Scorer
+    from evaluation.monitor import LabelledModel, MonitorSettings, Scorer
     from journeyml.config import JourneyMap
 
 console = Console()
@@ -86,11 +86,17 @@ def monitor(
         console.print(clock.describe())
     try:
         snapshots = ws.snapshots if ws.snapshots.exists() else None
-        scorers, features = (
-            champion_scorers(data_dir, serving_config) if snapshots is not None else ({}, {})
+        scorers, features, labelled = (
+            champion_scorers(data_dir, serving_config) if snapshots is not None else ({}, {}, {})
         )
         result = run_monitor(
-            ws.lake, settings, snapshots, scorers, journey=journey, model_features=features
+            ws.lake,
+            settings,
+            snapshots,
+            scorers,
+            journey=journey,
+            model_features=features,
+            labelled=labelled,
         )
     except (LogTooShortError, ValueError) as exc:
         err.print(f"[red]{exc}[/red]")
@@ -158,6 +164,18 @@ def monitor(
                 f"Score drift of {row.score}: PSI {row.psi:.3f} ({row.level}), mean "
                 f"{row.reference_mean:.3f} → {row.current_mean:.3f}"
             )
+    if result.performance is not None:
+        for perf in result.performance.to_dict(orient="records"):
+            if perf["level"] in ("ok", "warn", "alert"):
+                console.print(
+                    f"Performance of {perf['score']} on matured {perf['label']} labels: AUC "
+                    f"{perf['reference_auc']:.3f} on its test period → {perf['recent_auc']:.3f} "
+                    f"on {perf['recent_rows']:,} rows up to {str(perf['recent_to'])[:10]} "
+                    f"({perf['level']}); {perf['label']} rate {perf['recent_rate']:.3f}, mean "
+                    f"score {perf['recent_mean_score']:.3f}"
+                )
+            else:
+                console.print(f"Performance of {perf['score']}: {perf['level']}")
     console.print(f"Written to {target}")
     if fail_on_alert and not incidents.empty:
         raise typer.Exit(3)
@@ -258,10 +276,13 @@ def backtest_command(
 
 def champion_scorers(
     data_dir: Path, serving_config: Path | None
-) -> tuple[dict[str, Scorer], dict[str, list[str]]]:
-    """The champion churn and conversion models as scorers of snapshot rows and the features
-    each reads, or none (with a note) when no model is registered yet: monitoring works on a
-    log before any training."""
+) -> tuple[dict[str, Scorer], dict[str, list[str]], dict[str, LabelledModel]]:
+    """The champion churn and conversion models as scorers of snapshot rows, the features each
+    reads and the label and test period each was judged on, or none (with a note) when no
+    model is registered yet: monitoring works on a log before any training."""
+    import pandas as pd
+
+    from evaluation.monitor import LabelledModel
     from journeyml.config import ConfigError
     from serving.config import load_serving_settings
     from serving.models import ModelSet
@@ -271,20 +292,30 @@ def champion_scorers(
         uri = settings.resolved_tracking_uri()
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             console.print("No score drift: no model has been trained in this workspace yet.")
-            return {}, {}
+            return {}, {}, {}
         models = ModelSet(settings)
         models.refresh()
     except (ConfigError, OSError, RuntimeError) as exc:
         console.print(f"No score drift: the models could not be loaded ({exc}).")
-        return {}, {}
+        return {}, {}, {}
     scorers: dict[str, Scorer] = {}
     features: dict[str, list[str]] = {}
+    labelled: dict[str, LabelledModel] = {}
     for name in ("churn", "conversion"):
         loaded = models.models.get(name)
         if loaded is not None:
             bundle = loaded.bundle
-            scorers[f"{name} v{loaded.version}"] = bundle.predict_proba
+            key = f"{name} v{loaded.version}"
+            scorers[key] = bundle.predict_proba
             features[name] = bundle.features
+            period = bundle.manifest.get("test_period") or []
+            if len(period) == 2 and bundle.manifest.get("label"):
+                start, end = (pd.Timestamp(t) for t in period)
+                labelled[key] = LabelledModel(
+                    str(bundle.manifest["label"]),
+                    (start if start.tzinfo else start.tz_localize("UTC")).to_pydatetime(),
+                    (end if end.tzinfo else end.tz_localize("UTC")).to_pydatetime(),
+                )
     if not scorers:
         console.print("No score drift: no champion churn or conversion model is registered.")
-    return scorers, features
+    return scorers, features, labelled

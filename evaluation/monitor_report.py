@@ -158,15 +158,35 @@ def _drift_sections(report: Report, result: MonitorResult) -> None:
             if "scores_moved" in alerting.columns
             else []
         )
+        performance_moved = (
+            sorted(
+                {
+                    m
+                    for v in alerting["performance_moved"].fillna("")
+                    for m in str(v).split(", ")
+                    if m
+                }
+            )
+            if "performance_moved" in alerting.columns
+            else []
+        )
         if affected:
             report.note(
                 "Drifting features are read by the "
                 + ", ".join(affected)
                 + " model(s); "
                 + (
-                    "the scores of " + ", ".join(scores_moved) + " moved too: consider retraining."
+                    "the scores of " + ", ".join(scores_moved) + " moved too"
                     if scores_moved
-                    else "their scores did not move (see score drift): no retraining needed yet."
+                    else "their scores did not move (see score drift)"
+                )
+                + (
+                    "; the performance of " + ", ".join(performance_moved) + " fell where labels "
+                    "have matured: retrain."
+                    if performance_moved
+                    else (
+                        ": consider retraining." if scores_moved else ": no retraining needed yet."
+                    )
                 ),
                 "warning",
             )
@@ -192,6 +212,24 @@ def _drift_sections(report: Report, result: MonitorResult) -> None:
             )
         )
         report.table(scores, caption="Score PSI and mean, reference against the latest snapshot")
+    if result.performance is not None and len(result.performance):
+        perf = result.performance
+        report.heading("Model performance where labels have matured")
+        judged_perf = perf[perf["level"].isin(["ok", "warn", "alert"])]
+        report.text(
+            "Each champion model's AUC on its own test period against the latest snapshots "
+            "whose label horizon has passed: "
+            + (
+                "; ".join(
+                    f"{r.score} {r.reference_auc:.3f} → {r.recent_auc:.3f} ({r.level})"
+                    for r in judged_perf.itertuples()
+                )
+                if len(judged_perf)
+                else "no model has matured labels after its test period yet"
+            )
+            + "."
+        )
+        report.table(perf, caption="AUC on the test period and on the latest matured snapshots")
 
 
 def _kpi_figure(frame: pd.DataFrame, kpi: str, step: str, seg: str, alerts: pd.DataFrame) -> object:

@@ -75,6 +75,11 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
             if (folder / "score_drift.csv").is_file()
             else None
         )
+        performance = (
+            pd.read_csv(folder / "performance.csv")
+            if (folder / "performance.csv").is_file()
+            else None
+        )
         facts = json.loads((folder / "summary.json").read_text())
         incidents = read_incidents_jsonl(folder / "incidents.jsonl")
     except (OSError, ValueError) as exc:
@@ -86,7 +91,7 @@ def read_monitor_result(folder: Path, command: str = "journeyml monitor") -> Mon
             f"{', '.join(sorted(expected - set(kpis.columns)))}: run `{command}` again"
         )
     alerts["end"] = alerts["end"].astype(object).where(alerts["end"].notna(), None)
-    return MonitorResult(kpis, alerts, drift, facts, scores, incidents)
+    return MonitorResult(kpis, alerts, drift, facts, scores, incidents, performance)
 
 
 def read_policy_evaluation(
