@@ -21,6 +21,7 @@ from journeyml.events.cli import app as events_app
 from journeyml.init_cli import init
 from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
+from journeyml.ui_cli import app as ui_app
 from serving.cli import keygen, sample, serve
 from serving.lists_cli import app as lists_app
 from training.cli import promote, train, training_set
@@ -93,3 +94,4 @@ app.command("analyze")(analyze)
 app.command("evaluate-policy")(evaluate_policy)
 app.add_typer(lists_app, name="lists", help="Batch lists for marketers (churn risk).")
 app.command("report")(report)
+app.add_typer(ui_app, name="ui", help="Open the MLflow (runs, models) or Feast (features) web UI.")
