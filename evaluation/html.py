@@ -33,13 +33,14 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;col
 background:#f6f7f9;line-height:1.45}
 header{background:#1d2330;color:#fff;padding:24px 40px}header h1{margin:0 0 4px;font-size:26px}
 header p{margin:0;color:#c5cad6}main{max-width:1100px;margin:0 auto;padding:16px 40px 60px}
-nav{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:12px 20px;margin:16px 0}
-nav a{margin-right:16px;color:#2a5bd7;text-decoration:none;white-space:nowrap}
+nav{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:12px 20px;margin:16px 0;
+display:flex;flex-wrap:wrap;gap:6px 18px}nav a{color:#2a5bd7;text-decoration:none;
+white-space:nowrap}
 section{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:8px 24px 20px;
 margin:16px 0}h2{border-bottom:1px solid #e1e4ea;padding-bottom:6px}h3{margin-top:22px}
-table{border-collapse:collapse;margin:8px 0 4px;font-size:13px}
-th,td{border-bottom:1px solid #e6e8ee;padding:4px 10px;text-align:right}
-th{background:#f0f2f6;text-align:center}td.t{text-align:left}caption{caption-side:top;
+.tw{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:8px 0 4px;
+font-size:13px}th,td{border-bottom:1px solid #e6e8ee;padding:4px 8px;text-align:right}
+th{background:#f0f2f6;text-align:center;overflow-wrap:anywhere;min-width:3em}td.t{text-align:left}caption{caption-side:top;
 text-align:left;font-weight:600;padding:4px 0;color:#3d4455}
 figure{margin:12px 0}figure svg{max-width:100%;height:auto}figcaption{color:#59627a;
 font-size:13px}.note{border-left:4px solid #8a93a6;background:#f4f5f8;padding:8px 14px;
@@ -124,7 +125,8 @@ class Report:
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         body = "".join(rows)
         return self._add(
-            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
+            f'<div class="tw"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            f"</table></div>{more}"
         )
 
     def figure(self, fig: Any, caption: str = "") -> Report:
@@ -179,6 +181,41 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+LegendEntry = tuple[str, str, str]
+"""(label, colour, mark): mark ``bar`` (a filled box), ``line``, ``dotted``, ``point`` or
+``pale`` (a box drawn at the transparency of a bar whose interval includes zero)."""
+
+
+def legend(ax: Any, entries: Sequence[LegendEntry], **kwargs: Any) -> Any:
+    """A legend for marks the plot does not label itself (colours by meaning, shading)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = []
+    for label, colour, mark in entries:
+        if mark == "bar":
+            handles.append(Patch(color=colour, label=label))
+        elif mark == "pale":
+            handles.append(Patch(color=colour, alpha=0.35, label=label))
+        elif mark == "point":
+            handles.append(Line2D([], [], color=colour, marker="o", ls="", ms=4, label=label))
+        else:
+            ls = ":" if mark == "dotted" else "-"
+            handles.append(Line2D([], [], color=colour, ls=ls, lw=1.2, label=label))
+    kwargs.setdefault("fontsize", 7)
+    kwargs.setdefault("frameon", False)
+    return ax.legend(handles=handles, **kwargs)
+
+
+def colorbar(fig: Any, image: Any, ax: Any, label: str) -> Any:
+    """A heatmap's colour scale, labelled: the legend of a heatmap (its SVG group is named
+    ``legend_colorbar``, which the browser test looks for as it does matplotlib's legends)."""
+    bar = fig.colorbar(image, ax=ax, fraction=0.04)
+    bar.set_label(label, fontsize=8)
+    bar.ax.set_gid("legend_colorbar")
+    return bar
 
 
 def _cell(value: Any, digits: int) -> str:

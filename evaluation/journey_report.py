@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.html import Report, pyplot
+from evaluation.html import Report, colorbar, legend, pyplot
 from evaluation.journey import ALL, JourneyAnalytics
 
 _COLORS = ["#2a5bd7", "#2e9d5b", "#d99a1e", "#d2423b", "#7b4fc9", "#1aa3a3", "#8a93a6", "#c2549d"]
@@ -218,7 +218,7 @@ def _matrix_figure(frame: pd.DataFrame, row: str, col: str, order: list[str]) ->
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel("next")
     _annotate(ax, matrix.to_numpy(float), "{:.2f}", dark_above=0.5, smallest=0.01)
-    fig.colorbar(im, ax=ax, fraction=0.04)
+    colorbar(fig, im, ax, "probability of the next step")
     fig.tight_layout()
     return fig
 
@@ -308,6 +308,15 @@ def _sankey_figure(paths: pd.DataFrame, stages: list[str]) -> Any:
     ax.set_yticks([])
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
+    shown = [s for s in stages if any(k == s for _, k in node)]
+    legend(
+        ax,
+        [(s, colour[s], "bar") for s in shown]
+        + [("customers moving on (band width)", "#8a93a6", "pale")],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1),
+        ncol=len(shown) + 1,
+    )
     fig.tight_layout()
     return fig
 
@@ -436,7 +445,7 @@ def _cohort_figure(cohorts: pd.DataFrame) -> Any:
     ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], fontsize=8)
     ax.set_xlabel("months since first activity")
     _annotate(ax, matrix.to_numpy(float), "{:.0%}", dark_above=0.6, smallest=-np.inf)
-    fig.colorbar(im, ax=ax, fraction=0.04)
+    colorbar(fig, im, ax, "share of the cohort active")
     fig.tight_layout()
     return fig
 
@@ -587,6 +596,15 @@ def _moments_figure(moments: pd.DataFrame) -> Any:
             ax.patches[i].set_alpha(0.35)
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("value at stake")
+    legend(
+        ax,
+        [
+            ("raises churn or lowers conversion", "#d2423b", "bar"),
+            ("lowers churn or raises conversion", "#2e9d5b", "bar"),
+            ("pale: the interval includes no effect", "#8a93a6", "pale"),
+        ],
+        loc="lower right",
+    )
     bx.errorbar(
         shown["adjusted_difference"] * 100,
         y,
@@ -601,6 +619,11 @@ def _moments_figure(moments: pd.DataFrame) -> Any:
     )
     bx.axvline(0, color="#8a93a6", lw=1, ls=":")
     bx.set_xlabel("adjusted effect (points)")
+    legend(
+        bx,
+        [("effect with its 95 % interval", "#1d2330", "point"), ("no effect", "#8a93a6", "dotted")],
+        loc="lower right",
+    )
     fig.tight_layout()
     return fig
 
@@ -668,7 +691,7 @@ def _persona_figure(personas: pd.DataFrame) -> Any:
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             ax.text(j, i, f"{matrix[i, j]:+.1f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, fraction=0.04)
+    colorbar(fig, im, ax, "standard deviations from all customers")
     fig.tight_layout()
     return fig
 

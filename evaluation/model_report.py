@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from evaluation.html import Report, Tone, pyplot
+from evaluation.html import Report, Tone, legend, pyplot
 from training.config import LOWER_IS_BETTER, MODEL_NAMES, GateSettings, TrainingConfig
 from training.registry import Decision, baseline_values, decide_promotion
 from training.tracking import CHALLENGER, CHAMPION
@@ -695,6 +695,11 @@ def _comparison_figure(run: VersionRun, kind: str) -> Any:
             ax.set_xlim(lo - 0.05 * (hi - lo or 1), hi + 0.25 * (hi - lo or 1))
     for ax in axes.ravel()[len(specs) :]:
         ax.set_visible(False)
+    keys = [(f"this version (v{run.version})", _MODEL_COLOR, "bar"),
+            ("baselines", _BASE_COLOR, "bar")]  # fmt: skip
+    if metric_value(run.metrics, f"champion_{specs[0][0]}") is not None:
+        keys.append(("champion compared", _CHAMP_COLOR, "bar"))
+    legend(axes.ravel()[0], keys, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -743,6 +748,11 @@ def _qini_figure(table: pd.DataFrame) -> Any:
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(column + " (per 1,000)", fontsize=9)
         ax.tick_params(labelsize=8)
+    legend(
+        axes[0],
+        [("better than random targeting", "#2e9d5b", "bar"), ("worse", "#d2423b", "bar")],
+        loc="lower right",
+    )
     axes[0].set_yticks(y, table["action"].tolist())
     fig.tight_layout()
     return fig
@@ -763,6 +773,14 @@ def _policy_gain_figure(gains: dict[str, dict[str, float | None]]) -> Any:
         word = "conversions added" if outcome == "convert" else "churns avoided"
         ax.set_title(f"{word} per 1,000 customers", fontsize=9)
         ax.tick_params(labelsize=8)
+    legend(
+        axes[0],
+        [
+            ("targeting by the model", _MODEL_COLOR, "bar"),
+            ("reference policies", _BASE_COLOR, "bar"),
+        ],
+        loc="lower right",
+    )
     axes[0].set_yticks(y, [labels[p] for p in _POLICIES])
     fig.tight_layout()
     return fig
@@ -805,6 +823,7 @@ def _importance_figure(importance: pd.Series) -> Any:
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(head) + 1))
     ax.barh([str(i) for i in head.index], head.to_numpy(), color=_MODEL_COLOR)
     ax.set_xlabel("total gain")
+    legend(ax, [("total split gain of the feature", _MODEL_COLOR, "bar")], loc="lower right")
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     return fig
@@ -825,5 +844,6 @@ def _logged_png_figure(pngs: Sequence[bytes]) -> Any:
         ax = fig.add_axes((left, 0.0, share, image.shape[0] / height))
         ax.imshow(image, interpolation="none")
         ax.set_axis_off()
+        ax.set_gid("legend_in_image")  # the logged plots draw their own legend or colour scale
         left += share
     return fig

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from evaluation.html import Report, pyplot
+from evaluation.html import Report, legend, pyplot
 from evaluation.monitor import ALL, KPI_LABELS, MonitorResult
 
 ALERT_TABLE = (
@@ -249,6 +249,11 @@ def _kpi_figure(frame: pd.DataFrame, kpi: str, step: str, seg: str, alerts: pd.D
             ax.axvspan(
                 pd.Timestamp(start), stop + pd.Timedelta(days=1), color="#d2423b", alpha=0.18
             )
+    legend(
+        ax,
+        [(KPI_LABELS.get(kpi, kpi), "#2a5bd7", "line"), ("alert", "#d2423b", "pale")],
+        loc="best",
+    )
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig
@@ -264,5 +269,15 @@ def _drift_figure(drift: pd.DataFrame) -> object:
     ax.axvline(0.1, color="#d99a1e", ls=":", lw=1)
     ax.axvline(0.25, color="#d2423b", ls=":", lw=1)
     ax.set_xlabel("PSI")
+    legend(
+        ax,
+        [
+            ("stable (PSI < 0.1)", "#8a93a6", "bar"),
+            ("warning (0.1 to 0.25)", "#d99a1e", "bar"),
+            ("alert (0.25 and above)", "#d2423b", "bar"),
+            ("calendar feature (moves by design)", "#c0c4cc", "bar"),
+        ],
+        loc="lower right",
+    )
     fig.tight_layout()
     return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from evaluation.html import Report, pyplot
+from evaluation.html import Report, legend, pyplot
 from evaluation.policy import PolicyEvaluation
 
 
@@ -86,6 +86,11 @@ def _estimates_figure(dr: pd.DataFrame) -> object:
     none = dr["value"][dr.index == "no action"]
     ax.axvline(float(none.iloc[0]) if len(none) else 0.0, ls=":")
     ax.set_xlabel("value per decision")
+    legend(
+        ax,
+        [("estimate with its 95 % interval", "#2a5bd7", "point"), ("no action", "C0", "dotted")],
+        loc="lower right",
+    )
     fig.tight_layout()
     return fig
 
@@ -97,6 +102,7 @@ def _true_figure(tv: pd.DataFrame) -> object:
     ax.barh(tv["policy"][::-1], tv["incremental"][::-1], color=colors[::-1])
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("net value per customer over no action")
+    legend(ax, [("adds value", "#2e9d5b", "bar"), ("loses value", "#d2423b", "bar")])
     fig.tight_layout()
     return fig
 
@@ -112,3 +118,33 @@ def _mix_figure(mix: pd.DataFrame) -> object:
     ax.set_xlabel("share of decisions")
     fig.tight_layout()
     return fig
+
+
+def add_engine_mix_section(report: Report, decisions: pd.DataFrame | None, command: str) -> None:
+    """What journeyml's own decision engine chooses per segment, beside the logged mix above
+    (on a simulated log the logging policy is the simulator's random one, not journeyml's).
+
+    ``decisions``: one row per customer with ``segment`` and ``action`` (the churn-risk list,
+    written by the same engine that answers requests), or None when there is no list.
+    """
+    report.section("journeyml's decisions by segment")
+    if decisions is None or decisions.empty:
+        report.note(
+            f"No churn-risk list in this workspace: `{command}` writes one, and this section "
+            "then shows the action journeyml's engine chooses for each customer, by segment.",
+            tone="warning",
+        )
+        return
+    mix = pd.crosstab(
+        decisions["segment"].fillna("unknown").astype(str).rename("segment"),
+        decisions["action"].astype(str).rename("action"),
+        normalize="index",
+    )
+    top = decisions["action"].value_counts(normalize=True)
+    report.text(
+        f"Share of the {len(decisions):,} customers of the latest churn-risk list for which "
+        "journeyml's decision engine (the code that answers next-best-action requests) chooses "
+        f"each action. Most chosen: “{top.index[0]}” for {top.iloc[0]:.0%} of customers."
+    )
+    report.table(mix.reset_index(), caption="journeyml's action mix by segment")
+    report.figure(_mix_figure(mix), caption="journeyml's action mix by segment")

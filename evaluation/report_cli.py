@@ -232,7 +232,7 @@ def build_policy_report(data_dir: Path) -> Report:
         ReportInputError: there is no policy evaluation output.
     """
     from evaluation.html import Report
-    from evaluation.policy_report import add_policy_sections
+    from evaluation.policy_report import add_engine_mix_section, add_policy_sections
 
     folder = data_dir / "evaluation" / "policy"
     command = f"journeyml evaluate-policy --data-dir {data_dir}"
@@ -251,7 +251,25 @@ def build_policy_report(data_dir: Path) -> Report:
     )
     _stale_note(report, folder / "summary.json", data_dir / "lake", command)
     add_policy_sections(report, result)
+    add_engine_mix_section(
+        report,
+        read_engine_decisions(data_dir / "lists" / "churn_risk.parquet"),
+        f"journeyml lists churn-risk --data-dir {data_dir}",
+    )
     return report
+
+
+def read_engine_decisions(path: Path) -> pd.DataFrame | None:
+    """The segment and chosen action of each customer in the engine's latest churn-risk list
+    (the batch path of the decision engine that serves requests), or None without a list."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    columns = set(pq.read_schema(path).names)
+    if not {"segment", "action"} <= columns:
+        return None
+    return pq.read_table(path, columns=["segment", "action"]).to_pandas()
 
 
 # -- the command ---------------------------------------------------------------------------------

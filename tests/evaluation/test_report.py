@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -530,3 +531,41 @@ def test_missing_prerequisites_name_the_command(workspace: ReportWorkspace, tmp_
     assert bad.exit_code == 2 and "--kind must be one of" in bad.output
     none = runner.invoke(app, ["report", "--data-dir", str(tmp_path / "absent")])
     assert none.exit_code == 2 and "no workspace at" in none.output
+
+
+def literal_engine_decisions() -> pd.DataFrame:
+    """Segment and chosen action per customer, as the churn-risk list holds them."""
+    return pd.DataFrame(
+        {
+            "segment": ["mainstream"] * 4 + ["premium"] * 2 + [None],
+            "action": ["content_email", "content_email", "discount_offer", "none",
+                       "retention_call", "retention_call", "none"],
+        }
+    )  # fmt: skip
+
+
+def test_engine_mix_section_shows_journeyml_s_own_decisions(tmp_path: Path) -> None:
+    from evaluation.policy_report import add_engine_mix_section
+    from evaluation.report_cli import read_engine_decisions
+
+    report = Report("Policy report")
+    add_engine_mix_section(report, literal_engine_decisions(), "journeyml lists churn-risk")
+    text = unescape(_text(report.render()))
+    assert "journeyml's decisions by segment" in text
+    assert "of the 7 customers" in text and "“content_email” for 29% of customers" in text
+    # premium: every customer gets the call; mainstream: half content_email
+    assert re.search(r"premium 0\.000 0\.000 0\.000 1\.000", text), text
+    assert re.search(r"mainstream 0\.500 0\.250 0\.250 0\.000", text), text
+    assert report.figures == 1
+    empty = Report("Policy report")
+    add_engine_mix_section(empty, None, "journeyml lists churn-risk --data-dir d")
+    assert "No churn-risk list in this workspace: `journeyml lists churn-risk --data-dir d`" in (
+        unescape(_text(empty.render()))
+    )
+    assert empty.figures == 0
+    # the list's own file: segment and action read, other columns ignored; no list, None
+    path = tmp_path / "churn_risk.parquet"
+    literal_engine_decisions().assign(churn_risk=0.5).to_parquet(path)
+    read = read_engine_decisions(path)
+    assert read is not None and list(read.columns) == ["segment", "action"] and len(read) == 7
+    assert read_engine_decisions(tmp_path / "missing.parquet") is None
