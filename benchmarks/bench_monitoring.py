@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from evaluation.monitor import load_monitor_settings  # noqa: E402
@@ -61,6 +62,19 @@ def run_seed(
         journey = load_journey_map(journeys or init / "journeys.yaml")
         known = load_known_incidents(log.truth["incidents"], log.start)
         scored = backtest(lake, settings, known, journey)
+        # what the log holds of each incident by the target: its changed sessions in its first
+        # four days (the start day and the three after it)
+        affected = pd.read_csv(log.truth["affected"])
+        early = {
+            k.name: int(
+                (
+                    (affected["incident"] == k.name)
+                    & (affected["day"] >= (k.start - log.start).days)
+                    & (affected["day"] < (k.start - log.start).days + 4)
+                ).sum()
+            )
+            for k in known
+        }
         out[kind] = {
             "summary": scored.summary,
             "incidents": [
@@ -68,6 +82,7 @@ def run_seed(
                     "name": r["name"],
                     "affected_customers": r["affected_customers"],
                     "delay_days": r["delay_days"],
+                    "sessions_first_4_days": early.get(r["name"], 0),
                 }
                 for r in scored.incidents.to_dict(orient="records")
             ],
@@ -106,12 +121,16 @@ def main() -> None:
             d = i["delay_days"]
             d = None if d is None or d != d else int(d)
             (delays if (i["affected_customers"] or 0) >= 20 else small).append(d)
-            cells.append(f"{i['name']}={'-' if d is None else d} ({i['affected_customers']})")
+            cells.append(
+                f"{i['name']}={'-' if d is None else d} "
+                f"({i['affected_customers']}; {i['sessions_first_4_days']})"
+            )
         s_inc, s_clean = inc["summary"], clean["summary"]
         false_clean += s_clean["false_alerts"]
         months_clean += s_clean["monitored_months"]
         print(
-            f"seed {r['seed']}: delays (days; affected customers) {', '.join(cells)}; "
+            f"seed {r['seed']}: delays in days (affected customers; changed sessions in the "
+            f"first 4 days) {', '.join(cells)}; "
             f"false alerts/month {s_inc['false_alerts_per_month']} with incidents, "
             f"{s_clean['false_alerts_per_month']} incident-free"
         )
