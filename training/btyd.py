@@ -142,7 +142,8 @@ def histories(frame: pd.DataFrame, birth: str) -> tuple[np.ndarray, np.ndarray, 
 
 
 class BGNBDBaseline:
-    """BG/NBD fitted on the customers' histories at the latest training cutoff.
+    """BG/NBD fitted on every customer's history at one cutoff (one row per customer,
+    active or not: the drop-outs are what the model learns its drop-out rate from).
 
     Scores P(purchase within ``horizon_days``) (``outcome="purchase"``, the conversion
     question) or its complement (``outcome="no_purchase"``, churn on a purchase log).

@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,6 +154,7 @@ class PreparedData:
     # with ``journeyml train --dataset``: the set's features, row by row with ``rows``
     dataset: pd.DataFrame | None = None
     sample: TrainingSetSample | None = None
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def prepare_data(
@@ -388,6 +389,32 @@ def relevel_metrics(calibrator: dict[str, Any], raw: np.ndarray, y: np.ndarray) 
     return out
 
 
+def read_histories(data: PreparedData, spec: ServiceSpec, config: TrainingConfig) -> pd.DataFrame:
+    """Every customer's features at the first cutoff of the test period, active or not.
+
+    BG/NBD is a model of the whole customer base: its population parameters come from every
+    history, including the customers who stopped buying long ago (fitted on the active ones
+    only, the drop-out probability is biased low). The histories at the first test cutoff use
+    what is known by then, as the LightGBM model's matured training labels do, and no label of
+    the test period. Read once per feature service.
+    """
+    key = f"histories:{spec.name}"
+    if key not in data.cache:
+        first = pd.Timestamp(data.plan.test[0])
+        frame = data.labels.frame
+        at = frame[pd.to_datetime(frame["cutoff"], utc=True) == first].reset_index(drop=True)
+        if data.dataset is not None and set(spec.features) <= set(at.columns):
+            # a training set holds every row's features, the inactive customers' too
+            data.cache[key] = at[[*spec.features, "active"]].astype({"active": bool})
+            return data.cache[key]
+        data.cache[key] = (
+            read_features(data.store, spec, entity_frame(at), config.features.engine)
+            .reset_index(drop=True)
+            .assign(active=at["active"].to_numpy(dtype=bool))
+        )
+    return data.cache[key]
+
+
 def fit_binary_task(
     name: str,
     data: PreparedData,
@@ -445,12 +472,14 @@ def fit_binary_task(
     scores["random_forest"] = forest.fit(x[tr], y[tr]).predict_proba(x[te])
     purchase_outcome = name == "conversion" or labels_are_complements(rows)
     if horizon_days and purchase_outcome and all(c in x.columns for c in BGNBD_INPUTS):
-        last = rows.loc[tr, "cutoff"].max()  # each training customer's history there
-        at_last = tr & (rows["cutoff"] == last).to_numpy()
         outcome = "purchase" if name == "conversion" else "no_purchase"
         try:
-            bgnbd = BGNBDBaseline(horizon_days, outcome).fit(x[at_last])
-            scores["bgnbd"] = bgnbd.predict_proba(x[te])
+            histories = read_histories(data, spec, config)
+            bgnbd = BGNBDBaseline(horizon_days, outcome).fit(histories)
+            scores["bgnbd"] = bgnbd.predict_proba(x[te])  # the model's own test rows
+            metrics["bgnbd_fit_customers"] = float(len(histories))
+            metrics["bgnbd_fit_active_share"] = float(histories["active"].mean())
+            metrics.update(_prefixed("bgnbd_", asdict(bgnbd.params_)))
         except ValueError as exc:
             logger.warning("%s: no BG/NBD baseline: %s", name, exc)
     for base in ("logreg", "random_forest", "recency_frequency", "bgnbd"):
