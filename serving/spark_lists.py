@@ -78,6 +78,8 @@ def bundle_texts(bundle: ModelBundle) -> dict[str, str]:
         "vocabularies": json.dumps(bundle.vocabularies),
         "calibrator": json.dumps(bundle.calibrator),
     }
+    if bundle.scorer:
+        texts["scorer"] = json.dumps(bundle.scorer)
     for role, booster in bundle.boosters.items():
         texts[f"booster:{role}"] = booster.model_to_string()
     return texts
@@ -99,6 +101,7 @@ def bundle_from_texts(texts: Mapping[str, str]) -> ModelBundle:
         boosters,
         json.loads(texts["vocabularies"]),
         json.loads(texts["calibrator"]),
+        json.loads(texts.get("scorer", "{}")),
     )
 
 

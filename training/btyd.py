@@ -21,13 +21,19 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln
 
+from training.bundle import (
+    BGNBD_INPUTS,
+    bgnbd_histories,
+    bgnbd_p_alive,
+    bgnbd_p_purchase,
+    bgnbd_probability,
+)
+
 logger = logging.getLogger(__name__)
 
-COUNT = "conversions_total"
-AGE = "tenure_days"
-RECENCY = "days_since_last_conversion"
-INPUTS = (COUNT, AGE, RECENCY)
-"""The journey features a BG/NBD baseline reads."""
+INPUTS = BGNBD_INPUTS
+"""The journey features a BG/NBD baseline reads (purchases, tenure, days since a purchase)."""
+COUNT, AGE, RECENCY = INPUTS
 
 
 @dataclass(frozen=True)
@@ -95,50 +101,26 @@ def fit_bgnbd(
 
 
 def p_alive(params: BGNBDParams, x: np.ndarray, t_x: np.ndarray, age: np.ndarray) -> np.ndarray:
-    """P(alive at age | x, t_x, age) (FHL 2005, equation 9 of their note on it)."""
-    x, t_x, age = _arrays(x, t_x, age)
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    out = np.ones_like(x)
-    repeat = x > 0
-    xr = x[repeat]
-    log_ratio = (
-        np.log(a)
-        - np.log(b + xr - 1)
-        + (r + xr) * (np.log(alpha + age[repeat]) - np.log(alpha + t_x[repeat]))
-    )
-    out[repeat] = 1.0 / (1.0 + np.exp(np.clip(log_ratio, -700, 700)))
-    return out
+    """P(alive at age | x, t_x, age) (serving's closed form, :func:`bgnbd_p_alive`)."""
+    xs, ts, ages = _arrays(x, t_x, age)
+    return bgnbd_p_alive(params.r, params.alpha, params.a, params.b, xs, ts, ages)
 
 
 def p_purchase_within(
     params: BGNBDParams, x: np.ndarray, t_x: np.ndarray, age: np.ndarray, h: float
 ) -> np.ndarray:
-    """P(at least one purchase in (age, age + h] | x, t_x, age).
-
-    Alive at age, the customer's rate is Gamma(r + x, α + age) a posteriori and drop-out only
-    follows a purchase, so no purchase in the next ``h`` has probability
-    ((α + age) / (α + age + h))^(r + x); dead, it is certain.
-    """
-    x, t_x, age = _arrays(x, t_x, age)
-    none_if_alive = np.exp(
-        (params.r + x) * (np.log(params.alpha + age) - np.log(params.alpha + age + h))
-    )
-    return np.asarray(p_alive(params, x, t_x, age) * (1.0 - none_if_alive))
+    """P(at least one purchase in (age, age + h] | x, t_x, age) (:func:`bgnbd_p_purchase`)."""
+    xs, ts, ages = _arrays(x, t_x, age)
+    return bgnbd_p_purchase(params.r, params.alpha, params.a, params.b, xs, ts, ages, h)
 
 
 def histories(frame: pd.DataFrame, birth: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, t_x, age) in days from the journey features :data:`INPUTS`.
-
-    ``birth`` is ``first_conversion`` (a purchase log: every customer's first event is an
-    order, so the first one is not a repeat) or ``first_event`` (a customer is born at their
-    first event, and every purchase counts).
-    """
-    n = pd.to_numeric(frame[COUNT], errors="coerce").fillna(0.0).to_numpy(dtype=np.float64)
-    age = pd.to_numeric(frame[AGE], errors="coerce").fillna(0.0).clip(lower=0.0).to_numpy()
-    since = pd.to_numeric(frame[RECENCY], errors="coerce").to_numpy(dtype=np.float64)
-    x = np.maximum(n - 1.0, 0.0) if birth == "first_conversion" else n
-    t_x = np.where((x > 0) & np.isfinite(since), np.clip(age - since, 0.0, age), 0.0)
-    return x, t_x, age.astype(np.float64)
+    """(x, t_x, age) in days from the journey features :data:`INPUTS` (see
+    :func:`bgnbd_histories` for ``birth``)."""
+    count, age, since = (
+        pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in INPUTS
+    )
+    return bgnbd_histories(count, age, since, birth)
 
 
 class BGNBDBaseline:
@@ -171,9 +153,29 @@ class BGNBDBaseline:
             birth = "first_conversion" if bool((counts >= 1).all()) else "first_event"
         self.birth_ = birth
         self.params_ = fit_bgnbd(*histories(x, birth))
+        self.reference_ = np.nanmedian(self._matrix(x), axis=0)
+        self.reference_ = np.where(np.isfinite(self.reference_), self.reference_, 0.0)
         logger.info("BG/NBD fitted (%s): %s", birth, asdict(self.params_))
         return self
 
+    def scorer(self) -> dict[str, Any]:
+        """The fitted model as a bundle's scorer spec (JSON; see
+        :func:`training.bundle.bgnbd_probability`), with the fit population's median history
+        as the reference its explanations are measured from."""
+        return {
+            "kind": "bgnbd",
+            **asdict(self.params_),
+            "horizon_days": float(self.horizon_days),
+            "outcome": self.outcome,
+            "birth": self.birth_,
+            "reference": [float(v) for v in self.reference_],
+        }
+
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
-        p = p_purchase_within(self.params_, *histories(x, self.birth_), self.horizon_days)
-        return p if self.outcome == "purchase" else 1.0 - p
+        return bgnbd_probability(self.scorer(), self._matrix(x))
+
+    @staticmethod
+    def _matrix(x: pd.DataFrame) -> np.ndarray:
+        return np.column_stack(
+            [pd.to_numeric(x[c], errors="coerce").to_numpy(dtype=np.float64) for c in INPUTS]
+        )

@@ -15,6 +15,10 @@ MLflow model, next to MLflow's own ``MLmodel`` and ``model.lgb``)::
     calibrator.json    the probability calibrator (binary: platt / beta / isotonic_interpolated
                        / none, with an optional log-odds shift;
                        multiclass: vector scaling; uplift: none)
+    scorer.json        only for a baseline registered as a model (manifest ``scorer``:
+                       ``logistic``: intercept and one term per feature; ``bgnbd``: the four
+                       population parameters, horizon and outcome); such a bundle has no
+                       LightGBM model and scores with the closed forms below
 
 An uplift manifest also lists ``actions``, ``outcomes`` and ``base_effects`` (per outcome, each
 action's average effect, the starting point the effect trees add to); its models read the
@@ -54,6 +58,14 @@ MANIFEST_FILE = "manifest.json"
 ENCODERS_FILE = "encoders.json"
 CALIBRATOR_FILE = "calibrator.json"
 MODEL_FILE = "model.txt"
+SCORER_FILE = "scorer.json"
+LIGHTGBM = "lightgbm"
+SCORERS = (LIGHTGBM, "logistic", "bgnbd")
+"""How a bundle scores: its LightGBM model, or a baseline's JSON (see :func:`linear_terms`
+and :func:`bgnbd_probability`)."""
+BGNBD_INPUTS = ("conversions_total", "tenure_days", "days_since_last_conversion")
+"""The journey features a BG/NBD scorer reads, in this order: purchases so far, days since
+the first event, days since the last purchase."""
 ACTION_FEATURE = "__action"
 """Extra categorical input of the uplift effect models: the code of the action."""
 MANIFEST_TAG = "bundle_manifest_sha256"
@@ -198,6 +210,138 @@ def apply_binary_calibrator(spec: Mapping[str, Any], p: np.ndarray) -> np.ndarra
     shift = float(spec.get("shift", 0.0))
     if shift:
         out = _sigmoid(_logit(out) + shift)
+    return out
+
+
+# -- baselines as models -------------------------------------------------------------------
+
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """sign(x) · ln(1 + |x|): the logistic baseline's transform of numbers."""
+    return np.asarray(np.sign(x) * np.log1p(np.abs(x)))
+
+
+def linear_terms(spec: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """Each feature's term in a logistic model's log-odds; last column: the intercept.
+
+    ``spec["terms"]`` holds one term per column of ``x`` (an encoded matrix): a number is
+    imputed with its training median, signed-log transformed and standardised, then weighted
+    (``median``, ``mean``, ``scale``, ``coef``); a string feature's code looks up its weight in
+    ``codes`` (one per vocabulary entry, the last for unseen values) and a missing value takes
+    ``missing``. The terms add up exactly to the log-odds.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    terms = spec["terms"]
+    if x.ndim != 2 or x.shape[1] != len(terms):
+        raise BundleError(f"the logistic model reads {len(terms)} features, got {x.shape}")
+    out = np.empty((len(x), len(terms) + 1))
+    for j, term in enumerate(terms):
+        v = x[:, j]
+        if term["type"] == "numeric":
+            v = np.where(np.isnan(v), float(term["median"]), v)
+            out[:, j] = float(term["coef"]) * (
+                (signed_log1p(v) - float(term["mean"])) / float(term["scale"])
+            )
+        else:
+            table = np.asarray(term["codes"], dtype=np.float64)
+            missing = np.isnan(v)
+            idx = np.clip(np.where(missing, 0.0, v), 0, len(table) - 1).astype(np.intp)
+            out[:, j] = np.where(missing, float(term["missing"]), table[idx])
+    out[:, -1] = float(spec["intercept"])
+    return out
+
+
+def bgnbd_histories(
+    count: np.ndarray, age: np.ndarray, since: np.ndarray, birth: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BG/NBD's history (x repeat purchases, t_x the last one's time since birth, age) in
+    days, from purchases so far, days since the first event and days since the last purchase.
+
+    ``birth`` is ``first_conversion`` (a purchase log: the first order is not a repeat) or
+    ``first_event`` (every purchase counts).
+    """
+    n = np.nan_to_num(np.asarray(count, dtype=np.float64), nan=0.0)
+    age = np.clip(np.nan_to_num(np.asarray(age, dtype=np.float64), nan=0.0), 0.0, None)
+    since = np.asarray(since, dtype=np.float64)
+    x = np.maximum(n - 1.0, 0.0) if birth == "first_conversion" else n
+    t_x = np.where((x > 0) & np.isfinite(since), np.clip(age - since, 0.0, age), 0.0)
+    return x, t_x, age
+
+
+def bgnbd_p_alive(
+    r: float, alpha: float, a: float, b: float, x: np.ndarray, t_x: np.ndarray, age: np.ndarray
+) -> np.ndarray:
+    """P(alive at age | x, t_x, age) (Fader, Hardie & Lee 2005)."""
+    x, t_x, age = (np.asarray(v, dtype=np.float64) for v in (x, t_x, age))
+    out = np.ones_like(x)
+    repeat = x > 0
+    xr = x[repeat]
+    log_ratio = (
+        np.log(a)
+        - np.log(b + xr - 1)
+        + (r + xr) * (np.log(alpha + age[repeat]) - np.log(alpha + t_x[repeat]))
+    )
+    out[repeat] = 1.0 / (1.0 + np.exp(np.clip(log_ratio, -700, 700)))
+    return out
+
+
+def bgnbd_p_purchase(
+    r: float,
+    alpha: float,
+    a: float,
+    b: float,
+    x: np.ndarray,
+    t_x: np.ndarray,
+    age: np.ndarray,
+    h: float,
+) -> np.ndarray:
+    """P(at least one purchase in (age, age + h] | x, t_x, age).
+
+    Alive at age, the customer's rate is Gamma(r + x, α + age) a posteriori and drop-out only
+    follows a purchase, so no purchase in the next ``h`` has probability
+    ((α + age) / (α + age + h))^(r + x); dead, it is certain.
+    """
+    x, t_x, age = (np.asarray(v, dtype=np.float64) for v in (x, t_x, age))
+    none_if_alive = np.exp((r + x) * (np.log(alpha + age) - np.log(alpha + age + h)))
+    return np.asarray(bgnbd_p_alive(r, alpha, a, b, x, t_x, age) * (1.0 - none_if_alive))
+
+
+def bgnbd_probability(spec: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """A BG/NBD scorer's probability of its outcome (``purchase`` within ``horizon_days``, or
+    ``no_purchase``) for an encoded matrix of :data:`BGNBD_INPUTS`."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(BGNBD_INPUTS):
+        raise BundleError(f"the BG/NBD model reads {len(BGNBD_INPUTS)} features, got {x.shape}")
+    hist = bgnbd_histories(x[:, 0], x[:, 1], x[:, 2], str(spec["birth"]))
+    p = bgnbd_p_purchase(
+        float(spec["r"]), float(spec["alpha"]), float(spec["a"]), float(spec["b"]), *hist,
+        float(spec["horizon_days"]),
+    )  # fmt: skip
+    return p if spec["outcome"] == "purchase" else 1.0 - p
+
+
+def bgnbd_contributions(spec: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    """Shapley values of the three inputs in the log-odds of a BG/NBD scorer's probability,
+    against the reference history ``spec["reference"]`` (the fit population's median); last
+    column: the reference's log-odds. Exact (8 evaluations a row) and adding up to the row's
+    log-odds."""
+    x = np.asarray(x, dtype=np.float64)
+    reference = np.asarray(spec["reference"], dtype=np.float64)
+    k = len(BGNBD_INPUTS)
+    value: dict[frozenset[int], np.ndarray] = {}
+    for mask in range(1 << k):
+        subset = frozenset(j for j in range(k) if mask >> j & 1)
+        mixed = np.tile(reference, (len(x), 1))
+        for j in subset:
+            mixed[:, j] = x[:, j]
+        value[subset] = _logit(bgnbd_probability(spec, mixed))
+    out = np.zeros((len(x), k + 1))
+    weight = {0: 1 / 3, 1: 1 / 6, 2: 1 / 3}  # |S|! (k - |S| - 1)! / k! for k = 3
+    for subset, v in value.items():
+        for j in range(k):
+            if j not in subset:
+                out[:, j] += weight[len(subset)] * (value[subset | {j}] - v)
+    out[:, -1] = value[frozenset()]
     return out
 
 
@@ -452,12 +596,14 @@ class ModelBundle:
             ``effect_churn``).
         vocabularies: string feature → vocabulary (``encoders.json``).
         calibrator: the calibrator spec (``calibrator.json``).
+        scorer: a baseline's scorer spec (``scorer.json``; empty for LightGBM models).
     """
 
     manifest: dict[str, Any]
     boosters: dict[str, Any]
     vocabularies: dict[str, list[str]]
     calibrator: dict[str, Any] = field(default_factory=dict)
+    scorer: dict[str, Any] = field(default_factory=dict)
     _path_cache: PathTables | None = field(default=None, repr=False, compare=False)
     _row_predictors: dict[tuple[str, int], tuple[Any, RowPredictor]] = field(
         default_factory=dict, repr=False, compare=False
@@ -474,6 +620,11 @@ class ModelBundle:
     @property
     def features(self) -> list[str]:
         return list(self.manifest["features"])
+
+    @property
+    def scorer_kind(self) -> str:
+        """``lightgbm``, or the baseline the bundle holds (``logistic``, ``bgnbd``)."""
+        return str(self.manifest.get("scorer", LIGHTGBM))
 
     @property
     def feature_service(self) -> str:
@@ -565,6 +716,10 @@ class ModelBundle:
         """Uncalibrated LightGBM probabilities of an encoded matrix."""
         if self.kind == "uplift":
             raise BundleError("an uplift bundle predicts effects: use predict_effects")
+        if self.scorer_kind == "logistic":
+            return _sigmoid(linear_terms(self.scorer, x).sum(axis=1))
+        if self.scorer_kind == "bgnbd":
+            return bgnbd_probability(self.scorer, x)
         return self._booster_predict("model", x)
 
     def _booster_predict(self, role: str, x: np.ndarray, leaves: bool = False) -> np.ndarray:
@@ -589,6 +744,8 @@ class ModelBundle:
     def prepare_row_path(self) -> None:
         """Sets up the single-row predictors a real-time decision uses, so that the first
         request after a model is loaded does not pay for them (5-11 ms a model)."""
+        if self.scorer_kind != LIGHTGBM:
+            return  # closed forms: nothing to set up
         if self.kind == "uplift":
             needed = [(role, PREDICT_NORMAL) for role in self.boosters]
         elif self.kind == "binary":
@@ -615,6 +772,14 @@ class ModelBundle:
         raw score, so a logistic model's probability is their sum's sigmoid (one LightGBM call
         instead of two on the real-time path)."""
         contributions = self.contributions(x)
+        if self.scorer_kind == "logistic":
+            return (
+                apply_binary_calibrator(self.calibrator, _sigmoid(contributions.sum(axis=1))),
+                contributions,
+            )
+        if self.scorer_kind == "bgnbd":
+            raw = bgnbd_probability(self.scorer, x)
+            return apply_binary_calibrator(self.calibrator, raw), contributions
         params = self.boosters["model"].params or {}
         if params.get("objective") == "binary":
             sigmoid = float(params.get("sigmoid", 1.0))
@@ -651,6 +816,10 @@ class ModelBundle:
         """
         if self.kind != "binary":
             raise BundleError(f"contributions are defined for binary models, not {self.kind}")
+        if self.scorer_kind == "logistic":
+            return linear_terms(self.scorer, x)  # exact: a linear model's own terms
+        if self.scorer_kind == "bgnbd":
+            return bgnbd_contributions(self.scorer, x)
         paths = self._paths()
         leaves = self._booster_predict("model", x, leaves=True)
         return paths.contributions(leaves.reshape(len(x), -1))
@@ -747,13 +916,23 @@ def load_model_bundle(
         actual = sha256_file(path)
         if actual != digest:
             raise BundleError(f"bundle file {name}: sha256 {actual} does not match {digest}")
+    kind = manifest.get("scorer", LIGHTGBM)
+    if kind not in SCORERS:
+        raise BundleError(f"{manifest_path}: unknown scorer {kind!r}")
+    if kind != LIGHTGBM and manifest.get("scorer_file") not in manifest["files"]:
+        raise BundleError(f"{manifest_path}: a {kind} bundle needs its scorer file")
     boosters = {
         role: lgb.Booster(model_str=(folder / name).read_text(encoding="utf-8"))
         for role, name in manifest["boosters"].items()
     }
     vocab = json.loads((folder / manifest["encoders"]).read_text(encoding="utf-8"))
     calibrator = json.loads((folder / manifest["calibrator"]).read_text(encoding="utf-8"))
-    return ModelBundle(manifest, boosters, vocab, calibrator)
+    scorer = (
+        json.loads((folder / manifest["scorer_file"]).read_text(encoding="utf-8"))
+        if kind != LIGHTGBM
+        else {}
+    )
+    return ModelBundle(manifest, boosters, vocab, calibrator, scorer)
 
 
 def write_bundle(
@@ -762,15 +941,21 @@ def write_bundle(
     model_texts: Mapping[str, str],
     vocabularies: Mapping[str, Sequence[str]],
     calibrator: Mapping[str, Any],
+    scorer: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a bundle folder and returns the manifest path (checksums filled in).
 
     Args:
         folder: the (new or empty) folder to write into.
         manifest: model, kind, feature_service, features, and classes/actions/outcomes.
-        model_texts: role → LightGBM text model (``Booster.model_to_string()``).
+        model_texts: role → LightGBM text model (``Booster.model_to_string()``); empty for a
+            baseline.
         vocabularies: string feature → vocabulary.
         calibrator: calibrator spec.
+        scorer: a baseline's scorer spec, with its ``kind`` (one of :data:`SCORERS`).
+
+    Raises:
+        BundleError: an unknown scorer, or neither a LightGBM model nor a scorer.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -787,8 +972,21 @@ def write_bundle(
         json.dumps(dict(calibrator), indent=1, sort_keys=True), encoding="utf-8"
     )
     files = [*boosters.values(), ENCODERS_FILE, CALIBRATOR_FILE]
+    extra: dict[str, Any] = {}
+    if scorer is not None:
+        kind = str(scorer.get("kind"))
+        if kind not in SCORERS or kind == LIGHTGBM:
+            raise BundleError(f"unknown baseline scorer {kind!r}")
+        (folder / SCORER_FILE).write_text(
+            json.dumps(dict(scorer), indent=1, sort_keys=True), encoding="utf-8"
+        )
+        files.append(SCORER_FILE)
+        extra = {"scorer": kind, "scorer_file": SCORER_FILE}
+    elif not boosters:
+        raise BundleError("a bundle needs a LightGBM model or a baseline scorer")
     full = {
         **manifest,
+        **extra,
         "format": BUNDLE_FORMAT,
         "boosters": boosters,
         "encoders": ENCODERS_FILE,

@@ -91,6 +91,13 @@ def train(
         "instead of labelling the lake; sampled by customer over the dataset: budget of "
         "models.yaml.",
     ),
+    register_baseline: bool | None = typer.Option(
+        None,
+        "--register-baseline/--no-register-baseline",
+        help="When a baseline with a bundle form (logistic, BG/NBD) beats the churn or "
+        "conversion LightGBM model, register it as the challenger in its place (default: "
+        "register_baseline of each model in models.yaml).",
+    ),
 ) -> None:
     """Train models with baselines, log them to MLflow and register each as challenger."""
     from training.config import LOWER_IS_BETTER
@@ -122,6 +129,7 @@ def train(
             decisions,
             skip_without_actions=model == "all",
             dataset=dataset,
+            register_baseline=register_baseline,
         )
     except (TrainingError, LabelError) as exc:
         err.print(f"[red]train: {exc}[/red]")
@@ -131,6 +139,7 @@ def train(
         table.add_column(col)
     for r in results:
         kind = "binary" if r.model in ("churn", "conversion") else r.model
+        label = f"{r.registered_name} ({r.baseline} baseline)" if r.baseline else r.registered_name
         for i, metric in enumerate(SHOWN[kind]):
             value = r.metrics.get(metric)
             bases = baseline_values(r.metrics, metric)
@@ -141,7 +150,7 @@ def train(
                 best = f"{v:.4f} ({name})"
             champ = r.metrics.get(f"champion_{metric}")
             table.add_row(
-                r.registered_name if i == 0 else "",
+                label if i == 0 else "",
                 f"v{r.version} challenger" if i == 0 else "",
                 metric,
                 "" if value is None else f"{value:.4f}",
@@ -153,6 +162,22 @@ def train(
             if metric in r.metrics:
                 table.add_row("", "", metric, f"{r.metrics[metric]:.4f}", "", "", "")
     console.print(table)
+    registered = {r.registered_name: r for r in results if r.baseline}
+    for r in results:
+        if r.verdict is None:
+            continue
+        console.print(f"[yellow]{r.verdict}[/yellow]")
+        by = registered.get(r.registered_name)
+        if by is not None:
+            console.print(
+                f"  registered the {by.baseline} baseline as {by.registered_name} v{by.version}, "
+                f"the challenger in place of the LightGBM model v{r.version}"
+            )
+        elif "no bundle form" not in r.verdict:
+            console.print(
+                "  the LightGBM model stays the challenger; train with --register-baseline "
+                "(or register_baseline: true in models.yaml) to register the baseline instead"
+            )
     console.print("promote with [bold]journeyml promote[/bold] (gates in configs/models.yaml)")
 
 

@@ -94,6 +94,9 @@ class BinaryModelSettings(StrictModel):
     lightgbm: dict[str, Any] = Field(default_factory=dict)
     num_boost_round: PositiveInt = 1000
     early_stopping_rounds: PositiveInt = 50
+    # when a baseline with a JSON form (logistic, BG/NBD) beats the LightGBM model on the
+    # gate's metric, register that baseline (calibrated like the model) as the challenger
+    register_baseline: bool = False
 
 
 class NextStepSettings(StrictModel):

@@ -16,16 +16,13 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from training.bundle import (
     apply_binary_calibrator,
     apply_multiclass_calibrator,
     encode_frame,
+    linear_terms,
+    signed_log1p,
 )
 from training.calibration import fit_binary_calibrator, fit_vector_scaling, relevel
 
@@ -100,6 +97,24 @@ def class_weights(counts: np.ndarray, imbalance: str) -> np.ndarray:
     if imbalance == "sqrt":
         w = np.sqrt(w)
     return w / (w * counts).sum() * counts.sum()
+
+
+def calibrate(
+    raw: np.ndarray,
+    y: np.ndarray,
+    method: str,
+    random_state: int,
+    recent: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """A binary calibrator fitted on held-out raw scores, re-levelled on the ``recent`` rows
+    (the latest matured cutoffs) when their label rate has moved (see
+    :func:`training.calibration.relevel`). Every model and registered baseline calibrates so."""
+    raw, y = np.asarray(raw, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    spec = fit_binary_calibrator(raw, y, method, random_state)
+    if recent is not None and spec["method"] != "none":
+        recent = np.asarray(recent, dtype=bool)
+        spec = relevel(spec, raw[recent], y[recent], raw, y)
+    return spec
 
 
 class BinaryJourneyModel:
@@ -208,14 +223,7 @@ class BinaryJourneyModel:
         self.booster_ = lgb.Booster(model_str=self.model_text_)
         self.params_ = params
         raw_val = np.asarray(self.booster_.predict(x_val))
-        self.calibrator_ = fit_binary_calibrator(
-            raw_val, y_val, self.calibration, self.random_state
-        )
-        if recent is not None and self.calibrator_["method"] != "none":
-            recent = np.asarray(recent, dtype=bool)
-            self.calibrator_ = relevel(
-                self.calibrator_, raw_val[recent], y_val[recent], raw_val, y_val
-            )
+        self.calibrator_ = calibrate(raw_val, y_val, self.calibration, self.random_state, recent)
         return self
 
     def predict_raw(self, x: pd.DataFrame) -> np.ndarray:
@@ -351,18 +359,21 @@ class NextStepModel:
 # -- baselines -------------------------------------------------------------------------------
 
 
-def _signed_log1p(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.log1p(np.abs(x))
-
-
 class LogisticBaseline:
     """Logistic regression on signed-log, standardised numbers and one-hot categories.
+
+    Numbers are imputed with their training median, transformed by sign(x)·ln(1 + |x|) and
+    standardised; each string value seen at least ``min_frequency`` times gets its own
+    indicator, rarer and unseen values share one, missing values have their own. The fitted
+    model is a JSON scorer (:meth:`scorer`, scored by :func:`training.bundle.linear_terms`), so
+    it can be registered and served like any model, with the same predictions.
 
     Args:
         features: input features.
         categorical: the string features among them.
         max_rows: fit on at most this many training rows (a seeded sample).
         c: inverse regularisation strength.
+        min_frequency: the fewest rows a string value needs for an indicator of its own.
         random_state: seed of the sample.
     """
 
@@ -372,51 +383,87 @@ class LogisticBaseline:
         categorical: Sequence[str] = (),
         max_rows: int = 50_000,
         c: float = 1.0,
+        min_frequency: int = 20,
         random_state: int = 42,
     ):
         self.features = features
         self.categorical = categorical
         self.max_rows = max_rows
         self.c = c
+        self.min_frequency = min_frequency
         self.random_state = random_state
 
     def fit(self, x: pd.DataFrame, y: np.ndarray) -> LogisticBaseline:
-        cats = [f for f in self.features if f in set(self.categorical)]
-        nums = [f for f in self.features if f not in set(self.categorical)]
-        numeric = make_pipeline(
-            SimpleImputer(strategy="median", keep_empty_features=True),
-            FunctionTransformer(_signed_log1p),
-            StandardScaler(),
-        )
-        categories = make_pipeline(
-            SimpleImputer(strategy="constant", fill_value="missing", keep_empty_features=True),
-            OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=20),
-        )
-        self.pipeline_ = Pipeline(
-            [
-                (
-                    "columns",
-                    ColumnTransformer([("num", numeric, nums), ("cat", categories, cats)]),
-                ),
-                ("model", LogisticRegression(C=self.c, max_iter=300)),
-            ]
-        )
+        from sklearn.linear_model import LogisticRegression
+
         y = np.asarray(y, dtype=np.int64)
         if len(x) > self.max_rows:
             rng = np.random.default_rng(self.random_state)
             take = np.sort(rng.choice(len(x), self.max_rows, replace=False))
             x, y = x.iloc[take], y[take]
-        frame = x[list(self.features)].copy()
-        for c in cats:
-            frame[c] = frame[c].astype(object).where(frame[c].notna(), "missing").astype(str)
-        self.pipeline_.fit(frame, y)
+        features = list(self.features)
+        self.vocabularies_ = fit_vocabularies(x, self.categorical)
+        m = encode_frame(x, features, self.vocabularies_)
+        columns: list[np.ndarray] = []
+        layout: list[dict[str, Any]] = []  # per feature: how its design columns were built
+        for j, name in enumerate(features):
+            v = m[:, j]
+            if name not in self.vocabularies_:
+                finite = v[np.isfinite(v)]
+                median = float(np.median(finite)) if len(finite) else 0.0
+                z = signed_log1p(np.where(np.isnan(v), median, v))
+                mean, scale = float(z.mean()), float(z.std())
+                scale = scale if scale > 0 else 1.0
+                layout.append(
+                    {"type": "numeric", "median": median, "mean": mean, "scale": scale,
+                     "first": len(columns)}
+                )  # fmt: skip
+                columns.append((z - mean) / scale)
+                continue
+            size = len(self.vocabularies_[name])
+            codes = np.where(np.isnan(v), -1, v).astype(np.intp)
+            counts = np.bincount(codes[codes >= 0], minlength=size + 1)
+            frequent = [c for c in range(size) if counts[c] >= self.min_frequency]
+            first = len(columns)
+            for c in frequent:
+                columns.append((codes == c).astype(np.float64))
+            rare = (codes >= 0) & ~np.isin(codes, frequent)
+            columns.append(rare.astype(np.float64))  # rare and unseen values
+            columns.append((codes < 0).astype(np.float64))  # missing
+            layout.append(
+                {"type": "categorical", "first": first, "frequent": frequent, "size": size}
+            )
+        design = np.column_stack(columns) if columns else np.zeros((len(y), 0))
+        model = LogisticRegression(C=self.c, max_iter=300).fit(design, y)
+        coef = model.coef_[0]
+        terms: list[dict[str, Any]] = []
+        for term in layout:
+            if term["type"] == "numeric":
+                first = term.pop("first")
+                terms.append({**term, "coef": float(coef[first])})
+                continue
+            first, frequent, size = term["first"], term["frequent"], term["size"]
+            shared = float(coef[first + len(frequent)])
+            table = [shared] * (size + 1)
+            for i, c in enumerate(frequent):
+                table[c] = float(coef[first + i])
+            terms.append(
+                {
+                    "type": "categorical",
+                    "codes": table,
+                    "missing": float(coef[first + len(frequent) + 1]),
+                }
+            )
+        self.scorer_ = {"kind": "logistic", "intercept": float(model.intercept_[0]), "terms": terms}
         return self
 
+    def scorer(self) -> dict[str, Any]:
+        """The fitted model as a bundle's scorer spec (JSON)."""
+        return self.scorer_
+
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
-        frame = x[list(self.features)].copy()
-        for c in self.categorical:
-            frame[c] = frame[c].astype(object).where(frame[c].notna(), "missing").astype(str)
-        return np.asarray(self.pipeline_.predict_proba(frame)[:, 1])
+        terms = linear_terms(self.scorer_, encode_frame(x, list(self.features), self.vocabularies_))
+        return np.asarray(1.0 / (1.0 + np.exp(-terms.sum(axis=1))))
 
 
 class RandomForestBaseline:

@@ -30,11 +30,13 @@ from training.bundle import (
     CALENDAR_FEATURES,
     MANIFEST_TAG,
     apply_binary_calibrator,
+    bgnbd_contributions,
     calendar_values,
     encode_frame,
+    linear_terms,
     load_model_bundle,
 )
-from training.config import BinaryModelSettings, TrainingConfig
+from training.config import LOWER_IS_BETTER, BinaryModelSettings, TrainingConfig
 from training.dataset import (
     ServiceSpec,
     describe_service,
@@ -61,7 +63,9 @@ from training.models import (
     NextStepModel,
     RandomForestBaseline,
     RecencyFrequencyBaseline,
+    calibrate,
 )
+from training.registry import BASELINES
 from training.tracking import (
     CHAMPION,
     LoggedVersion,
@@ -126,6 +130,9 @@ class TaskResult:
     champion_scorer: Callable[[Any], dict[str, float]]
     fit_seconds: float
     extra_artifacts: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None  # set when the fitted model is a baseline (logreg, bgnbd)
+    verdict: str | None = None  # "the X baseline beats the LightGBM model ..." when it does
+    baseline_challenger: TaskResult | None = None  # that baseline, ready to register
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,8 @@ class TrainedModel:
     fit_seconds: float
     log_seconds: float
     champion_version: str | None
+    baseline: str | None = None  # the baseline this version is, if it is one
+    verdict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -399,6 +408,7 @@ def read_histories(data: PreparedData, spec: ServiceSpec, config: TrainingConfig
     the test period. Read once per feature service.
     """
     key = f"histories:{spec.name}"
+    spec = replace(spec, features=tuple(f for f in spec.features if f not in CALENDAR_FEATURES))
     if key not in data.cache:
         first = pd.Timestamp(data.plan.test[0])
         frame = data.labels.frame
@@ -457,6 +467,7 @@ def fit_binary_task(
 
     logreg = LogisticBaseline(features, spec.categorical, random_state=config.seed)
     scores["logreg"] = logreg.fit(x[tr], y[tr]).predict_proba(x[te])
+    exportable: dict[str, Any] = {"logreg": logreg}
     w = max(feature_settings.windows_days)
     recency, frequency = (
         ("days_since_last_event", f"events_{w}d")
@@ -477,6 +488,7 @@ def fit_binary_task(
             histories = read_histories(data, spec, config)
             bgnbd = BGNBDBaseline(horizon_days, outcome).fit(histories)
             scores["bgnbd"] = bgnbd.predict_proba(x[te])  # the model's own test rows
+            exportable["bgnbd"] = bgnbd
             metrics["bgnbd_fit_customers"] = float(len(histories))
             metrics["bgnbd_fit_active_share"] = float(histories["active"].mean())
             metrics.update(_prefixed("bgnbd_", asdict(bgnbd.params_)))
@@ -485,21 +497,9 @@ def fit_binary_task(
     for base in ("logreg", "random_forest", "recency_frequency", "bgnbd"):
         if base in scores:
             metrics.update(_prefixed(f"baseline_{base}_", binary_metrics(y[te], scores[base])))
-    beaten_by = {
-        b: metrics[f"baseline_{b}_auc"]
-        for b in scores
-        if b != "lightgbm" and metrics.get(f"baseline_{b}_auc", -1.0) > metrics["auc"]
-    }
-    if beaten_by:
-        best = max(beaten_by, key=lambda b: beaten_by[b])
-        logger.warning(
-            "%s: the %s baseline beats the LightGBM model on the test period (AUC %.4f against "
-            "%.4f); the promotion gate will refuse this challenger",
-            name,
-            best,
-            beaten_by[best],
-            metrics["auc"],
-        )
+    verdict, best = baseline_verdict(name, metrics, config, exportable)
+    if verdict:
+        logger.warning("%s", verdict)
     if truth is not None:
         metrics.update(compare_with_truth(rows[te], p_test, y[te], truth, label))
 
@@ -526,7 +526,15 @@ def fit_binary_task(
     def champion_scorer(bundle: Any) -> dict[str, float]:
         return binary_metrics(y[te], bundle.predict_proba(x[te]))
 
+    challenger = None
+    if best is not None:
+        challenger = fit_baseline_challenger(
+            BaselineFit(name, best, exportable[best], spec, x, y, tr, va, te, recent),
+            data, settings, config, metrics, scores, truth, champion_scorer,
+        )  # fmt: skip
     return TaskResult(
+        verdict=verdict,
+        baseline_challenger=challenger,
         model=name,
         kind="binary",
         fitted=model,
@@ -545,6 +553,157 @@ def fit_binary_task(
             "vocabularies": model.vocabularies_,
             "calibrator": model.calibrator_,
         },
+    )
+
+
+EXPORTABLE_BASELINES = {"logreg": "logistic", "bgnbd": "bgnbd"}
+"""Baselines with a JSON form a bundle can hold (the random forest and the recency grid
+have none)."""
+
+
+def baseline_verdict(
+    name: str, metrics: dict[str, float], config: TrainingConfig, exportable: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """What to tell the user when baselines beat the LightGBM model on the gate's metric, and
+    the best of them that can be registered in its place (None when none can)."""
+    metric = config.gate(name).metric
+    value = metrics.get(metric)
+    if value is None:
+        return None, None
+    lower = metric in LOWER_IS_BETTER
+    beaten = {
+        b: v
+        for b in BASELINES
+        if (v := metrics.get(f"baseline_{b}_{metric}")) is not None
+        and (v < value if lower else v > value)
+    }
+    if not beaten:
+        return None, None
+    pick = min if lower else max
+    top = pick(beaten, key=lambda b: beaten[b])
+    registrable = [b for b in beaten if b in exportable]
+    best = pick(registrable, key=lambda b: beaten[b]) if registrable else None
+    text = (
+        f"{name}: the {top} baseline beats the LightGBM model on {metric} by "
+        f"{abs(beaten[top] - value):.4f} ({beaten[top]:.4f} against {value:.4f})"
+    )
+    if best is None:
+        text += f"; {top} has no bundle form, so the LightGBM model stays the challenger"
+    elif best != top:
+        text += (
+            f"; the best baseline with a bundle form is {best} "
+            f"({beaten[best]:.4f}, by {abs(beaten[best] - value):.4f})"
+        )
+    return text, best
+
+
+@dataclass(frozen=True)
+class BaselineFit:
+    """A fitted baseline and the rows of the task it was fitted in."""
+
+    model: str
+    baseline: str
+    fitted: Any
+    spec: ServiceSpec
+    x: pd.DataFrame
+    y: np.ndarray
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    recent: np.ndarray | None
+
+
+def fit_baseline_challenger(
+    fit: BaselineFit,
+    data: PreparedData,
+    settings: BinaryModelSettings,
+    config: TrainingConfig,
+    model_metrics: dict[str, float],
+    scores: dict[str, np.ndarray],
+    truth: Truth | None,
+    champion_scorer: Callable[[Any], dict[str, float]],
+) -> TaskResult:
+    """A baseline as a model to register: calibrated on the held-out customers as the
+    LightGBM model is, evaluated on the same test rows, with the LightGBM model and the
+    other baselines as the baselines it is gated against."""
+    started = time.perf_counter()
+    name, base, fitted, x, y = fit.model, fit.baseline, fit.fitted, fit.x, fit.y
+    tr, va, te = fit.train, fit.validation, fit.test
+    scorer = fitted.scorer()
+    if scorer["kind"] == "bgnbd":
+        features = list(BGNBD_INPUTS)
+        spec = replace(fit.spec, features=tuple(features), categorical=())
+        vocabularies: dict[str, list[str]] = {}
+        bundle_features = features
+    else:
+        spec = fit.spec
+        features = list(spec.features)
+        vocabularies = fitted.vocabularies_
+        bundle_features = features
+    calibrator = calibrate(
+        fitted.predict_proba(x[va]), y[va], settings.calibration, config.seed, fit.recent
+    )
+    raw_test = fitted.predict_proba(x[te])
+    p_test = apply_binary_calibrator(calibrator, raw_test)
+    metrics = binary_metrics(y[te], p_test)
+    p_val = apply_binary_calibrator(calibrator, fitted.predict_proba(x[va]))
+    metrics.update(_prefixed("validation_", binary_metrics(y[va], p_val)))
+    metrics.update(relevel_metrics(calibrator, raw_test, y[te]))
+    metrics["test_distinct_score_share"] = float(len(np.unique(p_test)) / max(len(p_test), 1))
+    metrics.update(_prefixed("baseline_lightgbm_", binary_metrics(y[te], scores["lightgbm"])))
+    for key, v in model_metrics.items():
+        keep = key.startswith("baseline_") and not key.startswith(f"baseline_{base}_")
+        if keep or key.startswith(("train_", "test_rows", "test_positive", "validation_rows")):
+            metrics.setdefault(key, v)
+    label = LABEL_OF[name]
+    if truth is not None:
+        metrics.update(compare_with_truth(data.rows[te], p_test, y[te], truth, label))
+    encoded = encode_frame(x[te], bundle_features, vocabularies)
+    if scorer["kind"] == "bgnbd":
+        terms = bgnbd_contributions(scorer, encoded[:5000])
+    else:
+        terms = linear_terms(scorer, encoded[:5000])
+    importance = pd.Series(np.abs(terms[:, :-1]).mean(axis=0), index=bundle_features)
+    manifest = _manifest(name, "binary", spec, data, config, 0)
+    manifest.update(
+        {
+            "label": label,
+            "positive_class": 1,
+            "baseline": base,
+            "features": bundle_features,
+            "categorical_features": [f for f in bundle_features if f in vocabularies],
+            "calendar_features": [f for f in bundle_features if f in CALENDAR_FEATURES],
+        }
+    )
+    params = {
+        **_window_params(data.rows, {"train": tr, "validation": va, "test": te}),
+        "label": label,
+        "baseline": base,
+        "scorer": scorer["kind"],
+        "calibration": calibrator["method"],
+    }
+    example = pd.DataFrame(encoded[:5], columns=bundle_features)
+    return TaskResult(
+        model=name,
+        kind="binary",
+        fitted=fitted,
+        spec=spec,
+        metrics=metrics,
+        params=params,
+        manifest=manifest,
+        model_texts={},
+        primary_booster=None,
+        input_example=example,
+        output_example=p_test[:5],
+        plot_data={
+            "y": y[te],
+            "scores": {base: p_test, "lightgbm": scores["lightgbm"]},
+            "importance": importance.sort_values(ascending=False),
+        },
+        champion_scorer=champion_scorer,
+        fit_seconds=time.perf_counter() - started,
+        extra_artifacts={"vocabularies": vocabularies, "calibrator": calibrator, "scorer": scorer},
+        baseline=base,
     )
 
 
@@ -1009,9 +1168,11 @@ def log_task(
     commit, dirty = git_commit()
     metrics = _clean({**result.metrics, **champion_metrics})
     metrics["fit_seconds"] = result.fit_seconds
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{result.model}-{batch}"):
+    run_name = f"{result.model}-{result.baseline + '-' if result.baseline else ''}{batch}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name):
         mlflow.set_tags(
             {
+                "baseline": result.baseline or "",
                 "model": result.model,
                 "registered_model": name,
                 "feature_service": result.spec.name,
@@ -1059,6 +1220,7 @@ def log_task(
             result.model_texts,
             result.extra_artifacts["vocabularies"],
             result.extra_artifacts["calibrator"],
+            result.extra_artifacts.get("scorer"),
         )
         log_seconds = time.perf_counter() - started
         metrics["log_seconds"] = log_seconds
@@ -1077,8 +1239,14 @@ def train_models(
     decisions_path: str | Path | None = None,
     skip_without_actions: bool = False,
     dataset: str | Path | None = None,
+    register_baseline: bool | None = None,
 ) -> list[TrainedModel]:
     """Trains, evaluates, logs and registers (as ``challenger``) each requested model.
+
+    When a baseline with a bundle form beats the churn or conversion LightGBM model on the
+    gate's metric and ``register_baseline`` (default: the model's ``register_baseline``
+    setting) is on, that baseline is registered after the LightGBM model and becomes the
+    challenger; both are in the returned list, the baseline's with ``baseline`` set.
 
     Raises:
         TrainingError: the data cannot train a model (the message says why). With
@@ -1143,20 +1311,31 @@ def train_models(
             r.metrics.update(agreement)
     out = []
     for result in fitted:
-        name = result.model
-        logged, metrics, champion, log_seconds = log_task(
-            client, experiment_id, config, result, data, batch
+        chain = [result]
+        settings = getattr(config.models, result.model, None)
+        wanted = (
+            register_baseline
+            if register_baseline is not None
+            else bool(getattr(settings, "register_baseline", False))
         )
-        out.append(
-            TrainedModel(
-                model=name,
-                registered_name=logged.registered_name,
-                version=logged.version,
-                run_id=logged.run_id,
-                metrics=metrics,
-                fit_seconds=result.fit_seconds,
-                log_seconds=log_seconds,
-                champion_version=champion,
+        if result.baseline_challenger is not None and wanted:
+            chain.append(result.baseline_challenger)
+        for task in chain:
+            logged, metrics, champion, log_seconds = log_task(
+                client, experiment_id, config, task, data, batch
             )
-        )
+            out.append(
+                TrainedModel(
+                    model=task.model,
+                    registered_name=logged.registered_name,
+                    version=logged.version,
+                    run_id=logged.run_id,
+                    metrics=metrics,
+                    fit_seconds=task.fit_seconds,
+                    log_seconds=log_seconds,
+                    champion_version=champion,
+                    baseline=task.baseline,
+                    verdict=task.verdict,
+                )
+            )
     return out

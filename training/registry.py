@@ -49,6 +49,7 @@ def _better(metric: str, value: float, reference: float, margin: float) -> bool:
 
 
 BASELINES = (
+    "lightgbm",  # in the run of a baseline registered in its place
     "logreg",
     "random_forest",
     "recency_frequency",

@@ -146,14 +146,21 @@ def log_and_register(
     model_texts: dict[str, str],
     vocabularies: dict[str, list[str]],
     calibrator: dict[str, Any],
+    scorer: dict[str, Any] | None = None,
 ) -> LoggedVersion:
     """Logs the LightGBM model with its bundle to the active run and registers a challenger.
 
     The bundle (text models, JSON encoders and calibrator, manifest with sha256 of each)
     goes into the logged model's ``extra_files/``, so the registered version holds
     everything serving needs. MLflow's own ``model.lgb`` is the same Booster in LightGBM's
-    text format.
+    text format. A baseline (``booster`` None, its ``scorer`` JSON given) has no MLflow
+    flavour without a pickle: its bundle is logged as the run's artifacts under the
+    registered name and the version points at that folder.
     """
+    if booster is None:
+        return _register_bundle_folder(
+            client, registered_name, manifest, vocabularies, calibrator, scorer or {}
+        )
     import lightgbm
     import mlflow
     from mlflow.models import infer_signature
@@ -185,3 +192,58 @@ def log_and_register(
     return LoggedVersion(
         run.info.run_id, info.model_uri, registered_name, str(version.version), digest
     )
+
+
+def _register_bundle_folder(
+    client: MlflowClient,
+    registered_name: str,
+    manifest: dict[str, Any],
+    vocabularies: dict[str, list[str]],
+    calibrator: dict[str, Any],
+    scorer: dict[str, Any],
+) -> LoggedVersion:
+    """A JSON-only bundle (a baseline) logged as run artifacts and registered as challenger."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_and_register needs an active MLflow run")
+    with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
+        manifest_path = write_bundle(tmp, manifest, {}, vocabularies, calibrator, scorer)
+        digest = sha256_file(manifest_path)
+        mlflow.log_artifacts(tmp, registered_name)
+    mlflow.log_dict(manifest, "bundle_manifest.json")
+    mlflow.set_tag(MANIFEST_TAG, digest)
+    if current_registered(client, registered_name) is None:
+        client.create_registered_model(registered_name)
+    version = client.create_model_version(
+        registered_name,
+        source=f"{run.info.artifact_uri}/{registered_name}",
+        run_id=run.info.run_id,
+        tags={MANIFEST_TAG: digest, "run_id": run.info.run_id, "baseline": scorer["kind"]},
+    )
+    client.set_registered_model_alias(registered_name, CHALLENGER, version.version)
+    logger.info(
+        "registered the %s baseline as %s version %s (%s)",
+        scorer["kind"],
+        registered_name,
+        version.version,
+        CHALLENGER,
+    )
+    return LoggedVersion(
+        run.info.run_id,
+        f"models:/{registered_name}/{version.version}",
+        registered_name,
+        str(version.version),
+        digest,
+    )
+
+
+def current_registered(client: MlflowClient, name: str) -> Any | None:
+    """The registered model ``name``, or None when it was never registered."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        return None

@@ -257,3 +257,41 @@ def test_the_single_row_path_predicts_what_the_booster_predicts(tmp_path: Path) 
     assert loaded._row_predictors == prepared
     loaded.boosters["model"] = regression  # a replaced booster is not served from the cache
     np.testing.assert_allclose(loaded.predict_raw_matrix(x[:1]), regression.predict(x[:1]))
+
+
+def test_a_logistic_baseline_bundle_scores_as_the_baseline(tmp_path: Path) -> None:
+    """A logistic baseline as a bundle: JSON only, the baseline's own predictions, reasons
+    that are its log-odds terms, and a checksum on its scorer."""
+    from training.models import LogisticBaseline
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "n": np.where(rng.random(600) < 0.1, np.nan, rng.normal(size=600) * 10),
+            "stage": rng.choice(
+                ["retention", "purchase", "rare", None], 600, p=[0.5, 0.4, 0.02, 0.08]
+            ),
+        }
+    )
+    y = ((frame["n"].fillna(0) > 0) ^ (rng.random(600) < 0.2)).astype(int).to_numpy()
+    base = LogisticBaseline(["n", "stage"], ["stage"]).fit(frame, y)
+    manifest = {"model": "churn", "kind": "binary", "features": ["n", "stage"],
+                "feature_service": "churn_v1"}  # fmt: skip
+    path = write_bundle(
+        tmp_path, manifest, {}, base.vocabularies_, {"method": "none"}, base.scorer()
+    )
+    digest = bundle_module.sha256_file(path)
+    loaded = load_model_bundle(tmp_path, expected_manifest_sha256=digest)
+    assert loaded.scorer_kind == "logistic" and loaded.boosters == {}
+    unseen = pd.concat([frame, pd.DataFrame({"n": [3.0], "stage": ["never seen"]})])
+    np.testing.assert_allclose(loaded.predict_proba(unseen), base.predict_proba(unseen))
+    x = loaded.encode(unseen)
+    p, terms = loaded.predict_proba_explained(x)
+    np.testing.assert_allclose(1 / (1 + np.exp(-terms.sum(axis=1))), p)
+    assert np.all(terms[:, -1] == base.scorer()["intercept"])
+    # a rare value shares its weight with unseen ones; missing has its own
+    table = base.scorer()["terms"][1]["codes"]
+    assert table[base.vocabularies_["stage"].index("rare")] == table[-1]
+    (tmp_path / "scorer.json").write_text(json.dumps({**base.scorer(), "intercept": 9.0}))
+    with pytest.raises(BundleError, match="does not match"):
+        load_model_bundle(tmp_path, expected_manifest_sha256=digest)
