@@ -176,6 +176,7 @@ class ListSummary:
     diff: dict[str, Any] = field(default_factory=dict)  # against the previous list
     capacity: dict[str, Any] = field(default_factory=dict)  # limits, use, value given up
     model_versions: dict[str, str] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)  # optional roles without a model
     policy_version: str = ""
     filters: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -545,6 +546,7 @@ def list_summary(
             f"unknown consent is {consent_rule.unknown.replace('_', ' ')}"
         ),
         model_versions=engine.models.versions(),
+        fallbacks=engine.models.fallbacks(),
         policy_version=engine.catalog.version,
         rank_by=filters.rank_by,
         filters={

@@ -208,6 +208,8 @@ def churn_risk(
     used = settings.models.alias
     note = "" if used == "champion" else ", not the promoted champion"
     console.print(f"Models (alias {used}{note}): {served or 'none'}")
+    for line in summary.fallbacks.values():
+        console.print(f"[yellow]Fallback: {line}[/yellow]")
     console.print(f"Consent: {summary.consent_rule}")
     console.print(f"Written in {summary.seconds:.1f} s: " + ", ".join(summary.outputs))
 

@@ -46,6 +46,14 @@ class LoadedModel:
         return f"{self.name}/{self.version}"
 
 
+FALLBACKS = {
+    "uplift": "no uplift estimates: actions are ranked by propensity and risk (the fallback "
+    "policy)",
+    "next_step": "no next-step predictions",
+}
+"""What decisions do without an optional model (one the gates refused or never trained)."""
+
+
 class ModelLoadError(RuntimeError):
     """A required model could not be loaded; the message says which and why."""
 
@@ -83,6 +91,16 @@ class ModelSet:
 
     def versions(self) -> dict[str, str]:
         return {role: m.ref for role, m in self._models.items()}
+
+    def fallbacks(self) -> dict[str, str]:
+        """Each optional role without a model at the serving alias, and what decisions do
+        without it."""
+        alias = self.settings.models.alias
+        return {
+            role: f"no {self.settings.models.registered_name(role)}@{alias}: {FALLBACKS[role]}"
+            for role in self.settings.models.optional
+            if role not in self._models and role in FALLBACKS
+        }
 
     # -- loading -------------------------------------------------------------------------
 

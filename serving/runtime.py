@@ -188,7 +188,11 @@ class Runtime:
             detail = f"not loaded: {', '.join(missing)}; " + "; ".join(
                 f"{k}: {v}" for k, v in self.models.errors.items()
             )
-        return {"ok": not missing, "required": True, "detail": detail}
+        out = {"ok": not missing, "required": True, "detail": detail}
+        fallbacks = self.models.fallbacks()
+        if fallbacks:
+            out["fallbacks"] = fallbacks
+        return out
 
     def _online_health(self) -> dict[str, Any]:
         if self.features is None:
