@@ -15,11 +15,14 @@ TTL to online reads).
 from __future__ import annotations
 
 import logging
+import math
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import duckdb
 import pandas as pd
@@ -28,9 +31,10 @@ import sqlalchemy as sa
 from feast import FeatureStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import feast_value_type_to_python_type
+from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
 
 from features.catalog import FeatureCatalog
+from features.journey_state import CustomerJourney, JourneyProgram, epoch_us, rows_of
 from features.pipeline import (
     DEFAULT_COUNT_BITS,
     ENTITY,
@@ -42,13 +46,37 @@ from features.pipeline import (
     register_inputs,
     register_snapshots,
 )
+from features.sql_eval import UnsupportedExpressionError, to_text
 from journeyml.config import JourneyMap
 from journeyml.events.bounds import TimeBounds
-from journeyml.events.schema import CUSTOMERS_FILE, NORMALISED_EVENT_SCHEMA, events_glob
+from journeyml.events.schema import (
+    CUSTOMERS_FILE,
+    MANIFEST_FILE,
+    NORMALISED_EVENT_SCHEMA,
+    events_glob,
+)
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 _EVENT_COLUMNS = NORMALISED_EVENT_SCHEMA.names
+
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+)
+"""What the event store raises when it is down, locked or slower than its timeout."""
+
+
+class Breaker(Protocol):
+    """What the event store needs of a circuit breaker (``serving.breaker.CircuitBreaker``)."""
+
+    def check(self) -> None: ...
+
+    def trip(self, exc: BaseException) -> None: ...
 
 
 class EventStore:
@@ -56,10 +84,23 @@ class EventStore:
 
     SQLite for the embedded default, PostgreSQL in production (any SQLAlchemy URL). Events are
     immutable: adding an event whose id is already stored does nothing.
+
+    Args:
+        timeout_ms: the longest a statement waits (SQLite's busy timeout, PostgreSQL's
+            statement and lock timeouts); None: the drivers' defaults.
+        breaker: a circuit breaker: a store error (:data:`STORE_ERRORS`) opens it, and while
+            it is open calls fail at once with its error instead of waiting for the store.
     """
 
-    def __init__(self, url: str, table: str = "journey_events"):
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+    def __init__(
+        self,
+        url: str,
+        table: str = "journey_events",
+        timeout_ms: float | None = None,
+        breaker: Breaker | None = None,
+    ):
+        self.breaker = breaker
+        self.engine = _create_engine(url, timeout_ms)
         self._meta = sa.MetaData()
         self.table = sa.Table(
             table,
@@ -77,24 +118,76 @@ class EventStore:
 
     def add(self, events: pa.Table) -> int:
         """Stores new events; returns how many were not already stored."""
+        return len(self.add_new(events))
+
+    def add_new(self, events: pa.Table) -> set[str]:
+        """Stores new events; returns the ids of those that were not already stored."""
         if events.num_rows == 0:
-            return 0
+            return set()
         rows = _to_rows(events)
         insert = _insert_ignore(self.engine, self.table).returning(self.table.c.event_id)
-        with self.engine.begin() as conn:
-            added = conn.execute(insert, rows).all()
-        return len(added)
+
+        def run() -> set[str]:
+            with self.engine.begin() as conn:
+                return {r[0] for r in conn.execute(insert, rows).all()}
+
+        return self._guarded(run)
 
     def customer_events(self, customer_ids: Sequence[str]) -> pa.Table:
         """Every stored event of the given customers, in the normalised schema."""
         t = self.table
+
+        def run() -> list[dict[str, object]]:
+            with self.engine.connect() as conn:
+                query = sa.select(t).where(t.c.customer_id.in_(list(customer_ids)))
+                return [dict(r) for r in conn.execute(query).mappings().all()]
+
+        return _from_rows(self._guarded(run))
+
+    def counts(self, customer_ids: Sequence[str]) -> dict[str, int]:
+        """How many events each customer has in the store (0 for none)."""
+        t = self.table
+
+        def run() -> dict[str, int]:
+            with self.engine.connect() as conn:
+                query = (
+                    sa.select(t.c.customer_id, sa.func.count())
+                    .where(t.c.customer_id.in_(list(customer_ids)))
+                    .group_by(t.c.customer_id)
+                )
+                return {r[0]: int(r[1]) for r in conn.execute(query).all()}
+
+        found = self._guarded(run)
+        return {c: found.get(c, 0) for c in customer_ids}
+
+    def ping(self) -> None:
+        """Raises while the store cannot be read (the breaker's probe, readiness)."""
         with self.engine.connect() as conn:
-            rows = (
-                conn.execute(sa.select(t).where(t.c.customer_id.in_(list(customer_ids))))
-                .mappings()
-                .all()
-            )
-        return _from_rows([dict(r) for r in rows])
+            conn.execute(sa.select(self.table.c.event_id).limit(1)).all()
+
+    def _guarded(self, call: Callable[[], _T]) -> _T:
+        if self.breaker is not None:
+            self.breaker.check()
+        try:
+            return call()
+        except STORE_ERRORS as exc:
+            if self.breaker is not None:
+                self.breaker.trip(exc)
+            raise
+
+
+def _create_engine(url: str, timeout_ms: float | None) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        args: dict[str, Any] = {} if timeout_ms is None else {"timeout": timeout_ms / 1000}
+        return sa.create_engine(parsed, hide_parameters=True, connect_args=args)
+    args = {}
+    if timeout_ms is not None:
+        wait = int(timeout_ms)
+        args["connect_timeout"] = max(1, math.ceil(wait / 1000))
+        args["options"] = f"-c statement_timeout={wait} -c lock_timeout={wait}"
+    # hide_parameters: an error's text never carries the events' values (customer ids)
+    return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True, connect_args=args)
 
 
 def _insert_ignore(engine: sa.Engine, table: sa.Table) -> sa.Insert:
@@ -148,8 +241,27 @@ class UpdateReport:
     skipped_views: int = 0
 
 
+@dataclass(frozen=True)
+class JourneyView:
+    """A customer's latest raw events (oldest first) and current features, as of ``as_of``
+    (None: the customer has no activity event yet, or no history at all)."""
+
+    customer_id: str
+    recent_events: list[dict[str, Any]]
+    features: dict[str, Any] | None
+    as_of: datetime
+
+
 class RealtimeUpdater:
     """Applies new events to the online features of their customers at once.
+
+    By default each customer's journey state (:mod:`features.journey_state`) is kept in memory
+    (at most ``max_customers``, least recently used first out), loaded once from the lake and
+    the event store, and updated with each new event; its features are written to the online
+    store. The state follows the event store: when another worker stored events of a customer
+    (the store holds more than the state has seen) or the lake was re-ingested, the customer is
+    loaded again. ``incremental=False``, or a catalog whose SQL the evaluator lacks, recomputes
+    each customer's whole history with the batch feature query instead (:meth:`compute`).
 
     Args:
         store: the Feast store whose online store is updated.
@@ -160,6 +272,8 @@ class RealtimeUpdater:
         bounds: the window event times must fall in (the event contract's: no later than
             now plus its future tolerance, no earlier than the lake's first event minus its
             margin); a batch with an event outside it is refused whole. None: any time.
+        incremental: keep journey states (True) or recompute histories (False).
+        max_customers: the most journey states kept in memory.
     """
 
     def __init__(
@@ -170,6 +284,8 @@ class RealtimeUpdater:
         event_store: EventStore,
         lake: str | Path | None = None,
         bounds: TimeBounds | None = None,
+        incremental: bool = True,
+        max_customers: int = 100_000,
     ):
         self.store = store
         self.bounds = bounds
@@ -182,11 +298,29 @@ class RealtimeUpdater:
         self._con: duckdb.DuckDBPyConnection | None = None
         # Registry lookups are slow (protobuf parsing); views change only on `features apply`.
         self._views = {view: store.get_feature_view(view) for view in catalog.views}
+        self.program: JourneyProgram | None = None
+        if incremental:
+            try:
+                self.program = JourneyProgram(catalog, journey_map)
+            except UnsupportedExpressionError as exc:
+                logger.warning("journey state off, every update recomputes the history: %s", exc)
+        self.max_customers = max_customers
+        self._journeys: OrderedDict[str, CustomerJourney] = OrderedDict()
+        self._profiles: dict[str, dict[str, Any]] | None = None
+        self._lake_version: tuple[int, int] | None = None
+        self._view_types = {
+            view: [(f.name, f.dtype.to_value_type()) for f in fv.features]
+            for view, fv in self._views.items()
+        }
 
     def refresh_views(self) -> None:
         """Re-reads the feature views from the registry (after ``journeyml features apply``)."""
         with self._lock:
             self._views = {view: self.store.get_feature_view(view) for view in self.catalog.views}
+            self._view_types = {
+                view: [(f.name, f.dtype.to_value_type()) for f in fv.features]
+                for view, fv in self._views.items()
+            }
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -270,6 +404,8 @@ class RealtimeUpdater:
                 future event would otherwise move the customer's feature clock for good).
         """
         self.check_times(events)
+        if self.program is not None:
+            return self._apply_incremental(events, as_of)
         received = events.num_rows
         stored = self.event_store.add(events)
         report = UpdateReport(received=received, stored=stored)
@@ -295,6 +431,187 @@ class RealtimeUpdater:
         report.customers = customers
         report.as_of = as_of_ts
         return report
+
+    # -- the incremental path --------------------------------------------------------------
+
+    def _apply_incremental(self, events: pa.Table, as_of: datetime | None) -> UpdateReport:
+        received = events.num_rows
+        new_ids = self.event_store.add_new(events)
+        report = UpdateReport(received=received, stored=len(new_ids))
+        if received == 0:
+            return report
+        by_customer: dict[str, list[dict[str, Any]]] = {}
+        for row in rows_of(events):
+            if row["event_id"] in new_ids:
+                by_customer.setdefault(row[ENTITY], []).append(row)
+        customers = sorted(set(events.column(ENTITY).to_pylist()))
+        latest = pa.compute.max(events.column("timestamp")).as_py()
+        with self._lock:
+            counts = self.event_store.counts(customers)
+            journeys: dict[str, CustomerJourney] = {}
+            for c in customers:
+                fresh = by_customer.get(c, [])
+                journey = self._journeys.get(c) if self._lake_current() else None
+                if journey is not None and journey.online_events + len(fresh) == counts[c]:
+                    try:
+                        journey.add(fresh)
+                    except Exception:
+                        self._journeys.pop(c, None)  # reloaded from the stores next time
+                        raise
+                    journey.online_events += len(fresh)
+                else:  # unknown, or another worker stored events of this customer meanwhile
+                    journey = self._load([c])[c]
+                journeys[c] = journey
+            stored_ts = self._stored_timestamps(customers)
+            newest_stored = max(
+                (ts for per_view in stored_ts.values() for ts in per_view if ts is not None),
+                default=None,
+            )
+            candidates = [as_of or datetime.now(UTC), latest + timedelta(microseconds=1)]
+            if newest_stored is not None:
+                candidates.append(newest_stored + timedelta(microseconds=1))
+            as_of_ts = max(candidates)
+            for j in journeys.values():  # a state may hold an event later than this batch's
+                if j.latest_ts is not None and j.latest_ts >= epoch_us(as_of_ts):
+                    as_of_ts = datetime.fromtimestamp(0, UTC) + timedelta(
+                        microseconds=j.latest_ts + 1
+                    )
+            t_us = epoch_us(as_of_ts)
+            rows = {c: j.features(t_us) for c, j in journeys.items()}
+            report.skipped_views = self._write_rows(rows, as_of_ts, stored_ts, customers)
+        report.customers = customers
+        report.as_of = as_of_ts
+        return report
+
+    def journey(self, customer_id: str, as_of: datetime | None = None) -> JourneyView:
+        """A customer's latest events (oldest first) and features as of ``as_of`` (default:
+        now, or just after the customer's latest event when that is later), from the state
+        the online updates keep: what a per-event model reads after each event."""
+        with self._lock:
+            if self.program is None:
+                history = self.history([customer_id])
+                rows = sorted(rows_of(history), key=lambda r: (r["ts"], r["event_id"]))
+                latest = rows[-1]["ts"] if rows else None
+                at = self._after(as_of, latest)
+                frame = self.compute([customer_id], at) if rows else pd.DataFrame()
+                features = None
+                if not frame.empty:
+                    features = {
+                        f.name: _plain(frame.iloc[0][f.name]) for f in self.catalog.features
+                    }
+                recent = [
+                    {k: r[k] for k in ("event_id", "event_type", "channel", "value", "session_id")}
+                    | {"timestamp": _from_us(r["ts"]), "properties": r["properties"]}
+                    for r in rows[-50:]
+                ]
+                return JourneyView(customer_id, recent, features, at)
+            journey = self._journeys.get(customer_id) if self._lake_current() else None
+            if journey is None:
+                journey = self._load([customer_id])[customer_id]
+            at = self._after(as_of, journey.latest_ts)
+            return JourneyView(
+                customer_id, list(journey.recent), journey.features(epoch_us(at)), at
+            )
+
+    def warm(self, customer_ids: Sequence[str]) -> int:
+        """Loads the journey states of some customers in one read of the stores (a server
+        start or a benchmark's warm-up); returns how many were loaded."""
+        if self.program is None:
+            return 0
+        with self._lock:
+            self._lake_current()
+            return len(self._load(list(customer_ids)))
+
+    @staticmethod
+    def _after(as_of: datetime | None, latest_us: int | None) -> datetime:
+        at = as_of or datetime.now(UTC)
+        if latest_us is not None and epoch_us(at) <= latest_us:
+            at = _from_us(latest_us + 1)
+        return at
+
+    def _lake_current(self) -> bool:
+        """Whether the cached states still match the lake; drops them when it was replaced."""
+        version = None
+        if self.lake is not None:
+            try:
+                st = (self.lake / MANIFEST_FILE).stat()
+                version = (st.st_ino, st.st_mtime_ns)
+            except OSError:
+                version = None
+        if version != self._lake_version:
+            self._journeys.clear()
+            self._profiles = None
+            self._lake_version = version
+            return False
+        return True
+
+    def _load(self, customer_ids: list[str]) -> dict[str, CustomerJourney]:
+        """Builds customers' states from their whole history (lake and event store)."""
+        assert self.program is not None
+        counts = self.event_store.counts(customer_ids)
+        history = self.history(customer_ids)
+        by_customer: dict[str, list[dict[str, Any]]] = {c: [] for c in customer_ids}
+        for row in rows_of(history):
+            by_customer[row[ENTITY]].append(row)
+        profiles = self._customer_profiles()
+        out = {}
+        for c in customer_ids:
+            journey = CustomerJourney(self.program, profile=profiles.get(c, {}))
+            journey.add(by_customer[c])
+            journey.online_events = counts[c]
+            self._journeys[c] = journey
+            self._journeys.move_to_end(c)
+            out[c] = journey
+        while len(self._journeys) > self.max_customers:
+            self._journeys.popitem(last=False)
+        return out
+
+    def _customer_profiles(self) -> dict[str, dict[str, Any]]:
+        """The customers table's profile attributes by customer (as text, like the query)."""
+        if self._profiles is None:
+            attrs = list(self.catalog.settings.profile_attributes)
+            path = self.lake / CUSTOMERS_FILE if self.lake is not None else None
+            profiles: dict[str, dict[str, Any]] = {}
+            if path is not None and path.exists() and attrs:
+                import pyarrow.parquet as pq
+
+                present = [a for a in attrs if a in pq.read_schema(path).names]
+                table = pq.read_table(path, columns=[ENTITY, *present])
+                for row in table.to_pylist():
+                    profiles[str(row[ENTITY])] = {a: to_text(row[a]) for a in present}
+            self._profiles = profiles
+        return self._profiles
+
+    def _write_rows(
+        self,
+        rows: dict[str, dict[str, Any] | None],
+        as_of: datetime,
+        stored_ts: dict[str, list[datetime | None]],
+        customers: list[str],
+    ) -> int:
+        """Writes features straight to the online store (Feast's write call, without the
+        DataFrame round trip of ``ingest_df``), unless a newer row is stored."""
+        provider = self.store._get_provider()
+        position = {c: i for i, c in enumerate(customers)}
+        skipped = 0
+        for view, fields in self._view_types.items():
+            batch: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
+            batch = []
+            for c, values in rows.items():
+                if values is None:
+                    continue
+                ts = stored_ts[view][position[c]]
+                if ts is not None and ts > as_of:
+                    skipped += 1
+                    continue
+                protos = {
+                    name: python_values_to_proto_values([values[name]], vtype)[0]
+                    for name, vtype in fields
+                }
+                batch.append((_entity_keys([c])[0], protos, as_of, None))
+            if batch:
+                provider.online_write_batch(self.store.config, self._views[view], batch, None)
+        return skipped
 
     def check_times(self, events: pa.Table) -> None:
         """Raises EventTimeError naming the first few events dated outside ``bounds``."""
@@ -344,6 +661,17 @@ class RealtimeUpdater:
             view: [ts for ts, _ in provider.online_read(self.store.config, table, keys)]
             for view, table in self._views.items()
         }
+
+
+def _from_us(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def _plain(value: Any) -> Any:
+    """A DataFrame cell as a plain Python value (None for missing)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 def _entity_keys(customer_ids: Sequence[str]) -> list[EntityKeyProto]:
