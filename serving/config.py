@@ -100,6 +100,9 @@ class ServingSettings(StrictModel):
     state_url: str | None = None
     event_store_url: str | None = None
     deadline_ms: PositiveFloat = 50.0
+    # /v1/events: keep each customer's journey state and update it per event ("incremental"),
+    # or recompute the customer's whole history with the batch query per request ("recompute")
+    event_state: Literal["incremental", "recompute"] = "incremental"
     state_timeout_ms: PositiveFloat = 500.0
     risk_bands: dict[str, float] = Field(default_factory=lambda: {"high": 0.5, "medium": 0.2})
     next_steps_top_k: PositiveInt = 3

@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.realtime import STORE_ERRORS as EVENT_STORE_ERRORS
 from features.realtime import EventStore, EventTimeError, RealtimeUpdater
 from features.settings import load_feature_settings
 from features.store import Workspace, open_store
@@ -36,6 +37,7 @@ from journeyml.events.staging import content_id_sql
 from serving import metrics
 from serving.actions import load_decision_catalogs
 from serving.auth import KeyRing
+from serving.breaker import CircuitBreaker, StoreUnavailableError
 from serving.config import ServingSettings
 from serving.engine import (
     Decision,
@@ -64,6 +66,9 @@ from serving.state import STORE_ERRORS as STATE_ERRORS
 from serving.state import RequestKey, StateStore
 
 logger = logging.getLogger(__name__)
+
+EVENT_STORE_DOWN: tuple[type[BaseException], ...] = (*EVENT_STORE_ERRORS, StoreUnavailableError)
+"""What the event store raises when it is down or its breaker is open."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,11 @@ class Runtime:
         self._lock = threading.Lock()
         self.state = StateStore(settings.resolved_state_url(), timeout_ms=settings.state_timeout_ms)
         self.state.guard()
-        self.event_store = EventStore(settings.resolved_event_store_url())
+        # online events: a write with the state store's timeout, behind its own breaker
+        self.event_store = EventStore(
+            settings.resolved_event_store_url(), timeout_ms=settings.state_timeout_ms
+        )
+        self.event_store.breaker = CircuitBreaker("event store", self.event_store.ping)
         self.models = ModelSet(settings)
         self._connect_features()
         if start_models:
@@ -148,6 +157,7 @@ class Runtime:
                 self.event_store,
                 self.workspace.lake,
                 bounds=self.bounds,
+                incremental=self.settings.event_state == "incremental",
             )
             self._feature_error = None
         except Exception as exc:  # the registry is not there yet: not ready
@@ -169,6 +179,7 @@ class Runtime:
             "models": self._models_health(),
             "online_store": self._online_health(),
             "state_store": self._state_health(),
+            "event_store": self._event_store_health(),
             "keys": self._keys_health(),
         }
         ready = all(c["ok"] for c in components.values() if c["required"])
@@ -216,6 +227,14 @@ class Runtime:
         checkpoint = self.state.checkpoint_error
         detail = "up" if checkpoint is None else f"up; checkpoints failing: {checkpoint}"
         return {"ok": True, "required": True, "detail": detail}
+
+    def _event_store_health(self) -> dict[str, Any]:
+        """Not required: decisions go on while online events are refused (503)."""
+        try:
+            self.event_store._guarded(self.event_store.ping)
+        except EVENT_STORE_DOWN as exc:
+            return {"ok": False, "required": False, "detail": str(exc).splitlines()[0]}
+        return {"ok": True, "required": False, "detail": "up"}
 
     def _keys_health(self) -> dict[str, Any]:
         if self.keyring is None:
@@ -314,7 +333,7 @@ class Runtime:
             report = self.updater.apply(table)
         except EventTimeError as exc:  # refused before anything was stored
             return Reply(400, {"error": str(exc)})
-        except (*STATE_ERRORS, *ONLINE_ERRORS) as exc:
+        except (*EVENT_STORE_ERRORS, *STATE_ERRORS, *ONLINE_ERRORS) as exc:
             logger.warning(
                 "events not stored, a store is unavailable: %s", str(exc).splitlines()[0]
             )

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -104,7 +104,7 @@ def assert_same(
         if features is None:
             continue
         for spec in catalog.features:
-            value, expected = features[spec.name], want.loc[c, spec.name]
+            value, expected = features[spec.name], cast(Any, want.loc[c, spec.name])
             if expected is None or (isinstance(expected, float) and math.isnan(expected)):
                 assert value is None or (isinstance(value, float) and math.isnan(value)), (
                     c,
@@ -124,7 +124,7 @@ def journeys(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[list[dict[str,
     """Events of three customers, the batches they arrive in (shuffled, with duplicates) and a
     snapshot time after the last one."""
     n = draw(st.integers(1, 40))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in range(n):
         event_type = draw(st.sampled_from(TYPES))
         props: dict[str, Any] = {}
@@ -188,7 +188,7 @@ def clickstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any,
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     journey_map = load_journey_map(cfg / "journeys.yaml")
-    catalog = build_catalog(journey_map, load_feature_settings(cfg / "features.yaml"))
+    catalog = build_catalog(journey_map, load_feature_settings(str(cfg / "features.yaml")))
     events = pq.read_table(lake / "events").select(events_table([]).schema.names)
     ids = sorted(set(events.column("customer_id").to_pylist()))[:4]
     mine = events.filter(pa.compute.is_in(events.column("customer_id"), pa.array(ids)))
@@ -254,7 +254,9 @@ def test_expressions_evaluate_as_duckdb_does(sql: str, row: dict[str, Any], want
     got = compile_expression(sql)(row)
     con = duckdb.connect()
     cols = ", ".join(f"? AS {k}" for k in row)
-    duck = con.execute(f"SELECT {sql} FROM (SELECT {cols})", list(row.values())).fetchone()[0]
+    found = con.execute(f"SELECT {sql} FROM (SELECT {cols})", list(row.values())).fetchone()
+    assert found is not None
+    duck = found[0]
     assert got == want
     assert got == duck or (got is None and duck is None)
 
