@@ -8,7 +8,9 @@ it runs in its own process. Three modes:
   throughput;
 - ``open``: requests start at a fixed ``rate`` (spread over ``concurrency`` connections)
   → latency at a given load;
-- ``sequential``: one connection, ``count`` requests one after another → the slowest call.
+- ``sequential``: one connection, ``count`` requests one after another → the slowest call;
+- ``burst``: ``concurrency`` connections each send one request at the same moment → whether
+  every one of a burst is answered.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +40,7 @@ class LoadResult:
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else 0.0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         lat = self.latencies_ms
         return {
             "requests": self.requests,
@@ -47,6 +50,7 @@ class LoadResult:
             "p99_ms": round(self.pct(99), 3),
             "max_ms": round(float(lat.max()) if len(lat) else 0.0, 3),
             "over_50ms": int((lat > 50).sum()),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
 
 
@@ -132,6 +136,18 @@ async def _run(
         await asyncio.gather(*(closed(i) for i in range(concurrency)))
     elif mode == "open":
         await asyncio.gather(*(opened(i) for i in range(concurrency)))
+    elif mode == "burst":
+
+        async def once(i: int) -> None:
+            reader, writer = conns[i]
+            t0 = time.perf_counter()
+            try:
+                status = await _one(reader, writer, requests[i % len(requests)])
+            except (ConnectionError, asyncio.IncompleteReadError):
+                status = 599  # the server dropped the connection: not answered
+            record(t0, status)
+
+        await asyncio.gather(*(once(i) for i in range(concurrency)))
     else:
         reader, writer = conns[0]
         for n in range(count):

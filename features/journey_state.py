@@ -117,6 +117,7 @@ class JourneyProgram:
             i for i, s in enumerate(self.amounts.scopes) if s == "ordered"
         )
         self._roles: dict[str, dict[str, Any]] = {}
+        self._type_counts: dict[str, list[int]] = {}
 
     def roles(self, event_type: str) -> dict[str, Any]:
         """The journey map's stage and roles of an event type (``event_roles``'s row)."""
@@ -150,9 +151,18 @@ class JourneyProgram:
             if row["is_csat"] == 1
             else None
         )
+        per_type = self._type_counts.get(row["event_type"])
+        if per_type is None:  # counters of the event type alone, evaluated once per type
+            per_type = [
+                (to_bigint(expr(row)) or 0) if scope == "type" else 0
+                for expr, scope in zip(self.counts.exprs, self.counts.scopes, strict=True)
+            ]
+            self._type_counts[row["event_type"]] = per_type
         counts = [
-            0 if scope in ("session", "ordered") else (to_bigint(expr(row)) or 0)
-            for expr, scope in zip(self.counts.exprs, self.counts.scopes, strict=True)
+            (to_bigint(expr(row)) or 0) if scope == "event" else known
+            for expr, scope, known in zip(
+                self.counts.exprs, self.counts.scopes, per_type, strict=True
+            )
         ]
         amounts = [
             0.0 if scope == "ordered" else float(to_double(expr(row)) or 0.0)

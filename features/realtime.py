@@ -32,6 +32,7 @@ from feast import FeatureStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type, python_values_to_proto_values
+from feast.value_type import ValueType
 
 from features.catalog import FeatureCatalog
 from features.journey_state import CustomerJourney, JourneyProgram, epoch_us, rows_of
@@ -180,7 +181,11 @@ def _create_engine(url: str, timeout_ms: float | None) -> sa.Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         args: dict[str, Any] = {} if timeout_ms is None else {"timeout": timeout_ms / 1000}
-        return sa.create_engine(parsed, hide_parameters=True, connect_args=args)
+        engine = sa.create_engine(parsed, hide_parameters=True, connect_args=args)
+        # WAL: readers beside the writer, and a commit is not an fsync (synchronous=NORMAL
+        # stays durable across process crashes), as the state store does
+        sa.event.listen(engine, "connect", _sqlite_wal)
+        return engine
     args = {}
     if timeout_ms is not None:
         wait = int(timeout_ms)
@@ -188,6 +193,13 @@ def _create_engine(url: str, timeout_ms: float | None) -> sa.Engine:
         args["options"] = f"-c statement_timeout={wait} -c lock_timeout={wait}"
     # hide_parameters: an error's text never carries the events' values (customer ids)
     return sa.create_engine(parsed, pool_pre_ping=True, hide_parameters=True, connect_args=args)
+
+
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
 
 
 def _insert_ignore(engine: sa.Engine, table: sa.Table) -> sa.Insert:
@@ -285,7 +297,7 @@ class RealtimeUpdater:
         lake: str | Path | None = None,
         bounds: TimeBounds | None = None,
         incremental: bool = True,
-        max_customers: int = 100_000,
+        max_customers: int = 10_000,
     ):
         self.store = store
         self.bounds = bounds
@@ -604,10 +616,7 @@ class RealtimeUpdater:
                 if ts is not None and ts > as_of:
                     skipped += 1
                     continue
-                protos = {
-                    name: python_values_to_proto_values([values[name]], vtype)[0]
-                    for name, vtype in fields
-                }
+                protos = {name: _value_proto(values[name], vtype) for name, vtype in fields}
                 batch.append((_entity_keys([c])[0], protos, as_of, None))
             if batch:
                 provider.online_write_batch(self.store.config, self._views[view], batch, None)
@@ -661,6 +670,20 @@ class RealtimeUpdater:
             view: [ts for ts, _ in provider.online_read(self.store.config, table, keys)]
             for view, table in self._views.items()
         }
+
+
+def _value_proto(value: Any, vtype: ValueType) -> ValueProto:
+    """Feast's proto of one feature value (as ``python_values_to_proto_values`` makes it:
+    None and NaN are empty), built directly for the catalog's three types."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ValueProto()
+    if vtype == ValueType.INT64:
+        return ValueProto(int64_val=int(value))
+    if vtype == ValueType.DOUBLE:
+        return ValueProto(double_val=float(value))
+    if vtype == ValueType.STRING:
+        return ValueProto(string_val=str(value))
+    return python_values_to_proto_values([value], vtype)[0]
 
 
 def _from_us(us: int) -> datetime:

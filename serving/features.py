@@ -293,11 +293,16 @@ def with_deadline(settings: StoreSettings, deadline_ms: float) -> StoreSettings:
 
 
 def set_sqlite_busy_timeout(store: FeatureStore, deadline_ms: float) -> None:
-    """Makes the SQLite online store wait at most ``deadline_ms`` for a write lock."""
+    """Makes the SQLite online store wait at most ``deadline_ms`` for a write lock, and puts
+    it in WAL mode with ``synchronous=NORMAL``: readers go on beside the real-time writes, and
+    a write's commit is not an fsync (durable across process crashes, as the state store)."""
     online = store._get_provider().online_store
     get_conn = getattr(online, "_get_conn", None)
     if get_conn is not None and type(online).__name__ == "SqliteOnlineStore":
-        get_conn(store.config).execute(f"PRAGMA busy_timeout = {int(deadline_ms)}")
+        conn = get_conn(store.config)
+        conn.execute(f"PRAGMA busy_timeout = {int(deadline_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
 
 
 _ViewRow = tuple[datetime | None, dict[str, Any] | None]

@@ -394,6 +394,8 @@ def normalise_events(req: EventsRequest) -> pa.Table:
     table = pa.Table.from_pylist(
         rows, schema=NORMALISED_EVENT_SCHEMA.remove(0).insert(0, pa.field("event_id", pa.string()))
     )
+    if all(r["event_id"] is not None for r in rows):  # nothing to hash: no SQL engine needed
+        return table.cast(NORMALISED_EVENT_SCHEMA)
     con = duckdb.connect()
     con.register("incoming", table)
     cols = ", ".join(NORMALISED_EVENT_SCHEMA.names[1:])
