@@ -94,6 +94,38 @@ class EventColumn:
 
 
 @dataclass(frozen=True)
+class Phrase:
+    """How a reason says a feature's value in plain words (:func:`features.reasons.say`).
+
+    Attributes:
+        kind: count, money, money_mean, since, days, trend, per, rate, share, category,
+            position, score, times or measure.
+        what: the noun or phrase the kind puts the number with ("event", "support contact").
+        window: the look-back in days (None: since the first event).
+        never: the words when the event never happened or nothing is there.
+    """
+
+    kind: str
+    what: str = ""
+    window: int | None = None
+    never: str = ""
+
+
+FAMILIES = (
+    "recency",
+    "frequency",
+    "money",
+    "engagement",
+    "experience",
+    "stage",
+    "channel",
+    "profile",
+)
+"""Feature families: a list of reasons cites at most one feature of each (the log's own
+dimensions and measures are families of their own, named after their column)."""
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     """One journey feature.
 
@@ -113,6 +145,8 @@ class FeatureSpec:
     view: str
     sql: str
     ages_with_time: bool = False
+    family: str = "profile"
+    phrase: Phrase = Phrase("category")
 
 
 @dataclass(frozen=True)
@@ -150,6 +184,10 @@ class FeatureCatalog:
     @property
     def descriptions(self) -> dict[str, str]:
         return {f.name: f.description for f in self.features}
+
+    @property
+    def specs(self) -> dict[str, FeatureSpec]:
+        return {f.name: f for f in self.features}
 
 
 def slug(value: str) -> str:
@@ -218,9 +256,20 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         counters.append(Counter(name, expr, spans, total, amount))
 
     def add(
-        name: str, description: str, dtype: Dtype, view: str, sql: str, ages: bool = False
+        name: str,
+        description: str,
+        dtype: Dtype,
+        view: str,
+        sql: str,
+        ages: bool = False,
+        family: str = "profile",
+        phrase: Phrase | None = None,
     ) -> None:
-        feats.append(FeatureSpec(name, description, dtype, view, sql, ages))
+        feats.append(
+            FeatureSpec(
+                name, description, dtype, view, sql, ages, family, phrase or Phrase("category")
+            )
+        )
 
     def window_count(counter: str, w: int) -> str:
         return f"{counter}__w{w}"
@@ -254,6 +303,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_ACTIVITY,
             window_count("c_events", w),
+            family="frequency",
+            phrase=Phrase("count", "event", w),
         )
         add(
             f"sessions_{w}d",
@@ -261,6 +312,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_ACTIVITY,
             window_count("c_sessions", w),
+            family="frequency",
+            phrase=Phrase("count", "session", w),
         )
         add(
             f"conversions_{w}d",
@@ -268,6 +321,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_ACTIVITY,
             window_count("c_conversions", w),
+            family="frequency",
+            phrase=Phrase("count", "conversion", w),
         )
         add(
             f"value_sum_{w}d",
@@ -275,6 +330,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "float64",
             VIEW_ACTIVITY,
             window_count("c_value", w),
+            family="money",
+            phrase=Phrase("money", "", w),
         )
         add(
             f"value_mean_{w}d",
@@ -283,6 +340,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             VIEW_ACTIVITY,
             f"CASE WHEN {window_count('c_valued', w)} > 0 THEN "
             f"{window_count('c_value', w)} / {window_count('c_valued', w)} ELSE 0.0 END",
+            family="money",
+            phrase=Phrase("money_mean", "", w),
         )
         for t in types:
             add(
@@ -291,6 +350,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
                 "int64",
                 VIEW_ACTIVITY,
                 window_count(f"c_type_{slug(t)}", w),
+                family=_type_family(journey_map, t),
+                phrase=Phrase("count", f"{_words(t)} event", w),
             )
         for ch in settings.channels:
             add(
@@ -299,6 +360,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
                 "int64",
                 VIEW_ACTIVITY,
                 window_count(f"c_channel_{ch}", w),
+                family="channel",
+                phrase=Phrase("count", f"event on {_words(ch)}", w),
             )
 
     # [T - trend, T) against [T - 2 trend, T - trend)
@@ -310,6 +373,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "float64",
         VIEW_ACTIVITY,
         f"(({recent} + 1.0) / ({before} + 1.0))",
+        family="frequency",
+        phrase=Phrase("trend", "activity", trend),
     )
     recent_v = window_count("c_value", trend)
     before_v = f"({window_count('c_value', 2 * trend)} - {recent_v})"
@@ -319,6 +384,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "float64",
         VIEW_ACTIVITY,
         f"(({recent_v} + 1.0) / ({before_v} + 1.0))",
+        family="money",
+        phrase=Phrase("trend", "spend", trend),
     )
     w_mid = 30 if 30 in windows else windows[-1]
     add(
@@ -329,6 +396,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         f"CASE WHEN {window_count('c_sessions', w_mid)} > 0 THEN "
         f"{window_count('c_events', w_mid)} * 1.0 / {window_count('c_sessions', w_mid)} "
         "ELSE 0.0 END",
+        family="engagement",
+        phrase=Phrase("per", "events per session", w_mid),
     )
     add(
         "events_total",
@@ -336,6 +405,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "int64",
         VIEW_ACTIVITY,
         "c_events__total",
+        family="frequency",
+        phrase=Phrase("count", "event"),
     )
     add(
         "conversions_total",
@@ -343,6 +414,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "int64",
         VIEW_ACTIVITY,
         "c_conversions__total",
+        family="frequency",
+        phrase=Phrase("count", "conversion", never="no conversion yet"),
     )
     add(
         "value_total",
@@ -350,6 +423,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "float64",
         VIEW_ACTIVITY,
         "c_value__total",
+        family="money",
+        phrase=Phrase("money"),
     )
 
     # -- journey state and recency ----------------------------------------------------------
@@ -370,36 +445,62 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         VIEW_STATE,
         tenure,
         ages=True,
+        family="stage",
+        phrase=Phrase("days", "customer for"),
     )
 
-    def since(reading: str, what: str) -> None:
+    def since(reading: str, what: str, family: str, words: str, never: str) -> None:
         noun = what.removeprefix("last_").replace("_", " ")
         add(
             f"days_since_{what}",
-            f"days since the last {noun} (tenure + 1 when never)",
+            f"days since the last {noun}; one day more than the tenure when it never happened",
             "float64",
             VIEW_STATE,
             f"COALESCE({_days_between(reading, 'snapshot_us')}, {tenure} + 1.0)",
             ages=True,
+            family=family,
+            phrase=Phrase("since", words, never=never),
         )
 
-    since("last_event_ts", "last_event")
-    since("last_conversion_ts", "last_conversion")
-    since("last_support_ts", "last_support")
-    since("last_complaint_ts", "last_complaint")
-    since("last_action_ts", "last_action")
+    since("last_event_ts", "last_event", "recency", "activity", "no activity yet")
+    since("last_conversion_ts", "last_conversion", "recency", "conversion", "no conversion yet")
+    since(
+        "last_support_ts",
+        "last_support",
+        "experience",
+        "support contact",
+        "never contacted support",
+    )
+    since("last_complaint_ts", "last_complaint", "experience", "complaint", "never complained")
+    since(
+        "last_action_ts",
+        "last_action",
+        "engagement",
+        "marketing contact",
+        "no marketing contact yet",
+    )
 
     def stage_name(index_sql: str) -> str:
         cases = " ".join(f"WHEN {i} THEN {sql_literal(s)}" for i, s in enumerate(stages))
         return f"COALESCE(CASE {index_sql} {cases} END, {sql_literal(NONE_LABEL)})"
 
-    add("stage", "current journey stage", "string", VIEW_STATE, stage_name("cur_stage"))
+    add(
+        "stage",
+        "current journey stage",
+        "string",
+        VIEW_STATE,
+        stage_name("cur_stage"),
+        family="stage",
+        phrase=Phrase("category", "journey stage", never="no journey stage yet"),
+    )
     add(
         "stage_index",
-        "position of the current stage in the journey (-1 before any)",
+        "position of the current stage in the journey; -1 before any",
         "int64",
         VIEW_STATE,
         "COALESCE(cur_stage, -1)",
+        family="stage",
+        phrase=Phrase("position", "journey step"),
     )
     add(
         "previous_stage",
@@ -407,6 +508,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "string",
         VIEW_STATE,
         stage_name("prev_stage"),
+        family="stage",
+        phrase=Phrase("category", "previous journey stage", never="no earlier journey stage"),
     )
     add(
         "furthest_stage",
@@ -414,21 +517,27 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "string",
         VIEW_STATE,
         stage_name("furthest_stage"),
+        family="stage",
+        phrase=Phrase("category", "furthest journey stage reached", never="no journey stage yet"),
     )
     add(
         "furthest_stage_index",
-        "position of the furthest stage reached (-1 before any)",
+        "position of the furthest stage reached; -1 before any",
         "int64",
         VIEW_STATE,
         "COALESCE(furthest_stage, -1)",
+        family="stage",
+        phrase=Phrase("position", "furthest journey step reached:"),
     )
     add(
         "days_in_stage",
-        "days in the current stage (tenure + 1 before any stage)",
+        "days in the current stage; one day more than the tenure before any stage",
         "float64",
         VIEW_STATE,
         f"COALESCE({_days_between('stage_since_ts', 'snapshot_us')}, {tenure} + 1.0)",
         ages=True,
+        family="stage",
+        phrase=Phrase("days", "in the current stage for", never="no journey stage yet"),
     )
     add(
         "stage_regressions",
@@ -436,6 +545,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "int64",
         VIEW_STATE,
         "c_regressions__total",
+        family="stage",
+        phrase=Phrase("times", "moved back to an earlier stage"),
     )
     for k in range(1, settings.last_k + 1):
         nth = {1: "latest", 2: "2nd latest", 3: "3rd latest"}.get(k, f"{k}th latest")
@@ -445,6 +556,12 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "string",
             VIEW_STATE,
             f"COALESCE(last_type_{k}, {sql_literal(NONE_LABEL)})",
+            family="engagement",
+            phrase=Phrase(
+                "category",
+                f"{nth} activity",
+                never=f"fewer than {k} activities" if k > 1 else "no activity yet",
+            ),
         )
 
     # -- experience: service, surveys, marketing --------------------------------------------
@@ -461,6 +578,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_EXPERIENCE,
             window_count("c_support", w),
+            family="experience",
+            phrase=Phrase("count", "support contact", w),
         )
         add(
             f"complaints_{w}d",
@@ -468,6 +587,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_EXPERIENCE,
             window_count("c_complaints", w),
+            family="experience",
+            phrase=Phrase("count", "complaint", w),
         )
         add(
             f"actions_{w}d",
@@ -475,6 +596,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_EXPERIENCE,
             window_count("c_actions", w),
+            family="engagement",
+            phrase=Phrase("count", "marketing contact", w),
         )
         add(
             f"responses_{w}d",
@@ -482,16 +605,20 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
             "int64",
             VIEW_EXPERIENCE,
             window_count("c_responses", w),
+            family="engagement",
+            phrase=Phrase("count", "response to marketing", w),
         )
     w_max = windows[-1]
     add(
         f"response_rate_{w_max}d",
-        f"responses per marketing action in the last {w_max} days (0 without actions)",
+        f"responses per marketing action in the last {w_max} days; 0 without actions",
         "float64",
         VIEW_EXPERIENCE,
         f"CASE WHEN {window_count('c_actions', w_max)} > 0 THEN "
         f"{window_count('c_responses', w_max)} * 1.0 / {window_count('c_actions', w_max)} "
         "ELSE 0.0 END",
+        family="engagement",
+        phrase=Phrase("rate", "marketing contacts", w_max),
     )
     add(
         "support_total",
@@ -499,6 +626,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "int64",
         VIEW_EXPERIENCE,
         "c_support__total",
+        family="experience",
+        phrase=Phrase("count", "support contact"),
     )
     add(
         "complaints_total",
@@ -506,6 +635,8 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "int64",
         VIEW_EXPERIENCE,
         "c_complaints__total",
+        family="experience",
+        phrase=Phrase("count", "complaint"),
     )
     add(
         "actions_total",
@@ -513,30 +644,40 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         "int64",
         VIEW_EXPERIENCE,
         "c_actions__total",
+        family="engagement",
+        phrase=Phrase("count", "marketing contact"),
     )
     add(
         "last_nps",
-        f"latest NPS answer ({NO_SCORE:g} when never answered)",
+        f"latest NPS answer; {NO_SCORE:g} when never answered",
         "float64",
         VIEW_EXPERIENCE,
         f"COALESCE(last_nps, {NO_SCORE})",
+        family="experience",
+        phrase=Phrase("score", "NPS answer", never="never answered the NPS survey"),
     )
     add(
         "last_csat",
-        f"latest CSAT answer ({NO_SCORE:g} when never answered)",
+        f"latest CSAT answer; {NO_SCORE:g} when never answered",
         "float64",
         VIEW_EXPERIENCE,
         f"COALESCE(last_csat, {NO_SCORE})",
+        family="experience",
+        phrase=Phrase(
+            "score", "satisfaction score", never="never answered the satisfaction survey"
+        ),
     )
 
     # -- profile: attributes of the customers table -----------------------------------------
     for attr in settings.profile_attributes:
         add(
             attr,
-            f"customer {attr.replace('_', ' ')} (from the customers table)",
+            f"customer {attr.replace('_', ' ')}, from the customers table",
             "string",
             VIEW_PROFILE,
             f"COALESCE(CAST(profile_{attr} AS VARCHAR), 'unknown')",
+            family="profile",
+            phrase=Phrase("category", f"customer {_words(attr)}", never="not known"),
         )
 
     event_columns = _add_log_columns(settings, add_counter, add, last_values)
@@ -557,6 +698,24 @@ def build_catalog(journey_map: JourneyMap, settings: FeatureSettings) -> Feature
         settings,
         tuple(event_columns),
     )
+
+
+def _words(name: str) -> str:
+    """An event type, channel or column name as words."""
+    return name.replace("_", " ").strip()
+
+
+def _type_family(journey_map: JourneyMap, event_type: str) -> str:
+    """The family of an event type's counts: service and surveys are the experience,
+    conversions and stage events the stage, churn events the stage, the rest engagement."""
+    x = journey_map.experience
+    if event_type in {*x.support, *x.complaints, *x.nps, *x.csat}:
+        return "experience"
+    if event_type in journey_map.conversions:
+        return "frequency"
+    if event_type in journey_map.churn.events:
+        return "stage"
+    return "engagement"
 
 
 def _property(column: str) -> str:
@@ -600,6 +759,11 @@ def _add_log_columns(
                     if v == OTHER_LABEL
                     else f"{words} '{v}'"
                 )
+                said = (
+                    f"a {words} other than {', '.join(_words(x) for x in d.values)}"
+                    if v == OTHER_LABEL
+                    else f"{words} {_words(v)}"
+                )
                 count = f"c_{col}_{slug(v)}__w{w}"
                 add(
                     f"{d.prefix}_{slug(v)}_{w}d",
@@ -607,22 +771,28 @@ def _add_log_columns(
                     "int64",
                     VIEW_ACTIVITY,
                     count,
+                    family=words,
+                    phrase=Phrase("count", f"event with {said}", w),
                 )
                 add(
                     f"{d.prefix}_{slug(v)}_share_{w}d",
-                    f"share of the events with a {words} that had {which}, last {w} days "
-                    "(0 without any)",
+                    f"share of the events with a {words} that had {which}, last {w} days; "
+                    "0 without any",
                     "float64",
                     VIEW_ACTIVITY,
                     f"CASE WHEN c_{col}__w{w} > 0 THEN {count} * 1.0 / c_{col}__w{w} ELSE 0.0 END",
+                    family=words,
+                    phrase=Phrase("share", f"events with a {words} had {said}", w),
                 )
         last_values.append(LastValue(f"last_{col}", f"CASE WHEN is_activity = 1 THEN {col} END"))
         add(
             f"{d.prefix}_last",
-            f"latest {words} ({OTHER_LABEL} when not listed, {NONE_LABEL} before any)",
+            f"latest {words}; {OTHER_LABEL} when not listed, {NONE_LABEL} before any",
             "string",
             VIEW_STATE,
             f"COALESCE(last_{col}, {sql_literal(NONE_LABEL)})",
+            family=words,
+            phrase=Phrase("category", f"latest {words}", never=f"no {words} seen yet"),
         )
     for m in settings.measures:
         raw = f"e.{m.column}" if m.in_contract else f"TRY_CAST({_property(m.column)} AS DOUBLE)"
@@ -642,12 +812,16 @@ def _add_log_columns(
                 "float64",
                 VIEW_ACTIVITY,
                 f"c_{col}__w{w}",
+                family=words,
+                phrase=Phrase("measure", f"total {words}", w),
             )
             add(
                 f"{m.prefix}_mean_{w}d",
-                f"mean {words} of the events that have one, last {w} days (0 without any)",
+                f"mean {words} of the events that have one, last {w} days; 0 without any",
                 "float64",
                 VIEW_ACTIVITY,
                 f"CASE WHEN c_{col}_n__w{w} > 0 THEN c_{col}__w{w} / c_{col}_n__w{w} ELSE 0.0 END",
+                family=words,
+                phrase=Phrase("measure", f"average {words}", w),
             )
     return columns

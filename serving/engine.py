@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.catalog import FeatureSpec, Phrase
+from features.reasons import CALENDAR_SPECS, choose_reasons, say
 from serving.actions import Action, ActionsCatalog
 from serving.config import ServingSettings, TargetGroupSettings
 from serving.consent import consent_of_customer, consent_of_frame, consent_reason
@@ -364,6 +366,7 @@ class DecisionEngine:
         descriptions: Mapping[str, str],
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
+        specs: Mapping[str, FeatureSpec] | None = None,
     ):
         self.settings = settings
         # "now" when a request gives no time: the data's clock (journeyml.clock) on a log that
@@ -374,6 +377,12 @@ class DecisionEngine:
         self.features = features
         self.state = state
         self.descriptions = {**descriptions, **CALENDAR_FEATURES}
+        # how reasons say each feature (features.reasons.say): the catalog's, else a plain one
+        self.specs: dict[str, FeatureSpec] = {
+            **{n: generic_spec(n, d) for n, d in self.descriptions.items()},
+            **CALENDAR_SPECS,
+            **(specs or {}),
+        }
         self.rng = rng or random.SystemRandom()
         self.actions: list[Action] = list(catalog.actions)
         self._stages = [catalog.rule_stages(a) for a in self.actions]
@@ -409,17 +418,22 @@ class DecisionEngine:
         self, loaded: LoadedModel, x: np.ndarray, contributions: np.ndarray,
         values: Mapping[str, Any], outcome: str,
     ) -> list[Reason]:  # fmt: skip
-        contrib = contributions[0, :-1]
+        names = loaded.bundle.features
+        contrib = contributions[:1, : len(names)]
         out = []
-        for j in top_features(contrib[None, :], self.settings.reasons_top_k)[0]:
-            if contrib[j] <= 0:
+        families = [self.spec(n).family for n in names]
+        for j in choose_reasons(contrib, families, self.settings.reasons_top_k)[0]:
+            if j < 0:
                 break
-            name = loaded.bundle.features[j]
-            value = values.get(name)
-            shown = show_value(value) if name in values else show_value(x[0, j])
-            text = reason_text(self.descriptions, name, shown, outcome)
-            out.append(Reason(name, text, float(contrib[j])))
+            name = names[j]
+            value = values[name] if name in values else x[0, j]
+            text = say(self.spec(name), value, values)
+            out.append(Reason(name, text, float(contrib[0, j])))
         return out
+
+    def spec(self, name: str) -> FeatureSpec:
+        """How reasons say the feature ``name``."""
+        return self.specs.get(name) or generic_spec(name, name.replace("_", " "))
 
     def score(self, values: Mapping[str, Any], now: datetime) -> Scores:
         """Every model's score for one customer's features (raises if a required model fails)."""
@@ -665,7 +679,12 @@ class DecisionEngine:
                 ranked=ranked,
                 removed=[o for j, o in enumerate(outcomes) if not eligible[j]],
                 scores=scores,
-                why=_why(chosen, ranked, holdout, explored),
+                why=why_text(
+                    chosen,
+                    ranked,
+                    holdout,
+                    explored,
+                ),
                 holdout=holdout,
                 explored=explored,
                 cold_start=cold_start,
@@ -918,9 +937,8 @@ class DecisionEngine:
         out = pd.DataFrame({"churn_risk": churn, "conversion_propensity": conv}, index=frame.index)
         if reasons:
             texts = reason_texts(
-                contributions, churn_bundle.features, frame, self.descriptions, "churn risk",
-                reasons,
-            )  # fmt: skip
+                contributions, [self.spec(n) for n in churn_bundle.features], frame, reasons
+            )
             for r, column in enumerate(texts, start=1):
                 out[f"reason_{r}"] = column
         ec = er = None
@@ -978,9 +996,10 @@ class DecisionEngine:
         mode = self.settings.arbitration
         if mode == "auto":
             mode = "auto" if ec is not None else "propensity"
-        prio, value, _ = priorities(
+        prio, value, bases = priorities(
             self.actions, ActionMatrix(conv, churn, ec, er, weights, eligible), known, mode
         )
+        out.attrs["bases"] = bases  # per action: uplift or propensity (the reasons' words)
         out["uplift"] = best_uplift(self.actions, ec, er, known, eligible)
         for j, a in enumerate(self.actions):  # every eligible action's net value (capacity)
             out[f"{NET_PREFIX}{a.id}"] = np.where(np.isfinite(prio[:, j]), prio[:, j], np.nan)
@@ -1009,91 +1028,97 @@ def _no_action() -> CandidateOutcome:
     return CandidateOutcome(NO_ACTION, None, 0.0, "none", 0.0)
 
 
-def _why(
-    chosen: CandidateOutcome, ranked: list[CandidateOutcome], holdout: bool, explored: bool
+def _priced(o: CandidateOutcome) -> str:
+    """An action with its arbitration figures: net value (expected value less cost)."""
+    net = o.priority or 0.0
+    gross = o.expected_value or 0.0
+    what = "expected incremental value" if o.basis == "uplift" else "expected value"
+    return f"{o.action} {net:.2f} ({gross:.2f} {what} − {gross - net:.2f} cost)"
+
+
+def why_texts(actions: Sequence[Action], decided: pd.DataFrame, holdout: np.ndarray) -> list[str]:
+    """:func:`why_text` for every row of :meth:`DecisionEngine.decide_frame`'s answer (the
+    batch list's ``action_reason``), from its per-action net values."""
+    bases = decided.attrs.get("bases") or ["propensity"] * len(actions)
+    nets = np.column_stack([decided[f"{NET_PREFIX}{a.id}"].to_numpy(dtype=float) for a in actions])
+    chosen_ids = decided["action"].to_numpy(dtype=object)
+    costs = [a.cost for a in actions]
+    out = []
+    for i in range(len(decided)):
+        row = nets[i]
+        ranked = [
+            CandidateOutcome(a.id, a.channel, float(row[j]), bases[j], float(row[j]) + costs[j])
+            for j, a in enumerate(actions)
+            if not np.isnan(row[j])
+        ]
+        ranked.sort(key=lambda o: -(o.priority or 0.0))  # stable: catalog order on ties
+        chosen = next((o for o in ranked if o.action == chosen_ids[i]), _no_action())
+        out.append(why_text(chosen, [*ranked, _no_action()], bool(holdout[i])))
+    return out
+
+
+def why_text(
+    chosen: CandidateOutcome,
+    ranked: Sequence[CandidateOutcome],
+    holdout: bool = False,
+    explored: bool = False,
 ) -> str:
+    """Why the engine chose ``chosen``, in the words of its arbitration criterion and with its
+    figures: the expected value net of cost (``priority``), which ranks the candidates; the
+    endpoint and the batch list write it with this one function."""
     if holdout:
         return "control group (holdout): no action, to measure the policy's lift"
-    others = [o for o in ranked if o is not chosen][:2]
-    rest = ", ".join(f"{o.action} {o.priority or 0.0:.2f}" for o in others)
+    actions = [o for o in ranked if o.action != NO_ACTION]
+    others = [o for o in actions if o is not chosen][:2]
+    rest = "; ".join(_priced(o) for o in others)
     if explored:
-        return f"{chosen.action} chosen by exploration (to keep learning); ranked: {rest}"
+        best = actions[0] if actions else None
+        was = f"; the best was {_priced(best)}" if best is not None and best is not chosen else ""
+        return f"{chosen.action} chosen by exploration, to keep learning{was}"
     if chosen.action == NO_ACTION:
-        return f"no action: no eligible action has a positive expected value ({rest or 'none'})"
-    basis = "expected incremental value" if chosen.basis == "uplift" else "expected value"
-    return (
-        f"{chosen.action} has the highest {basis}: {chosen.expected_value or 0.0:.2f} "
-        f"(priority {chosen.priority or 0.0:.2f} after cost); next: {rest}"
-    )
-
-
-def top_features(contributions: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the indices of the ``k`` largest contributions, largest first.
-
-    Contributions within 1e-9 of each other rank in feature order: the batch list and the
-    endpoint add the same path contributions in different orders, and a tie must not rank
-    two ways. One row or a million, the same function ranks them.
-    """
-    key = np.round(contributions, 9)
-    n, width = key.shape
-    m = min(k + 2, width)  # a few beyond k, so ties at the k-th place are seen
-    if m == 0:
-        return np.empty((n, 0), dtype=np.intp)
-    if m < width:
-        candidates = np.argpartition(-key, m - 1, axis=1)[:, :m]
-    else:
-        candidates = np.tile(np.arange(width), (n, 1))
-    values = np.take_along_axis(key, candidates, axis=1)
-    order = np.lexsort((candidates, -values), axis=1)
-    return np.take_along_axis(candidates, order, axis=1)[:, :k]
+        if not actions:  # the decision's removed candidates say which rule removed each
+            return (
+                "no action: no action is eligible for this customer (its rules or the contact "
+                "policy removed every one)"
+            )
+        return (
+            "no action: every eligible action is expected to bring less than it costs; "
+            f"best {_priced(actions[0])}"
+        )
+    lead = f"{_priced(chosen)}: the highest expected value net of cost"
+    return f"{lead}; next: {rest}" if rest else f"{lead}, the only eligible action"
 
 
 def reason_texts(
-    contributions: np.ndarray,
-    features: Sequence[str],
-    frame: pd.DataFrame,
-    descriptions: dict[str, str],
-    outcome: str,
-    k: int = 3,
+    contributions: np.ndarray, specs: Sequence[FeatureSpec], frame: pd.DataFrame, k: int = 3
 ) -> list[list[str | None]]:
-    """The ``k`` features that raise the score most, per row, in plain words (None past the
-    positive ones): :meth:`DecisionEngine._reasons` over a frame, for the batch path."""
-    contrib = contributions[:, : len(features)]
+    """The ``k`` features that raise the score most, per row, at most one per family, in plain
+    words (None past the positive ones): :meth:`DecisionEngine._reasons` over a frame, for the
+    batch path (the same :func:`features.reasons.choose_reasons` and
+    :func:`features.reasons.say`)."""
+    contrib = contributions[:, : len(specs)]
     n = len(contrib)
     k = min(k, contrib.shape[1])
-    top = top_features(contrib, k)
-    values = np.take_along_axis(contrib, top, axis=1)
-    columns: dict[int, np.ndarray] = {}
-    for j in np.unique(top):
-        name = features[j]
-        if name in frame.columns:
-            columns[int(j)] = frame[name].to_numpy(dtype=object)
+    top = choose_reasons(contrib, [s.family for s in specs], k)
+    columns = {
+        int(j): frame[specs[j].name].to_numpy(dtype=object)
+        for j in np.unique(top[top >= 0])
+        if specs[j].name in frame.columns
+    }
+    tenure = frame["tenure_days"].to_numpy(dtype=object) if "tenure_days" in frame else None
     out: list[list[str | None]] = []
     for r in range(k):
         texts: list[str | None] = [None] * n
-        for i in np.flatnonzero(values[:, r] > 0):
+        for i in np.flatnonzero(top[:, r] >= 0):
             j = int(top[i, r])
             column = columns.get(j)
-            shown = show_value(column[i]) if column is not None else "missing"
-            texts[i] = reason_text(descriptions, features[j], shown, outcome)
+            value = column[i] if column is not None else None
+            row = {"tenure_days": tenure[i]} if tenure is not None else None
+            texts[i] = say(specs[j], value, row)
         out.append(texts)
     return out
 
 
-def reason_text(descriptions: Mapping[str, str], feature: str, shown: str, outcome: str) -> str:
-    """A reason in plain words, e.g. ``complaints in the last 90 days: 2 raises churn risk``.
-    The endpoint's reasons and the batch list's are written by this one function."""
-    description = descriptions.get(feature, feature.replace("_", " "))
-    return f"{description}: {shown} raises {outcome}"
-
-
-def show_value(value: Any) -> str:
-    """A feature value as a reason shows it."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "missing"
-    if isinstance(value, float | np.floating):
-        number = float(value)
-        if abs(number) >= 1000:  # a count of days or money: no exponent (10,390, not 1.039e+04)
-            return f"{number:,.0f}"
-        return f"{number:.4g}"
-    return str(value)
+def generic_spec(name: str, description: str) -> FeatureSpec:
+    """A feature the catalog does not describe: its own family, its value after its words."""
+    return FeatureSpec(name, description, "float64", "", "", family=name, phrase=Phrase("value"))

@@ -75,6 +75,7 @@ from serving.engine import (
     DecisionEngine,
     holdout_flag,
     target_groups,
+    why_texts,
 )
 from serving.models import ModelSet
 from serving.state import Candidate, StateStore
@@ -100,6 +101,7 @@ COLUMNS = [
     "expected_value",
     "uplift",
     "target_group",
+    "action_reason",
     "holdout",
     "consent",
     "status",
@@ -385,6 +387,7 @@ def score_chunk(
             "expected_value": value,
             "uplift": uplift,
             "target_group": target_groups(uplift, risk, settings.target_groups),
+            "action_reason": why_texts(engine.actions, decided, holdout),
             "holdout": holdout,
             "consent": decided["consent"].to_numpy(dtype=object),
             "status": status,
@@ -481,7 +484,9 @@ def batch_engine(settings: ServingSettings) -> DecisionEngine:
     models = ModelSet(settings)
     models.refresh()
     state = StateStore(settings.resolved_state_url())
-    return DecisionEngine(settings, actions, models, None, state, catalog.descriptions)
+    return DecisionEngine(
+        settings, actions, models, None, state, catalog.descriptions, specs=catalog.specs
+    )
 
 
 _SCHEMA = pa.schema(
@@ -501,6 +506,7 @@ _SCHEMA = pa.schema(
         ("expected_value", pa.float64()),
         ("uplift", pa.float64()),
         ("target_group", pa.string()),
+        ("action_reason", pa.string()),
         ("holdout", pa.bool_()),
         ("consent", pa.string()),
         ("status", pa.string()),
@@ -792,8 +798,25 @@ def _capacity_source(
     cost = np.array([a.cost for a in actions])
     ids_of = np.array([*ids, NO_ACTION], dtype=object)
     channel_of = np.array([*channels, None], dtype=object)
+    changed = choice != best[rows]
+    reason = np.full(len(rows), None, dtype=object)
+    for r in np.flatnonzero(changed):
+        was = ids[best[rows[r]]]
+        if choice[r] < 0:
+            reason[r] = (
+                f"no action: no room left for {was} within the capacity limits (customers "
+                "who gain more took it)"
+            )
+        else:
+            j = choice[r]
+            reason[r] = (
+                f"{ids[j]} {net[r]:.2f} ({net[r] + cost[j]:.2f} expected value − {cost[j]:.2f} "
+                f"cost): the highest expected value net of cost within the capacity limits "
+                f"(no room left for {was})"
+            )
     table = pa.table(
         {
+            "c_reason": reason,
             "customer_id": frame["customer_id"].to_numpy(dtype=object)[rows],
             "c_action": ids_of[choice],
             "c_channel": channel_of[choice],
@@ -803,7 +826,6 @@ def _capacity_source(
     )
     path = work / "capacity.parquet"
     pq.write_table(table, path)
-    changed = choice != best[rows]
     summary.capacity = {
         "limits": capacity.as_dict(),
         "used": usage(result.choice, channels, ids, capacity),
@@ -819,6 +841,7 @@ def _capacity_source(
         f"CASE WHEN c.customer_id IS NULL THEN s.channel ELSE c.c_channel END AS channel, "
         f"coalesce(c.c_net, s.incremental_value) AS incremental_value, "
         f"coalesce(c.c_gross, s.expected_value) AS expected_value, "
+        f"coalesce(c.c_reason, s.action_reason) AS action_reason, "
         f"CASE WHEN s.holdout THEN s.{BEST_VALUE} ELSE coalesce(c.c_net, s.{BEST_VALUE}) END "
         f"AS {BEST_VALUE}) "
         f"FROM {source} s LEFT JOIN read_parquet('{_sql(str(path))}') c USING (customer_id))"

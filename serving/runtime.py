@@ -125,6 +125,7 @@ class Runtime:
             self.state,
             self.catalog.descriptions,
             clock=self.now,
+            specs=self.catalog.specs,
         )
         self.engine.observe_stage = metrics.observe_stage
 

@@ -154,8 +154,9 @@ def engine_from_payload(payload: Mapping[str, Any], workdir: Path) -> DecisionEn
     }
     state = StateStore(f"sqlite:///{workdir / 'state.db'}")
     return DecisionEngine(
-        settings, actions, _FixedModels(settings, models), None, state, catalog.descriptions
-    )
+        settings, actions, _FixedModels(settings, models), None, state, catalog.descriptions,
+        specs=catalog.specs,
+    )  # fmt: skip
 
 
 def _frame_bytes(frame: pd.DataFrame) -> bytes:

@@ -61,6 +61,13 @@ def test_the_list_decides_as_the_endpoint_does(
             assert row["recommended_action"] == d.action, cid
             texts = [r.text for r in d.scores.reasons]
             assert [row[f"reason_{i}"] for i in range(1, len(texts) + 1)] == texts
+            assert row["action_reason"] == d.why, (row["action_reason"], d.why)
+            if d.action != NO_ACTION:  # the words cite the figures that ranked the action
+                net, gross = row["incremental_value"], row["expected_value"]
+                assert d.why.startswith(f"{d.action} {net:.2f} ({gross:.2f} expected"), d.why
+                assert "highest expected value net of cost" in d.why
+                chosen = next(o for o in d.ranked if o.action == d.action)
+                assert all((o.priority or 0.0) <= (chosen.priority or 0.0) for o in d.ranked)
     finally:
         rt.close()
 
