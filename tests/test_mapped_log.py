@@ -99,7 +99,8 @@ def test_churn_risk_list(workspace: Path) -> None:
     listed = pd.read_parquet(workspace / "lists" / "churn_risk.parquet")
     assert len(listed) == 100 and listed["churn_risk"].is_monotonic_decreasing
     assert listed["customer_id"].str.startswith("C").all()
-    assert listed["reason_1"].notna().all() and not listed["reason_1"].str.contains("(", regex=False).any()
+    assert listed["reason_1"].notna().all()
+    assert not listed["reason_1"].str.contains("(", regex=False).any()
 
 
 def test_analytics_monitoring_policy_and_reports(workspace: Path) -> None:
