@@ -218,3 +218,23 @@ def choose_reasons(contributions: np.ndarray, families: Sequence[str], k: int) -
             out[i, r] = j
             r += 1
     return out
+
+
+def new_customer_values(specs: Mapping[str, FeatureSpec]) -> dict[str, Any]:
+    """What the features of a customer without history read: no events, no tenure (a
+    "days since" one day past it, as the catalog defines never), no stage, no survey answer,
+    an unknown profile. Rules run on these for a welcome path."""
+    values: dict[str, Any] = {}
+    for name, spec in specs.items():
+        kind = spec.phrase.kind
+        if spec.dtype == "string":
+            values[name] = "unknown" if spec.family == "profile" else NONE_LABEL
+        elif kind == "since" or kind == "trend":
+            values[name] = 1.0
+        elif kind in ("score", "position"):
+            values[name] = -1.0
+        elif kind == "month":
+            continue  # the decision time's, not the customer's
+        else:
+            values[name] = 0.0
+    return values

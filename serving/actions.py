@@ -157,6 +157,9 @@ class ActionsCatalog(StrictModel):
     contact_policy: ContactPolicy
     consent: ConsentSettings = ConsentSettings()
     capacity: CapacityLimits = CapacityLimits()
+    # customers without history (unknown to the feature store) get the first of these whose
+    # rules pass on a new customer's values (features.reasons.new_customer_values)
+    welcome: list[str] = Field(default_factory=list)
 
     _stages: dict[str, list[tuple[Stage, Rule]]] = PrivateAttr(default_factory=dict)
 
@@ -256,6 +259,9 @@ def _problems(
                     continue
                 compiled.append((stage, rule))
         stages[action.id] = compiled
+    for k, action_id in enumerate(catalog.welcome):
+        if action_id not in seen:
+            problems.append(f"welcome[{k}]: " + _unknown("action", action_id, catalog.ids))
     for action_id in catalog.capacity.actions:
         if action_id not in seen:
             problems.append(

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import FeatureSpec, Phrase
-from features.reasons import CALENDAR_SPECS, choose_reasons, say
+from features.reasons import CALENDAR_SPECS, choose_reasons, new_customer_values, say
 from serving.actions import Action, ActionsCatalog
 from serving.config import ServingSettings, TargetGroupSettings
 from serving.consent import consent_of_customer, consent_of_frame, consent_reason
@@ -383,6 +383,8 @@ class DecisionEngine:
             **CALENDAR_SPECS,
             **(specs or {}),
         }
+        self.new_customer = new_customer_values(specs or {})
+        self._welcome = [a for a in catalog.welcome if a in catalog.ids]
         self.rng = rng or random.SystemRandom()
         self.actions: list[Action] = list(catalog.actions)
         self._stages = [catalog.rule_stages(a) for a in self.actions]
@@ -624,7 +626,13 @@ class DecisionEngine:
         mode: str = "decide",
         request: RequestKey | None = None,
     ) -> Decision:
-        env = self._env(values, scores, ctx, now)
+        welcome = cold_start and bool(self._welcome)
+        # a customer without history: the rules read what a new customer's features read
+        if cold_start:  # an unknown customer's online read has no values (or only nulls)
+            known = {k: v for k, v in values.items() if v is not None}
+            env = self._env({**self.new_customer, **known}, scores, ctx, now)
+        else:
+            env = self._env(values, scores, ctx, now)
         k = len(self.actions)
         outcomes = [CandidateOutcome(a.id, a.channel) for a in self.actions]
         eligible = np.ones(k, dtype=bool)
@@ -649,6 +657,10 @@ class DecisionEngine:
                     outcomes[j].removed_by = stage
                     outcomes[j].reason = rule.explain(action_env)
                     break
+            if welcome and eligible[j] and self.actions[j].id not in self._welcome:
+                eligible[j] = False
+                outcomes[j].removed_by = "eligibility"
+                outcomes[j].reason = "a customer without history gets the welcome path"
         live = [self._candidates[j] for j in range(k) if eligible[j]]
         holdout = holdout_flag(customer_id, self.settings.holdout.share, self.settings.holdout.salt)
         decision_id = uuid.uuid4().hex
@@ -658,6 +670,14 @@ class DecisionEngine:
             """Ranks and picks once the contact history is read (under the customer's lock)."""
             try:
                 ranked = self._rank(outcomes, eligible, scores, ctx, blocked)
+                if welcome:  # the welcome path's order, not the prior's values
+                    order = {a: i for i, a in enumerate(self._welcome)}
+                    ranked = [
+                        *sorted(
+                            (o for o in ranked if o.action in order), key=lambda o: order[o.action]
+                        ),
+                        _no_action(),
+                    ]
                 chosen, propensity, explored = self._choose(ranked)
                 if holdout:
                     chosen = next(o for o in ranked if o.action == NO_ACTION)
@@ -679,12 +699,9 @@ class DecisionEngine:
                 ranked=ranked,
                 removed=[o for j, o in enumerate(outcomes) if not eligible[j]],
                 scores=scores,
-                why=why_text(
-                    chosen,
-                    ranked,
-                    holdout,
-                    explored,
-                ),
+                why=self._welcome_text(chosen, outcomes, ranked)
+                if cold_start and not holdout and not explored
+                else why_text(chosen, ranked, holdout, explored),
                 holdout=holdout,
                 explored=explored,
                 cold_start=cold_start,
@@ -716,6 +733,28 @@ class DecisionEngine:
             )
         decision: Decision = picked["decision"]
         return decision
+
+    def _welcome_text(
+        self,
+        chosen: CandidateOutcome,
+        outcomes: list[CandidateOutcome],
+        ranked: list[CandidateOutcome],
+    ) -> str:
+        """Why a customer without history got the welcome path, or not."""
+        new = "new customer, no history yet"
+        if not self._welcome:  # no path: arbitration on the prior, as for anyone
+            return f"{new}, no welcome path in the catalog; {why_text(chosen, ranked)}"
+        if chosen.action != NO_ACTION:
+            rules = [r.text for _, r in self.catalog.rule_stages(chosen.action)]
+            passed = f"its rules passed: {'; '.join(rules)}" if rules else "it has no rules"
+            return f"{new}: {chosen.action}, the welcome path; {passed}"
+        stops = "; ".join(
+            f"{o.action}: {o.removed_by} rule {o.reason}" if o.reason else
+            f"{o.action}: {o.removed_by}"
+            for o in outcomes
+            if o.action in self._welcome and o.removed_by
+        )  # fmt: skip
+        return f"{new}: no welcome action is eligible{f' ({stops})' if stops else ''}"
 
     def _rank(
         self,

@@ -305,3 +305,27 @@ def test_a_moved_alias_is_served_without_restart_or_failed_calls(
         rt.close()
     assert not failures
     assert rt.models.models["churn"].version == str(new.version)
+
+
+def test_a_new_customer_gets_the_welcome_path_and_is_told_why(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = runtime.engine.settings
+    ids = (f"brand-new-{i}" for i in range(1000))
+    fresh = [c for c in ids if not holdout_flag(c, settings.holdout.share, settings.holdout.salt)]
+    assert runtime.actions.welcome == ["onboarding_help"]  # the simulator's catalog
+    d = runtime.engine.decide(fresh[0], DecisionContext(channel="app"))
+    assert d.cold_start and d.scores is None and d.fallback_reason is None
+    assert d.action == "onboarding_help", (d.why, [(o.action, o.removed_by, o.reason) for o in d.removed])
+    assert d.why.startswith("new customer, no history yet: onboarding_help, the welcome path")
+    assert "tenure_days <= 45" in d.why and "conversions_total <= 1" in d.why
+    # the other actions are not offered to a customer nobody knows yet
+    others = {o.action for o in d.removed}
+    assert others == set(runtime.actions.ids) - {"onboarding_help"}
+    # a welcome action whose rules fail: the reason says none was eligible, and which rule
+    monkeypatch.setitem(runtime.engine.new_customer, "tenure_days", 400.0)
+    d = runtime.engine.decide(fresh[1], DecisionContext(channel="app"))
+    assert d.action == NO_ACTION and d.cold_start
+    assert d.why.startswith("new customer, no history yet: no welcome action is eligible")
+    assert "onboarding_help: applicability rule" in d.why
+    assert "positive expected value" not in d.why
