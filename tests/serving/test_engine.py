@@ -316,7 +316,7 @@ def test_a_new_customer_gets_the_welcome_path_and_is_told_why(
     assert runtime.actions.welcome == ["onboarding_help"]  # the simulator's catalog
     d = runtime.engine.decide(fresh[0], DecisionContext(channel="app"))
     assert d.cold_start and d.scores is None and d.fallback_reason is None
-    assert d.action == "onboarding_help", (d.why, [(o.action, o.removed_by, o.reason) for o in d.removed])
+    assert d.action == "onboarding_help", (d.why, [(o.action, o.reason) for o in d.removed])
     assert d.why.startswith("new customer, no history yet: onboarding_help, the welcome path")
     assert "tenure_days <= 45" in d.why and "conversions_total <= 1" in d.why
     # the other actions are not offered to a customer nobody knows yet
