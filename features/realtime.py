@@ -473,6 +473,7 @@ class RealtimeUpdater:
                     journey.online_events += len(fresh)
                 else:  # unknown, or another worker stored events of this customer meanwhile
                     journey = self._load([c])[c]
+                self._journeys.move_to_end(c)  # least recently used goes first
                 journeys[c] = journey
             stored_ts = self._stored_timestamps(customers)
             newest_stored = max(
