@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -31,12 +32,19 @@ from evaluation.policy_learn import LearnerSettings
 from evaluation.policy_sim import PolicyValues, true_policy_values
 from journeyml.config import JourneyMap, matches_any
 from journeyml.events.lake import read_events_sql
+from serving.actions import ActionsCatalog
 
 logger = logging.getLogger(__name__)
 
 
 class NotSimulatedError(ValueError):
     """The workspace has no simulator output (``sim/world.json`` and the decision log)."""
+
+
+def is_simulated(data_dir: Path) -> bool:
+    """Whether the workspace holds a simulator run with its decision log."""
+    sim = data_dir / "sim"
+    return (sim / "world.json").is_file() and (sim / "truth" / "decisions.parquet").is_file()
 
 
 def simulated_bandit_log(
@@ -226,3 +234,39 @@ def evaluate_policies(
         facts,
         {} if true_values is None else true_values.oracle_choices,
     )
+
+
+def evaluate_service_policies(
+    decisions: pd.DataFrame,
+    catalog: ActionsCatalog,
+    horizon_days: int = 7,
+    as_of: datetime | None = None,
+    outcome_values: dict[str, float] | None = None,
+    learn: bool = True,
+    segment_by: str = "segment",
+) -> PolicyEvaluation:
+    """Off-policy estimates from the service's own decision log (no simulator needed): no
+    action, each single action where allowed, random, the logging policy and, with ``learn``,
+    a policy learned from the log's point-in-time features (see :mod:`evaluation.policy_log`)."""
+    from evaluation.policy_log import evaluate_service_log, log_facts, read_service_log
+
+    log = read_service_log(decisions, catalog, horizon_days, outcome_values, as_of)
+    estimates, gate = evaluate_service_log(log, learn=learn)
+    facts = log_facts(log, horizon_days)
+    if gate is not None:
+        facts["learned_policy_gate"] = asdict(gate)
+    seg = _segments(log.frame, segment_by)
+    mix = pd.crosstab(
+        seg.rename("segment"), log.frame["chosen_action"].rename("action"), normalize="index"
+    )
+    return PolicyEvaluation(estimates, None, mix, facts)
+
+
+def _segments(frame: pd.DataFrame, attribute: str) -> pd.Series:
+    """Each decision's value of a profile attribute from its logged features ("unknown")."""
+    values = []
+    for text in frame["features"]:
+        feats = json.loads(text) if isinstance(text, str) and text else {}
+        value = feats.get(attribute)
+        values.append("unknown" if value is None else str(value))
+    return pd.Series(values, index=frame.index)

@@ -23,6 +23,7 @@ from journeyml.logs import configure_logging
 from journeyml.simulate.cli import simulate
 from journeyml.ui_cli import app as ui_app
 from serving.cli import keygen, sample, serve
+from serving.decisions_cli import app as decisions_app
 from serving.lists_cli import app as lists_app
 from training.cli import promote, train, training_set
 
@@ -92,6 +93,11 @@ app.add_typer(
 )
 app.command("analyze")(analyze)
 app.command("evaluate-policy")(evaluate_policy)
+app.add_typer(
+    decisions_app,
+    name="decisions",
+    help="The service's decision log: export it (with feedback) for policy evaluation.",
+)
 app.add_typer(lists_app, name="lists", help="Batch lists for marketers (churn risk).")
 app.command("report")(report)
 app.add_typer(ui_app, name="ui", help="Open the MLflow (runs, models) or Feast (features) web UI.")
