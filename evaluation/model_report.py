@@ -394,7 +394,13 @@ def _uplift_lines(m: dict[str, float]) -> list[str]:
             text += f", a random action {random_gain * 1000:.0f}"
         ratio = metric_value(m, "policy_value_ratio_convert")
         if ratio is not None:
-            text += f": the model captures {ratio:.0%} of the oracle's gain"
+            # not "the oracle's gain": that share (net value over a whole run) is the policy
+            # report's, evaluation.policy_sim.share_of_oracle_gain
+            text += (
+                f": the model finds {ratio:.0%} of the conversions the best true action per "
+                "customer adds at one decision, before action costs (the share of the oracle's "
+                "net gain over a whole run is the policy report's)"
+            )
         lines.append(text + ".")
     return lines
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from evaluation.fairness import FairnessSettings, fairness_check, fairness_table, largest_gaps
 from evaluation.monitor import _atomic
 from evaluation.ope import BanditLog, evaluate_policy, fit_reward_model, fixed_policy
 from evaluation.policy_learn import LearnerSettings
@@ -122,6 +123,8 @@ class PolicyEvaluation:
     action_mix: pd.DataFrame  # segment x action shares of the logged decisions
     facts: dict[str, object] = field(default_factory=dict)
     oracle_choices: dict[str, str] = field(default_factory=dict)
+    fairness: pd.DataFrame | None = None  # per policy, attribute and group (evaluation.fairness)
+    fairness_gaps: pd.DataFrame | None = None  # per policy, attribute and measure
 
     def write(self, out: Path) -> list[Path]:
         """estimates.csv, true_values.csv, action_mix.csv and summary.json, atomically."""
@@ -133,6 +136,10 @@ class PolicyEvaluation:
                 _atomic(out / "true_values.csv", lambda p: true_values.to_csv(p, index=False))
             )
         paths.append(_atomic(out / "action_mix.csv", lambda p: self.action_mix.to_csv(p)))
+        fairness, gaps = self.fairness, self.fairness_gaps
+        if fairness is not None and gaps is not None:
+            paths.append(_atomic(out / "fairness.csv", lambda p: fairness.to_csv(p, index=False)))
+            paths.append(_atomic(out / "fairness_gaps.csv", lambda p: gaps.to_csv(p, index=False)))
         summary = {**self.facts, "oracle_choices": self.oracle_choices}
         paths.append(
             _atomic(
@@ -244,6 +251,7 @@ def evaluate_service_policies(
     outcome_values: dict[str, float] | None = None,
     learn: bool = True,
     segment_by: str = "segment",
+    fairness: FairnessSettings | None = None,
 ) -> PolicyEvaluation:
     """Off-policy estimates from the service's own decision log (no simulator needed): no
     action, each single action where allowed, random, the logging policy and, with ``learn``,
@@ -251,15 +259,37 @@ def evaluate_service_policies(
     from evaluation.policy_log import evaluate_service_log, log_facts, read_service_log
 
     log = read_service_log(decisions, catalog, horizon_days, outcome_values, as_of)
-    estimates, gate = evaluate_service_log(log, learn=learn)
+    estimates, gate, learned_actions = evaluate_service_log(log, learn=learn)
     facts = log_facts(log, horizon_days)
-    if gate is not None:
-        facts["learned_policy_gate"] = asdict(gate)
-    seg = _segments(log.frame, segment_by)
-    mix = pd.crosstab(
-        seg.rename("segment"), log.frame["chosen_action"].rename("action"), normalize="index"
+    fairness = fairness or FairnessSettings()
+    f = log.frame
+    groups = pd.DataFrame({a: _segments(f, a) for a in fairness.attributes}, index=f.index)
+    audits = [
+        fairness_table(
+            groups, f["chosen_action"], f["expected_value"], f["churn_risk"],
+            f["conversion_propensity"], f["converted"],
+        ).assign(policy="logging policy")
+    ]  # fmt: skip
+    if learned_actions is not None:
+        audits.append(
+            fairness_table(groups, learned_actions, None, f["churn_risk"]).assign(
+                policy="learned policy"
+            )
+        )
+    table = pd.concat(audits, ignore_index=True)
+    gaps = pd.concat(
+        [largest_gaps(t).assign(policy=t["policy"].iloc[0]) for t in audits if len(t)],
+        ignore_index=True,
     )
-    return PolicyEvaluation(estimates, None, mix, facts)
+    if gate is not None:
+        learned_gaps = gaps[gaps["policy"] == "learned policy"]
+        unfair = fairness_check(learned_gaps, fairness)
+        if unfair:
+            gate = replace(gate, passed=False, reasons=[*gate.reasons, *unfair])
+        facts["learned_policy_gate"] = {**asdict(gate), "fairness_check": fairness.check}
+    seg = _segments(f, segment_by)
+    mix = pd.crosstab(seg.rename("segment"), f["chosen_action"].rename("action"), normalize="index")
+    return PolicyEvaluation(estimates, None, mix, facts, fairness=table, fairness_gaps=gaps)
 
 
 def _segments(frame: pd.DataFrame, attribute: str) -> pd.Series:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from evaluation.fairness import FairnessSettings
     from evaluation.policy import PolicyEvaluation
 
 console = Console()
@@ -70,9 +71,35 @@ def evaluate_policy(
         help="Service log: OUTCOME=AMOUNT, what a feedback outcome is worth (repeatable; "
         "default: converted = the catalog's mean value of its convert actions).",
     ),
+    fairness_attribute: list[str] = typer.Option(
+        ["segment", "plan", "region"],
+        "--fairness-attribute",
+        help="Service log: a profile attribute whose groups the fairness audit compares "
+        "(repeatable).",
+    ),
+    fairness_check: bool = typer.Option(
+        False,
+        "--fairness-check/--no-fairness-check",
+        help="Service log: the learned policy's gate also refuses gaps above the bounds.",
+    ),
+    max_selection_gap: float = typer.Option(
+        0.25,
+        "--max-selection-gap",
+        min=0.0,
+        max=1.0,
+        help="Fairness check: largest gap in the share of decisions that send an action.",
+    ),
+    max_calibration_gap: float = typer.Option(
+        0.10,
+        "--max-calibration-gap",
+        min=0.0,
+        max=1.0,
+        help="Fairness check: largest |predicted - observed| conversion rate of a group.",
+    ),
 ) -> None:
     """Value of no action, single actions, random, the logging and the learned policy from a
     decision log (the service's or the simulator's); on a simulated workspace also the truth."""
+    from evaluation.fairness import FairnessSettings
     from evaluation.policy import NotSimulatedError, evaluate_policies, is_simulated
     from evaluation.policy_log import DecisionLogError
     from journeyml.config import ConfigError, load_journey_map
@@ -85,9 +112,12 @@ def evaluate_policy(
     )
     try:
         if use_service:
+            fairness = FairnessSettings(
+                tuple(fairness_attribute), fairness_check, max_selection_gap, max_calibration_gap
+            )
             result = _service_result(
                 data_dir, decisions, actions, serving_config, horizon_days, as_of,
-                outcome_value, learned,
+                outcome_value, learned, fairness,
             )  # fmt: skip
         else:
             journey = load_journey_map(journeys)
@@ -150,6 +180,7 @@ def _service_result(
     as_of: str | None,
     outcome_value: list[str],
     learned: bool,
+    fairness: FairnessSettings,
 ) -> PolicyEvaluation:
     """Evaluates the service's decision log (exported, or read from the state store)."""
     from datetime import datetime
@@ -197,4 +228,6 @@ def _service_result(
     # costs and values are all the evaluation reads: the rules are not compiled
     catalog = load_config(actions or config_path("actions.yaml"), ActionsCatalog)
     frame = pd.read_parquet(decisions)
-    return evaluate_service_policies(frame, catalog, horizon_days, when, values or None, learned)
+    return evaluate_service_policies(
+        frame, catalog, horizon_days, when, values or None, learned, fairness=fairness
+    )

@@ -53,9 +53,12 @@ from typing import Any, Literal
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import Field
 
-from journeyml.config import JourneyMap, StrictModel, matches_any
+from evaluation.policy_features import JourneyFeatures, encode_features
+from features.settings import FeatureSettings, load_feature_settings
+from journeyml.config import SIMULATOR_CONFIG_DIR, JourneyMap, StrictModel, matches_any
 from journeyml.simulate.engine import NONE
 from journeyml.simulate.policy import Array, DistributionPolicy, Observation, sample_from
 from journeyml.simulate.run import simulate
@@ -102,6 +105,11 @@ class LearnerSettings(StrictModel):
     """How the learned policy is learned (validated once, where the evaluation starts).
 
     Attributes:
+        features: what the policy sees: ``journey``, the product's journey features from the
+            log before the decision's day (:mod:`evaluation.policy_features`), or
+            ``observation``, the simulator's observation columns (and their history).
+        hidden: also give the learner the simulator's hidden persona and state (the ceiling
+            that the log allows, never a policy a team could build).
         horizon_days: days after a decision whose realised net value enters its reward
             (rounded up to whole decision intervals).
         value_days: the reward adds the customer's expected revenue in the ``value_days``
@@ -120,6 +128,8 @@ class LearnerSettings(StrictModel):
         num_threads: LightGBM threads.
     """
 
+    features: Literal["journey", "observation"] = "journey"
+    hidden: bool = False
     horizon_days: int = Field(default=14, gt=0, le=365)
     value_days: int = Field(default=0, ge=0, le=730)
     history: bool = True
@@ -251,6 +261,27 @@ class ObservationHistory:
         self.last_option[who] = np.asarray(actions) + 1
 
 
+HIDDEN_FEATURES: tuple[str, ...] = (
+    "hidden_persona",
+    "hidden_stage",
+    "hidden_engagement",
+    "hidden_satisfaction",
+)
+
+
+def hidden_features(obs: Observation) -> pd.DataFrame:
+    """The simulator's hidden persona and state: only for the ceiling, never a real policy."""
+    latent = obs.latent
+    return pd.DataFrame(
+        {
+            "hidden_persona": np.asarray(latent.persona, dtype=np.float64),
+            "hidden_stage": np.asarray(latent.stage, dtype=np.float64),
+            "hidden_engagement": np.asarray(latent.engagement, dtype=np.float64),
+            "hidden_satisfaction": np.asarray(latent.satisfaction, dtype=np.float64),
+        }
+    )
+
+
 def decision_features(obs: Observation, history: ObservationHistory | None) -> pd.DataFrame:
     """The model's inputs for a decision: the snapshot, and the history when kept."""
     snapshot = observable_features(obs)
@@ -274,6 +305,7 @@ class DecisionLog:
     days: Array
     eligible: Array  # (n, actions)
     rewards: Array | None = None
+    categories: dict[str, list[str]] | None = None  # vocabularies of coded text features
 
     def __len__(self) -> int:
         return len(self.options)
@@ -287,6 +319,7 @@ class DecisionLog:
             self.days[rows],
             self.eligible[rows],
             None if self.rewards is None else self.rewards[rows],
+            self.categories,
         )
 
 
@@ -294,9 +327,10 @@ class RecordingPolicy:
     """A policy that decides like ``policy`` and keeps every decision it makes, with the
     features a learned policy would have seen (one recorder per run)."""
 
-    def __init__(self, policy: DistributionPolicy, history: bool = True):
+    def __init__(self, policy: DistributionPolicy, history: bool = True, hidden: bool = False):
         self.policy = policy
         self.history = ObservationHistory() if history else None
+        self.hidden = hidden
         self.parts: list[DecisionLog] = []
 
     def probabilities(self, obs: Observation) -> Array:
@@ -304,9 +338,12 @@ class RecordingPolicy:
 
     def __call__(self, obs: Observation, u: Array) -> tuple[Array, Array]:
         actions, propensities = self.policy(obs, u)
+        features = decision_features(obs, self.history)
+        if self.hidden:
+            features = pd.concat([features, hidden_features(obs)], axis=1)
         self.parts.append(
             DecisionLog(
-                decision_features(obs, self.history),
+                features,
                 np.asarray(actions) + 1,
                 np.asarray(propensities, dtype=np.float64),
                 np.asarray(obs.customers),
@@ -652,7 +689,7 @@ def record_logging_run(
     every = world.policy.every_days
     horizon = -(-settings.horizon_days // every) * every  # whole decision intervals
     total = days + horizon + settings.value_days
-    recorder = RecordingPolicy(policy, history=settings.history)
+    recorder = RecordingPolicy(policy, history=settings.history, hidden=settings.hidden)
     _, outcomes = simulate(
         world, journey, customers, total, seed=seed, start=start, out=None, truth=None,
         policy=recorder, keep_log=True,
@@ -660,6 +697,20 @@ def record_logging_run(
     if outcomes.log is None:
         raise RuntimeError("the simulator kept no log of the logging run")
     log = recorder.log()
+    if settings.features == "journey":
+        view = JourneyFeatures(journey, simulator_feature_settings())
+        try:
+            view.add(
+                pa.Table.from_pandas(outcomes.log.events, preserve_index=False),
+                pa.Table.from_pandas(outcomes.log.customers, preserve_index=False),
+            )
+            frame = view.at(customer_id_strings(log.customers), decision_times(start, log.days))
+        finally:
+            view.close()
+        encoded, log.categories = encode_features(frame)
+        if settings.hidden:
+            encoded = pd.concat([encoded, log.features[list(HIDDEN_FEATURES)]], axis=1)
+        log.features = encoded
     revenue = daily_revenue(outcomes.log.events, journey, customers, total, start)
     end_values = None
     if settings.value_days:
@@ -685,20 +736,66 @@ def record_logging_run(
 class LearnedPolicy:
     """The eligible action with the highest predicted net effect, or none if none is positive.
 
-    It keeps the history of the observations of the run it decides in (a new run is one that
-    starts again at an earlier day), so one instance serves one run at a time, without ground
-    truth roll-outs (``simulate(..., truth=None)``).
+    It keeps what it needs of the run it decides in — the history of the observations, or the
+    run's events for journey features (handed over by the simulator through
+    :meth:`observe_events`) — and a run that starts again at an earlier day starts afresh, so
+    one instance serves one run at a time, without ground truth roll-outs
+    (``simulate(..., truth=None)``).
     """
 
-    def __init__(self, model: DoublyRobustValue, history: bool = True):
+    def __init__(
+        self,
+        model: DoublyRobustValue,
+        history: bool = True,
+        *,
+        journey: JourneyMap | None = None,
+        categories: dict[str, list[str]] | None = None,
+        start: date = date(2025, 1, 1),
+        hidden: bool = False,
+    ):
         self.model = model
-        self.history = ObservationHistory() if history else None
+        self.journey_view = (
+            JourneyFeatures(journey, simulator_feature_settings()) if journey is not None else None
+        )
+        self.history = ObservationHistory() if history and journey is None else None
+        self.categories = categories
+        self.start = start
+        self.hidden = hidden
+        self._latest_event: pd.Timestamp | None = None
+
+    def observe_events(self, events: pa.Table, customers: pa.Table) -> None:
+        """Adds a day of the run's log (journey features read it at the next decision)."""
+        if self.journey_view is None:
+            return
+        times = events.column("timestamp").to_pandas()
+        if self._latest_event is not None and times.min() < self._latest_event - pd.Timedelta(
+            days=1
+        ):
+            self.journey_view.reset()  # a new run
+        self._latest_event = times.max()
+        self.journey_view.add(events, customers)
+
+    def inputs(self, obs: Observation) -> pd.DataFrame:
+        """What the model reads for the observed customers."""
+        if self.journey_view is not None:
+            if obs.day == 0:
+                self.journey_view.reset()
+                self._latest_event = None
+            ids = [f"C{c:0{obs.id_width}d}" for c in obs.customer_index]
+            when = decision_times(self.start, np.full(len(obs), obs.day))
+            frame = self.journey_view.at(ids, when)
+            features, _ = encode_features(frame, self.categories)
+        else:
+            if self.history is not None and obs.day <= self.history.latest:
+                self.history.reset()
+            features = decision_features(obs, self.history)
+        if self.hidden:
+            features = pd.concat([features, hidden_features(obs)], axis=1)
+        return features
 
     def effects(self, obs: Observation) -> Array:
         """(customers, actions) predicted net effects; -inf where an action is not allowed."""
-        if self.history is not None and obs.day <= self.history.latest:
-            self.history.reset()
-        predicted = self.model.predict_effects(decision_features(obs, self.history))
+        predicted = self.model.predict_effects(self.inputs(obs))
         return np.where(obs.eligible, predicted, -np.inf)
 
     def probabilities(self, obs: Observation) -> Array:
@@ -745,4 +842,24 @@ def learn_policy(
         "learned policy: average effects %s",
         {a: round(float(e), 2) for a, e in zip(world.action_ids, model.base_effects_, strict=True)},
     )
-    return LearnedPolicy(model, history=settings.history)
+    if settings.features == "journey":
+        return LearnedPolicy(
+            model, journey=journey, categories=log.categories, start=start, hidden=settings.hidden
+        )
+    return LearnedPolicy(model, history=settings.history, hidden=settings.hidden)
+
+
+def simulator_feature_settings() -> FeatureSettings:
+    """The simulator's feature settings (its config set's ``features.yaml``)."""
+    return load_feature_settings(str(SIMULATOR_CONFIG_DIR / "features.yaml"))
+
+
+def customer_id_strings(customers: Array, width: int = 7) -> list[str]:
+    """The customers table's ids of run positions (``C%0{width}d``)."""
+    return [f"C{int(c):0{width}d}" for c in customers]
+
+
+def decision_times(start: date, days: Array) -> pd.Series:
+    """Midnight UTC of each decision's day: its journey features read the log before it."""
+    base = pd.Timestamp(start, tz="UTC")
+    return pd.Series(base + pd.to_timedelta(np.asarray(days, dtype=np.int64), unit="D"))

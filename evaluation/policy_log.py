@@ -164,14 +164,32 @@ def read_service_log(
     if sent is not None:
         cost = np.where(sent | (frame["chosen_action"] == NONE).to_numpy(), cost, 0.0)
     frame["reward"] = gained - cost
+    if "converted_at" in frame.columns:
+        converted = pd.to_datetime(frame["converted_at"], utc=True)
+        frame["converted"] = (
+            converted.notna() & (converted >= frame["decided_at"])
+            & (converted < frame["decided_at"] + horizon)
+        ).astype(float)  # fmt: skip
+    else:
+        frame["converted"] = np.nan
+    requests = _json_column(frame["request"])
+    for name in SCORE_COLUMNS:
+        frame[name] = [
+            (r.get("scores") or {}).get(name) if isinstance(r, dict) else None for r in requests
+        ]
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
     eligible = np.zeros((len(frame), len(catalog.ids)), dtype=bool)
     index = {a: j for j, a in enumerate(catalog.ids)}
+    expected = np.zeros(len(frame))  # the engine's expected incremental value of its choice
     for i, candidates in enumerate(_json_column(frame["candidates"]) if len(frame) else []):
         listed: list[dict[str, Any]] = candidates if isinstance(candidates, list) else []
         for c in listed:
             j = index.get(str(c.get("action")))
             if j is not None and c.get("removed_by") is None:
                 eligible[i, j] = True
+            if c.get("action") == frame.at[i, "chosen_action"]:
+                expected[i] = float(c.get("expected_value") or 0.0)
+    frame["expected_value"] = expected
     features, categories = learner_features(frame)
     bandit = BanditLog(
         action_ids,
@@ -331,9 +349,10 @@ def estimate_rows(name: str, estimates: Mapping[str, Estimate]) -> list[dict[str
 
 def evaluate_service_log(
     log: ServiceLog, learn: bool = True, settings: LearnedSettings = LearnedSettings()
-) -> tuple[pd.DataFrame, Gate | None]:
+) -> tuple[pd.DataFrame, Gate | None, np.ndarray | None]:
     """Off-policy estimates of no action, each single action (where allowed), uniformly random
-    over the allowed actions, the learned policy, and the logging policy's on-policy value."""
+    over the allowed actions, the learned policy, and the logging policy's on-policy value;
+    with ``learn``, also the learned policy's gate and its (cross-fitted) choice per decision."""
     b = log.bandit
     q = fit_reward_model(b)
     mean, low, high = on_policy_value(b)
@@ -347,14 +366,15 @@ def evaluate_service_log(
     allowed = np.column_stack([np.ones(len(b)), log.eligible]).astype(float)
     random = allowed / allowed.sum(axis=1, keepdims=True)
     rows += estimate_rows("random", evaluate_policy(b, random, q))
-    gate = None
+    gate, chosen = None, None
     if learn:
         target = cross_fitted_learned_policy(log, settings)
         rows += estimate_rows("learned policy", evaluate_policy(b, target, q))
+        chosen = np.asarray(b.action_ids, dtype=object)[target.argmax(axis=1)]
     estimates = pd.DataFrame(rows)
     if learn:
         gate = learned_policy_gate(estimates)
-    return estimates, gate
+    return estimates, gate, chosen
 
 
 def log_facts(log: ServiceLog, horizon_days: int) -> dict[str, object]:

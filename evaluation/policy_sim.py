@@ -14,8 +14,12 @@ the logging policy's decision log alone (observable features, logged propensitie
 value that followed; see :mod:`evaluation.policy_learn`), never from the latent truth, and
 scored on the evaluation seed like the others.
 
+With ``ceiling``, the **hidden-state ceiling** joins them: the same learner given the simulator's
+hidden persona and state besides what the log shows, the most the log's decisions allow a
+learner of this kind to reach (as ``benchmarks/truth_gap.py`` does for the scores).
+
 Incremental values are over no action on the evaluation seed; a policy's *captured share* is
-its incremental value divided by the oracle's.
+:func:`share_of_oracle_gain`, the one definition every report uses.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from journeyml.simulate.run import simulate
 from journeyml.simulate.world import World
 
 logger = logging.getLogger(__name__)
+
+
+CEILING = "hidden-state ceiling"
 
 
 class PersonaPolicy:
@@ -98,6 +105,7 @@ def true_policy_values(
     seed: int = 0,
     start: date = date(2025, 1, 1),
     learner: LearnerSettings | None = None,
+    ceiling: bool = False,
 ) -> PolicyValues:
     """Runs every compared policy in the simulator and returns their true values.
 
@@ -128,6 +136,11 @@ def true_policy_values(
         policies["learned policy"] = learn_policy(
             world, journey, logging_policy(world), customers, days, seed, start, learner
         )
+        if ceiling:  # the same learner, also given the hidden persona and state
+            policies[CEILING] = learn_policy(
+                world, journey, logging_policy(world), customers, days, seed, start,
+                learner.model_copy(update={"hidden": True}),
+            )  # fmt: skip
     rows = []
     for label, policy in policies.items():
         value, _ = _run(world, journey, policy, customers, days, evaluation, start)
@@ -148,8 +161,26 @@ def true_policy_values(
     best_row = dict(singles.iloc[int(np.argmax(singles["net_value"].to_numpy()))])
     best_row["policy"] = f"best single action ({str(best_row['policy']).removeprefix('always ')})"
     values = pd.concat([values, pd.DataFrame([best_row])], ignore_index=True)
-    oracle_gain = float(
-        values.loc[values["policy"] == "oracle (true effects)", "incremental"].iloc[0]
+    oracle_value = float(
+        values.loc[values["policy"] == "oracle (true effects)", "net_value"].iloc[0]
     )
-    values["captured_share"] = values["incremental"] / oracle_gain if oracle_gain > 0 else np.nan
+    values["captured_share"] = [
+        share_of_oracle_gain(float(v), none, oracle_value) for v in values["net_value"]
+    ]
     return PolicyValues(values, choices, customers, days, seed)
+
+
+def share_of_oracle_gain(value: float, no_action: float, oracle: float) -> float:
+    """THE share of the oracle's gain, the one every report uses: a policy's true net value
+    per customer over a whole simulated run, minus no action's, divided by the oracle's
+    minus no action's (NaN when the oracle gains nothing)."""
+    gain = oracle - no_action
+    return (value - no_action) / gain if gain > 0 else float("nan")
+
+
+def share_target(ceiling_share: float | None, target: float = 0.8) -> float:
+    """The bar for the learned policy: ``target`` of the oracle's gain, or 95 % of the
+    hidden-state ceiling's share when the ceiling is below ``target``."""
+    if ceiling_share is None or not np.isfinite(ceiling_share) or ceiling_share >= target:
+        return target
+    return 0.95 * ceiling_share

@@ -417,7 +417,9 @@ def simulate(
         truth: where to compute ground truth; None (or ``last_cutoffs=0``) for none. Truth is
             computed only when the log is written or kept.
         policy: decides the marketing actions (default: the world's logging policy); see
-            :mod:`journeyml.simulate.policy`.
+            :mod:`journeyml.simulate.policy`. A policy with an ``observe_events(events,
+            customers)`` method is handed each day's rendered events (the log as it grows) and
+            the customers table, after the day's decisions.
         chunk_rows: events buffered before a part file is written.
 
     Returns:
@@ -472,6 +474,8 @@ def simulate(
     )
     n_decisions = 0
     every = world.policy.every_days
+    watcher = getattr(policy, "observe_events", None)
+    watched = 0
     for day in range(days):
         draws = Uniforms.draw(day_rng, customers)
         if day in cutoffs:
@@ -518,7 +522,15 @@ def simulate(
                 n_decisions += len(obs)
                 decisions.add(today)
         state, outcome = advance(params, pop, state, day, calendar, draws, actions, roles)
-        events.add(renderer.render(day, outcome, today))
+        rendered = renderer.render(day, outcome, today)
+        events.add(rendered)
+        if watcher is not None and len(rendered):
+            # a policy that reads the log as it grows (e.g. journey features) sees the day
+            watcher(
+                to_table(rendered, watched, ids, renderer.type_names, world.action_ids),
+                customers_tab,
+            )
+            watched += len(rendered)
         sent = actions != NONE
         outcomes.purchases += outcome.purchases
         outcomes.revenue += outcome.revenue

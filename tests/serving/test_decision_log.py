@@ -155,7 +155,17 @@ def test_evaluate_policy_on_the_service_log_without_simulator_files(
     on_policy = est[est["policy"] == "logging policy"].iloc[0]
     assert on_policy["value"] == pytest.approx(realised)
     gate = summary["learned_policy_gate"]
-    assert set(gate) >= {"passed", "learned", "logging", "best_single"}
+    assert set(gate) >= {"passed", "learned", "logging", "best_single", "fairness_check"}
+    # the fairness audit: the logging policy's selection rate per plan, counted by hand
+    fair = pd.read_csv(out / "fairness.csv")
+    plans = [json.loads(t).get("plan") for t in log["features"]]
+    by_hand = (log["chosen_action"] != "none").groupby(plans).mean()
+    logged = fair[(fair["policy"] == "logging policy") & (fair["attribute"] == "plan")]
+    assert set(logged["group"]) == set(by_hand.index)
+    for row in logged.itertuples():
+        assert row.selection_rate == pytest.approx(by_hand[row.group])
+    assert (fair["policy"] == "learned policy").any()
+    assert (out / "fairness_gaps.csv").exists()
 
 
 def test_a_young_log_says_why_it_cannot_be_evaluated(
