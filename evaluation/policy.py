@@ -158,9 +158,11 @@ def evaluate_policies(
     sim_customers: int | None = None,
     sim_days: int | None = None,
     learn: bool = True,
+    learner: LearnerSettings | None = None,
 ) -> PolicyEvaluation:
     """Off-policy estimates of the compared policies and, optionally, their true values
-    (with ``learn``, also of a policy learned from the logging policy's decision log)."""
+    (with ``learn``, also of a policy learned from the logging policy's decision log, with
+    ``learner``'s settings: by default on the journey features)."""
     sim_dir, lake = data_dir / "sim", data_dir / "lake"
     log, frame = simulated_bandit_log(sim_dir, lake, journey, horizon_days)
     q = fit_reward_model(log)
@@ -181,7 +183,7 @@ def evaluate_policies(
             sim_customers or int(options["customers"]),
             sim_days or int(options["days"]),
             seed=int(options["seed"]) + 1000,
-            learner=LearnerSettings() if learn else None,
+            learner=(learner or LearnerSettings()) if learn else None,
         )
         personas = pd.read_parquet(sim_dir / "truth" / "personas.parquet")
         persona_of = dict(zip(personas["customer_id"], personas["persona"], strict=True))

@@ -4,9 +4,12 @@ The learned policy is what a team could build from the log alone, so it must nev
 simulator's latent truth (``Observation.latent``). It is learned on the *choosing* seed:
 
 1. **Record.** The world's logging policy runs in the simulator, wrapped in a
-   :class:`RecordingPolicy` that keeps, per decision, what a policy may see (the observation's
-   columns, :func:`observable_features`, and summaries of the customer's earlier observations,
-   :class:`ObservationHistory`), the action it took and its propensity.
+   :class:`RecordingPolicy` that keeps, per decision, the action it took and its propensity, and
+   what the policy sees of the customer: by default (``features="journey"``) the product's
+   journey features from the log before the decision's day — the feature catalog's query, as
+   ``journeyml features build`` runs it (:mod:`evaluation.policy_features`); or the
+   simulator's observation columns (:func:`observable_features`) with summaries of the
+   customer's earlier observations (:class:`ObservationHistory`).
 2. **Reward.** A decision's reward is the customer's net value in the ``horizon_days`` after
    it: the revenue of their purchases in the run's event log minus the cost of the action
    sent, as :mod:`evaluation.policy` builds it from ``truth/decisions.parquet`` and the lake.
@@ -22,25 +25,8 @@ simulator's latent truth (``Observation.latent``). It is learned on the *choosin
 Its true value is then measured like every other policy's, on another seed
 (:func:`evaluation.policy_sim.true_policy_values` with ``learner=LearnerSettings()``).
 
-Measured (3000 customers × 365 days, default settings; choosing seed s, evaluation seed s + 1):
-the learned policy captures 66 % of the oracle's incremental value at s = 1000 (best single
-action 61 %) and 68 % at s = 0 (best single action 66 %) — short of the 80 % target. Why,
-measured on the same runs at s = 1000 (at s = 0 in brackets):
-
-- *The features.* Given the latent persona as one more input, the same learner captures 79 %
-  (86 %). A persona classifier on the observable features combined with the *true*
-  per-persona effects — the best a persona-level policy can do from what the log shows —
-  reaches only 72 % (74 %): the observation does not tell bargain hunters (who gain from
-  discounts) from casual browsers and new customers (who lose), nor unhappy premium customers
-  (whom upselling drives away) from loyal regulars, and the log starts blank for the customers
-  who signed up before it. It shows no order values, e-mail opens or visit channels, which
-  differ most between them.
-- *The model.* The final stage's trees learn little heterogeneity from noisy pseudo-outcomes;
-  starting them from the outcome model's effects (``effect_start="outcome"``) raised the share
-  from 60 % to 66 %. Three times more logged customers added about 3 points; a T-learner did
-  worse, an S-learner (no propensities) about as well.
-- *The horizon.* 14 days did best of 7, 14, 28 and 56; a customer value model at the
-  horizon's end (``value_days``), meant to price churn, lowered the value and is off.
+What it reaches, against the best single action and the hidden-state ceiling, and what was
+tried: ``benchmarks/README.md`` (``benchmarks/policy_share.py``).
 """
 
 from __future__ import annotations

@@ -111,6 +111,9 @@ def read_policy_evaluation(
         true_values = pd.read_csv(true_path) if true_path.is_file() else None
         mix = pd.read_csv(folder / "action_mix.csv", index_col=0)
         facts = json.loads((folder / "summary.json").read_text())
+        fair_path, gaps_path = folder / "fairness.csv", folder / "fairness_gaps.csv"
+        fairness = pd.read_csv(fair_path) if fair_path.is_file() else None
+        gaps = pd.read_csv(gaps_path) if gaps_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise ReportInputError(f"cannot read the policy output in {folder}: {exc}") from None
     if "dr" not in set(estimates.get("estimator", pd.Series(dtype=str))):
@@ -118,7 +121,9 @@ def read_policy_evaluation(
             f"{folder / 'estimates.csv'} has no doubly robust estimates: run `{command}` again"
         )
     choices = facts.pop("oracle_choices", {}) or {}
-    return PolicyEvaluation(estimates, true_values, mix, facts, dict(choices))
+    return PolicyEvaluation(
+        estimates, true_values, mix, facts, dict(choices), fairness=fairness, fairness_gaps=gaps
+    )
 
 
 def _stale_note(report: Report, written: Path, lake: Path, command: str) -> None:

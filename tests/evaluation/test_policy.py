@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from evaluation.html import Report
 from evaluation.policy import NotSimulatedError, PolicyEvaluation, evaluate_policies
+from evaluation.policy_learn import LearnerSettings
 from evaluation.policy_report import add_policy_sections
 from journeyml.cli import app
 from journeyml.config import SIMULATOR_CONFIG_DIR, load_journey_map
@@ -37,6 +38,9 @@ def evaluation(workspace: Path) -> PolicyEvaluation:
         load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml"),
         sim_customers=800,
         sim_days=150,
+        # the observation learner is the quick one; the journey-feature learner (the default)
+        # is tested in test_policy_sim.py
+        learner=LearnerSettings(features="observation", num_threads=1),
     )
 
 

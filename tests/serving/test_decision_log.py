@@ -20,6 +20,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from evaluation.html import Report
+from evaluation.policy_report import add_policy_sections
+from evaluation.report_cli import read_policy_evaluation
 from journeyml.cli import app
 from journeyml.config import SIMULATOR_CONFIG_DIR, load_config
 from serving.actions import ActionsCatalog
@@ -166,6 +169,11 @@ def test_evaluate_policy_on_the_service_log_without_simulator_files(
         assert row.selection_rate == pytest.approx(by_hand[row.group])
     assert (fair["policy"] == "learned policy").any()
     assert (out / "fairness_gaps.csv").exists()
+    # the policy report renders the service's evaluation: the gate and the fairness audit
+    report = Report("Policy report")
+    add_policy_sections(report, read_policy_evaluation(out))
+    page = report.render()
+    assert "Fairness across segments" in page and "its gate" in page
 
 
 def test_a_young_log_says_why_it_cannot_be_evaluated(
