@@ -56,7 +56,7 @@ BASELINES = ("logreg", "random_forest", "recency_frequency", "bgnbd")
 def run_cli(*args: str) -> str:
     result = CliRunner().invoke(app, list(args))
     if result.exit_code != 0:
-        raise RuntimeError(f"journeyml {' '.join(args)}: {result.output}")
+        raise RuntimeError(f"journeyml {' '.join(args)}: {result.output} {result.exception!r}")
     return result.output
 
 
@@ -127,7 +127,6 @@ def quality_table(results: list[Any], ctx: dict[str, Any]) -> list[dict[str, Any
             p = markov_scores(ctx["x"], y, tr, te)
             line["markov_auc"] = float(roc_auc_score(y[te], p)) if len(set(y[te])) == 2 else np.nan
             line["markov_ece"] = expected_calibration_error(y[te], p)
-        line["best_iteration"] = r.metrics.get("best_iteration", np.nan)
         out.append(line)
     return out
 
@@ -178,11 +177,16 @@ def list_check(cfg: Path, data: Path, journey: Any) -> dict[str, Any]:
     """The default churn list (challenger alias, top 500): lapsed customers in it, judged from
     the lake itself (no activity event in the churn window before the list's feature date, or
     a churn event after the last activity), and distinct scores among its rows."""
+    import subprocess
+    import sys
+
     import duckdb
 
-    run_cli(
-        "--config-dir", str(cfg), "lists", "churn-risk", "--data-dir", str(data),
-        "--alias", "challenger", "--top", "500",
+    # its own process: the training above left MLflow and Feast state in this one
+    subprocess.run(
+        [str(Path(sys.executable).parent / "journeyml"), "--config-dir", str(cfg), "lists",
+         "churn-risk", "--data-dir", str(data), "--alias", "challenger", "--top", "500"],
+        check=True, capture_output=True,
     )  # fmt: skip
     frame = pd.read_csv(data / "lists" / "churn_risk.csv")
     as_of = pd.to_datetime(frame["features_as_of"], utc=True).max()
