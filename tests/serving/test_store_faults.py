@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 import serving.state as state_module
 from serving.runtime import Runtime
-from serving.schemas import FeedbackRequest
+from serving.schemas import EventsRequest, FeedbackRequest
 from serving.state import RequestKey
 from tests.services import unwritable
 from tests.serving.conftest import ServingWorkspace, serving_settings
@@ -177,3 +177,39 @@ def test_request_ids_fall_back_on_store_errors_only(
     monkeypatch.setattr(runtime.state, "find_request", bug)
     with pytest.raises(AttributeError, match="has no attribute 'answer'"):
         runtime.engine.decide(cid, request=RequestKey("all", "retry-2", key.expires_at))
+
+
+def test_a_locked_event_store_answers_503_within_the_deadline_and_resumes(
+    runtime: Runtime, serving_ws: ServingWorkspace
+) -> None:
+    """/v1/events with its event store locked by another writer: a 503 bounded by the
+    service's store timeout (not SQLite's default 5 s busy wait), at once while the store's
+    breaker is open, and events stored again by themselves once the lock is gone."""
+    cid = serving_ws.customers[8]
+    now = datetime.now(UTC)
+
+    def events(tag: str) -> EventsRequest:
+        at = (now - timedelta(minutes=1)).isoformat()
+        event = {"customer_id": cid, "timestamp": at, "event_type": "complaint",
+                 "channel": "phone", "event_id": f"{tag}-{cid}"}  # fmt: skip
+        return EventsRequest.model_validate({"events": [event]})
+
+    assert runtime.events(events("a")).status == 200
+    url = runtime.settings.resolved_event_store_url()
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        reply = runtime.events(events("b"))
+        first = time.monotonic() - started
+        assert reply.status == 503 and cid not in str(reply.body)
+        assert first < 2 * runtime.settings.state_timeout_ms / 1000 + 1.0, first
+        started = time.monotonic()
+        assert runtime.events(events("c")).status == 503
+        assert time.monotonic() - started < first  # the breaker: the store is not waited for
+        ready = runtime.readiness()  # not a required component: decisions go on
+        assert ready["ready"] and not ready["components"]["event_store"]["ok"]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_for(lambda: runtime.events(events("d")).status == 200, 5)
