@@ -42,7 +42,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KIND_OF = {"churn": "binary", "conversion": "binary", "next_step": "multiclass", "uplift": "uplift"}
+KIND_OF = {
+    "churn": "binary",
+    "conversion": "binary",
+    "next_step": "multiclass",
+    "next_event": "multiclass",
+    "uplift": "uplift",
+}
 
 METRICS: dict[str, tuple[tuple[str, str], ...]] = {
     "binary": (

@@ -996,3 +996,65 @@ def write_bundle(
     path = folder / MANIFEST_FILE
     path.write_text(json.dumps(full, indent=1, sort_keys=True, default=str), encoding="utf-8")
     return path
+
+
+# -- the next step after an event ------------------------------------------------------------
+
+
+def chain_proba(spec: Mapping[str, Any], states: Sequence[Sequence[str]]) -> np.ndarray:
+    """Class probabilities of a backed-off Markov chain (``BackoffMarkovBaseline.to_json``)
+    for state tuples (most recent first)."""
+    prior = np.asarray(spec["prior"], dtype=np.float64)
+    strength = float(spec["strength"])
+    out = np.tile(prior, (len(states), 1))
+    for order, table in enumerate(spec["counts"], start=1):
+        for i, state in enumerate(states):
+            row = table.get("\t".join(str(s) for s in state[:order]))
+            if row is not None:
+                counts = np.asarray(row, dtype=np.float64)
+                out[i] = (counts + strength * out[i]) / (counts.sum() + strength)
+    return out
+
+
+@dataclass
+class NextEventScorer:
+    """Scores a ``next_event`` bundle: the next-step distribution and the abandonment
+    probability of input rows (journey and sequence features by name).
+
+    The bundle holds the multiclass booster (``model``), whose raw scores add to the log
+    probabilities of the Markov chain it was boosted from, and the abandonment booster
+    (``abandon``); ``calibrator.json`` holds the chain, the class calibration and the
+    abandonment calibration and encoders.
+    """
+
+    bundle: ModelBundle
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @property
+    def chain_states(self) -> list[str]:
+        return list(self.bundle.calibrator["chain"]["states"])
+
+    def predict(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(proba, p_abandon)``: shape (n, classes) and (n,) (None without the model)."""
+        cal = self.bundle.calibrator
+        x = self.bundle.encode_rows(rows)
+        k = len(self.classes)
+        raw = np.asarray(self.bundle.boosters["model"].predict(x, raw_score=True)).reshape(-1, k)
+        states = [[str(r.get(s)) for s in self.chain_states] for r in rows]
+        z = raw + np.log(np.clip(chain_proba(cal["chain"], states), 1e-9, 1.0))
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        proba = apply_multiclass_calibrator(cal["next"], p)
+        if "abandon" not in self.bundle.boosters:
+            return proba, None
+        vocab = cal.get("abandon_vocabularies", self.bundle.vocabularies)
+        frame = pd.DataFrame([{f: r.get(f) for f in self.bundle.features} for r in rows])
+        xa = encode_frame(frame, self.bundle.features, vocab)
+        p_ab = apply_binary_calibrator(
+            cal["abandon"], np.asarray(self.bundle.boosters["abandon"].predict(xa))
+        )
+        return proba, p_ab

@@ -25,10 +25,18 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 console = Console()
 err = Console(stderr=True)
 
-MODEL_CHOICES = ("all", "churn", "conversion", "next_step", "uplift")
+MODEL_CHOICES = ("all", "churn", "conversion", "next_step", "next_event", "uplift")
 SHOWN = {
     "binary": ("auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift"),
     "next_step": ("top1_accuracy", "top3_accuracy", "log_loss", "macro_f1"),
+    "next_event": (
+        "top3_accuracy",
+        "log_loss",
+        "baseline_markov2_top3_accuracy",
+        "baseline_markov2_log_loss",
+        "abandon_auc",
+        "abandon_ece",
+    ),
     "uplift": ("qini_convert", "qini_churn", "auuc_convert"),
 }
 
@@ -64,7 +72,9 @@ def _load(
 
 
 def train(
-    model: str = typer.Option("all", "--model", help="all, churn, conversion, next_step, uplift."),
+    model: str = typer.Option(
+        "all", "--model", help="all, churn, conversion, next_step, next_event, uplift."
+    ),
     data_dir: Path = DataDir,
     config: Path | None = ModelsConfig,
     features_config: Path | None = typer.Option(
@@ -258,7 +268,9 @@ def training_set(
 
 
 def promote(
-    model: str = typer.Option("all", "--model", help="all, churn, conversion, next_step, uplift."),
+    model: str = typer.Option(
+        "all", "--model", help="all, churn, conversion, next_step, next_event, uplift."
+    ),
     to: str | None = typer.Option(
         None,
         "--to",

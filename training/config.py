@@ -9,8 +9,8 @@ from pydantic import Field, PositiveInt, field_validator
 
 from journeyml.config import StrictModel, config_path, load_config
 
-ModelName = Literal["churn", "conversion", "next_step", "uplift"]
-MODEL_NAMES: tuple[ModelName, ...] = ("churn", "conversion", "next_step", "uplift")
+ModelName = Literal["churn", "conversion", "next_step", "next_event", "uplift"]
+MODEL_NAMES: tuple[ModelName, ...] = ("churn", "conversion", "next_step", "next_event", "uplift")
 
 LOWER_IS_BETTER = frozenset(
     {
@@ -113,6 +113,33 @@ class NextStepSettings(StrictModel):
     early_stopping_rounds: PositiveInt = 30
 
 
+class NextEventSettings(StrictModel):
+    """The next step after every event (and the session's abandonment), see
+    :mod:`training.next_event`."""
+
+    feature_service: str = "next_step_v1"
+    max_classes: int = Field(default=16, ge=3)
+    last_k: int = Field(default=3, ge=1, le=10)
+    session_gap_minutes: PositiveInt = 30
+    # event properties read as context (e.g. [platform, page]); null: inferred from the log
+    properties: list[str] | None = None
+    max_anchors: PositiveInt | None = 200_000
+    test_share: float = Field(default=0.3, gt=0.0, lt=0.9)
+    validation_share: float = Field(default=0.2, gt=0.0, lt=0.5)
+    markov_strength: float = Field(default=2.0, gt=0.0)
+    lightgbm: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "learning_rate": 0.05,
+            "num_leaves": 15,
+            "min_data_in_leaf": 40,
+            "max_bin": 63,
+            "lambda_l2": 1.0,
+        }
+    )
+    num_boost_round: PositiveInt = 500
+    early_stopping_rounds: PositiveInt = 30
+
+
 class UpliftSettings(StrictModel):
     """The action-uplift (doubly-robust learner) model."""
 
@@ -134,6 +161,7 @@ class ModelsSettings(StrictModel):
         default_factory=lambda: BinaryModelSettings(feature_service="conversion_v1")
     )
     next_step: NextStepSettings = Field(default_factory=NextStepSettings)
+    next_event: NextEventSettings = Field(default_factory=NextEventSettings)
     uplift: UpliftSettings = Field(default_factory=UpliftSettings)
 
 
@@ -148,6 +176,8 @@ class GateSettings(StrictModel):
     metric: str
     champion_margin: float = Field(default=0.0, ge=0)
     baseline_margin: float = 0.0
+    # further metrics on which the challenger must beat every baseline (e.g. log_loss)
+    also_beat_baselines_on: list[str] = Field(default_factory=list)
     floors: dict[str, float] = Field(default_factory=dict)
 
 
@@ -156,6 +186,7 @@ def _default_gates() -> dict[str, GateSettings]:
         "churn": GateSettings(metric="auc", floors={"auc": 0.6}),
         "conversion": GateSettings(metric="auc", floors={"auc": 0.6}),
         "next_step": GateSettings(metric="top1_accuracy"),
+        "next_event": GateSettings(metric="top3_accuracy", also_beat_baselines_on=["log_loss"]),
         "uplift": GateSettings(metric="qini_convert"),
     }
 

@@ -594,3 +594,70 @@ class MarkovBaseline:
         known = idx >= 0
         out[known] = self.table_[idx[known]]
         return out
+
+
+class BackoffMarkovBaseline:
+    """Markov chain of order ``len(states)`` over events, backed off to lower orders.
+
+    P(next | s_1..s_n) is smoothed towards P(next | s_1..s_{n-1}) with ``strength``
+    pseudo-counts (interpolated Dirichlet backoff), down to the class prior; an unseen state
+    therefore predicts what its shorter history predicts. ``states`` are column names, the
+    most recent first (e.g. ``("last_type_0", "last_type_1")`` for a second-order chain).
+    """
+
+    def __init__(self, states: Sequence[str] = ("seq_type_0",), strength: float = 2.0):
+        self.states = states
+        self.strength = strength
+
+    def _keys(self, x: pd.DataFrame, order: int) -> list[tuple[str, ...]]:
+        cols = [x[c].astype(str).to_numpy() for c in list(self.states)[:order]]
+        return list(zip(*cols, strict=True)) if cols else [()] * len(x)
+
+    def fit(self, x: pd.DataFrame, codes: np.ndarray, n_classes: int) -> BackoffMarkovBaseline:
+        codes = np.asarray(codes, dtype=np.int64)
+        keep = codes >= 0
+        self.n_classes_ = n_classes
+        self.prior_ = (np.bincount(codes[keep], minlength=n_classes) + 1.0) / (
+            keep.sum() + n_classes
+        )
+        self.counts_: list[dict[tuple[str, ...], np.ndarray]] = []
+        for order in range(1, len(self.states) + 1):
+            table: dict[tuple[str, ...], np.ndarray] = {}
+            for key, c in zip(self._keys(x[keep], order), codes[keep], strict=True):
+                row = table.get(key)
+                if row is None:
+                    row = table[key] = np.zeros(n_classes)
+                row[c] += 1.0
+            self.counts_.append(table)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """The fitted chain as JSON (states joined with a tab)."""
+        return {
+            "states": list(self.states),
+            "strength": self.strength,
+            "prior": self.prior_.tolist(),
+            "counts": [
+                {"\t".join(k): v.tolist() for k, v in table.items()} for table in self.counts_
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, spec: dict[str, Any]) -> BackoffMarkovBaseline:
+        chain = cls(tuple(spec["states"]), float(spec["strength"]))
+        chain.prior_ = np.asarray(spec["prior"], dtype=np.float64)
+        chain.n_classes_ = len(chain.prior_)
+        chain.counts_ = [
+            {tuple(k.split("\t")): np.asarray(v, dtype=np.float64) for k, v in table.items()}
+            for table in spec["counts"]
+        ]
+        return chain
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        out = np.tile(self.prior_, (len(x), 1))
+        for order, table in enumerate(self.counts_, start=1):
+            for i, key in enumerate(self._keys(x, order)):
+                row = table.get(key)
+                if row is not None:
+                    out[i] = (row + self.strength * out[i]) / (row.sum() + self.strength)
+        return out

@@ -813,6 +813,77 @@ def fit_next_step_task(
     )
 
 
+def next_event_result(
+    lake: Path,
+    data: PreparedData,
+    journey_map: JourneyMap,
+    feature_settings: FeatureSettings,
+    config: TrainingConfig,
+) -> TaskResult:
+    """The next step after every event (:mod:`training.next_event`) as a loggable task: the
+    Markov-1 / Markov-2 baselines and the abandonment metrics sit in the same run."""
+    from features.catalog import build_catalog
+    from training.bundle import NextEventScorer
+    from training.next_event import as_float_frame, fit_next_event_task
+
+    started = time.perf_counter()
+    settings = config.models.next_event
+    catalog = build_catalog(journey_map, feature_settings)
+    out = fit_next_event_task(
+        lake, journey_map, catalog, settings, config,
+        [data.plan.test[0].isoformat(), data.plan.test[-1].isoformat()],
+    )  # fmt: skip
+    fit, anchors, masks = out["fit"], out["data"], out["masks"]
+    model = fit.model
+    features = list(anchors.features)
+    spec = ServiceSpec(settings.feature_service, tuple(features), tuple(anchors.categorical), ())
+    rows = anchors.rows
+    te = masks["test"]
+    x_example = pd.DataFrame(
+        encode_frame(
+            as_float_frame(rows[te].head(5), features, anchors.categorical),
+            features,
+            model.vocabularies_,
+        ),
+        columns=features,
+    )
+    test_rows = rows[te]
+    test_labels = test_rows["next"].astype(str).to_numpy()
+
+    def champion_scorer(bundle: Any) -> dict[str, float]:
+        scorer = NextEventScorer(bundle)
+        index = {c: i for i, c in enumerate(bundle.classes)}
+        other = index.get("other", -1)
+        codes = np.array([index.get(v, other) for v in test_labels])
+        ok = codes >= 0
+        records = test_rows[ok].to_dict("records")
+        proba, _ = scorer.predict(records)
+        return multiclass_metrics(codes[ok], proba)
+
+    return TaskResult(
+        model="next_event",
+        kind="multiclass",
+        fitted=model,
+        spec=spec,
+        metrics=dict(fit.metrics),
+        params=dict(out["params"]),
+        manifest=out["manifest"],
+        model_texts=out["model_texts"],
+        primary_booster=model.booster_,
+        input_example=x_example,
+        output_example=np.asarray(model.booster_.predict(x_example.to_numpy())),
+        plot_data={
+            "codes": fit.test_codes,
+            "predicted": fit.test_proba.argmax(axis=1),
+            "classes": model.classes_,
+            "importance": model.feature_importance(),
+        },
+        champion_scorer=champion_scorer,
+        fit_seconds=time.perf_counter() - started,
+        extra_artifacts={"vocabularies": out["vocabularies"], "calibrator": out["calibrator"]},
+    )
+
+
 def uplift_units_from_events(
     data: PreparedData, x: pd.DataFrame, journey_map: JourneyMap, window_days: int, lake: Path
 ) -> tuple[UpliftData, np.ndarray]:
@@ -1289,6 +1360,16 @@ def train_models(
             )
             spec, x = with_calendar(spec, x, data.rows, config.features.calendar)
             result = fit_next_step_task(data, spec, x, config)
+        elif name == "next_event":
+            try:
+                result = next_event_result(
+                    Workspace(data_dir).lake, data, journey_map, feature_settings, config
+                )
+            except ValueError as exc:  # too few events to anchor, split and evaluate
+                if not skip_without_actions:
+                    raise TrainingError(f"next_event: {exc}") from exc
+                logger.warning("next_event: skipped: %s", exc)
+                continue
         elif name == "uplift":
             spec, x = read_model_features(data, config.models.uplift.feature_service, config, cache)
             decisions = read_decision_log(decisions_path) if decisions_path else None

@@ -55,6 +55,8 @@ BASELINES = (
     "recency_frequency",
     "bgnbd",
     "markov",
+    "markov1",
+    "markov2",
     "prior",
     "random",
 )
@@ -106,15 +108,18 @@ def decide_promotion(
             decision.reasons.append(f"floor {name} {word} {floor:g} not met ({got:.4f})")
         else:
             decision.checks.append(f"floor {name} {word} {floor:g} met ({got:.4f})")
-    for base, ref in sorted(baseline_values(metrics, m).items()):
-        if _better(m, value, ref, gate.baseline_margin):
-            decision.checks.append(f"{m} {value:.4f} beats baseline {base} ({ref:.4f})")
-        else:
-            decision.promote = False
-            decision.reasons.append(
-                f"{m} {value:.4f} does not beat baseline {base} ({ref:.4f}) by "
-                f"{gate.baseline_margin:g}"
-            )
+    for metric in (m, *gate.also_beat_baselines_on):
+        own = metrics.get(metric)
+        for base, ref in sorted(baseline_values(metrics, metric).items()):
+            if own is not None and _better(metric, own, ref, gate.baseline_margin):
+                decision.checks.append(f"{metric} {own:.4f} beats baseline {base} ({ref:.4f})")
+            else:
+                decision.promote = False
+                shown = "missing" if own is None else f"{own:.4f}"
+                decision.reasons.append(
+                    f"{metric} {shown} does not beat baseline {base} ({ref:.4f}) by "
+                    f"{gate.baseline_margin:g}"
+                )
     if champion_version is None:
         decision.checks.append("no champion yet")
         return decision

@@ -201,7 +201,7 @@ def test_promote_all_skips_models_never_trained_but_a_named_one_is_refused(
     data = str(trained.ws.root)
     code, out = cli("promote", "--config", str(path), "--data-dir", data)
     assert code == 0, out
-    assert out.count("not trained on this workspace, nothing to promote") == 4, out
+    assert out.count("not trained on this workspace, nothing to promote") == 5, out
     code, out = cli("promote", "--model", "uplift", "--config", str(path), "--data-dir", data)
     assert code == 1, out
     assert "never_uplift: champion stays none" in out
