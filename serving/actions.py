@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -60,6 +61,7 @@ SCORE_NAMES: dict[str, str] = {
     "next_step_probability": "number",
     "uplift_convert": "number",
     "uplift_churn": "number",
+    "p_abandon": "number",
 }
 """Model scores a rule may read, with their kinds (see :meth:`serving.rules.Rule.check_types`)."""
 CONTEXT_NAMES: dict[str, str] = {
@@ -70,6 +72,40 @@ CONTEXT_NAMES: dict[str, str] = {
     "context.weekday": "number",
 }
 """Request context a rule may read (hour and weekday of the decision, UTC, Monday = 0)."""
+
+NEXT_STEP_OUTCOMES = ("(session_end)", "(none)", "other")
+"""Next steps that are not event types (training.next_event): the session ends, nothing
+within the horizon, and the rarer event types together."""
+
+
+def next_step_patterns(journey_map: Any) -> list[str]:
+    """The event types (and shell patterns) of a journey map that a next step can be:
+    every event it names (stages, conversions, churn events, regressions, responses,
+    experience), and :data:`NEXT_STEP_OUTCOMES`."""
+    exp = journey_map.experience
+    names = [
+        *(e for events in journey_map.stage_events.values() for e in events),
+        *journey_map.conversions,
+        *journey_map.churn.events,
+        *(e for r in journey_map.regressions for e in r.events),
+        *journey_map.responses,
+        *exp.support, *exp.complaints, *exp.nps, *exp.csat,
+    ]  # fmt: skip
+    return [*NEXT_STEP_OUTCOMES, *dict.fromkeys(names)]
+
+
+def _p_next_key(name: str) -> str | None:
+    """``p_next['checkout']`` → ``checkout`` (None for any other name)."""
+    if not name.startswith("p_next["):
+        return None
+    import ast
+
+    try:
+        key = ast.literal_eval(name[len("p_next") :])
+    except (ValueError, SyntaxError):
+        return None
+    return str(key[0]) if isinstance(key, list) and key else None
+
 
 _ID = r"^[a-z][a-z0-9_]{0,63}$"
 _NAME = r"^[a-z][a-z0-9_]*$"
@@ -219,7 +255,10 @@ def _unknown(kind: str, value: str, known: Iterable[str]) -> str:
 
 
 def _problems(
-    catalog: ActionsCatalog, kinds: Mapping[str, str], extra_channels: Iterable[str]
+    catalog: ActionsCatalog,
+    kinds: Mapping[str, str],
+    extra_channels: Iterable[str],
+    next_steps: Sequence[str] = NEXT_STEP_OUTCOMES,
 ) -> tuple[list[str], dict[str, list[tuple[Stage, Rule]]]]:
     problems: list[str] = []
     policy = catalog.contact_policy
@@ -252,8 +291,23 @@ def _problems(
             for j, text in enumerate(action.rules(stage)):
                 try:
                     rule = Rule(text)
-                    rule.check_names(names)
-                    rule.check_types(kinds)
+                    steps = {n: key for n in rule.names if (key := _p_next_key(n)) is not None}
+                    unknown_steps = [
+                        key for key in steps.values()
+                        if not any(fnmatchcase(key, p) for p in next_steps)
+                    ]  # fmt: skip
+                    if unknown_steps:
+                        raise RuleError(
+                            rule.text,
+                            "p_next: unknown next step(s) "
+                            + ", ".join(repr(k) for k in unknown_steps)
+                            + " (known: event types of the journey map, "
+                            + ", ".join(NEXT_STEP_OUTCOMES)
+                            + _did_you_mean(unknown_steps[0], next_steps)
+                            + ")",
+                        )
+                    rule.check_names(names | set(steps))
+                    rule.check_types({**kinds, **dict.fromkeys(steps, "number")})
                 except RuleError as exc:
                     problems.append(f"{where}.{stage}[{j}]: action {action.id!r}, {exc}")
                     continue
@@ -288,6 +342,11 @@ def _problems(
     return problems, stages
 
 
+def _did_you_mean(value: str, pool: Sequence[str]) -> str:
+    close = difflib.get_close_matches(value, [p for p in pool if "*" not in p], n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 _INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
@@ -305,8 +364,13 @@ def _checked(
     source: str,
     known_names: Iterable[str] | Mapping[str, str] | None,
     channels: Iterable[str],
+    next_steps: Sequence[str] | None = None,
 ) -> ActionsCatalog:
-    problems, stages = _problems(catalog, _known_kinds(known_names), channels)
+    if next_steps is None:
+        from journeyml.config import load_journey_map
+
+        next_steps = next_step_patterns(load_journey_map())
+    problems, stages = _problems(catalog, _known_kinds(known_names), channels, next_steps)
     if problems:
         raise ConfigError(source, problems)
     catalog._stages.update(stages)
@@ -318,6 +382,7 @@ def validate_actions(
     source: str,
     known_names: Iterable[str] | Mapping[str, str] | None = None,
     channels: Iterable[str] = (),
+    next_steps: Sequence[str] | None = None,
 ) -> ActionsCatalog:
     """Validates already-parsed catalog data; see :func:`load_actions` for the arguments.
 
@@ -328,13 +393,14 @@ def validate_actions(
         catalog = validate_config(data, ActionsCatalog, source)
     except ConfigError as exc:
         raise _bracket_paths(exc) from None
-    return _checked(catalog, source, known_names, channels)
+    return _checked(catalog, source, known_names, channels, next_steps)
 
 
 def load_actions(
     path: str | Path | None = None,
     known_names: Iterable[str] | Mapping[str, str] | None = None,
     channels: Iterable[str] = (),
+    next_steps: Sequence[str] | None = None,
 ) -> ActionsCatalog:
     """Loads and checks the actions catalog (``actions.yaml`` of the config folder by default).
 
@@ -348,6 +414,9 @@ def load_actions(
             dtypes (``float64``, ``string``...) also rejects comparisons of text with numbers.
             None: the feature catalog built from the project's ``configs/``, with dtypes.
         channels: channels an action may use besides ``contact_policy.channels``.
+        next_steps: the next steps a ``p_next['...']`` may name (event types or shell
+            patterns, see :func:`next_step_patterns`); None: those of the project's journey
+            map.
 
     Raises:
         ConfigError: the file is missing or invalid; every problem names the key path.
@@ -357,7 +426,7 @@ def load_actions(
         catalog = load_config(path, ActionsCatalog)
     except ConfigError as exc:
         raise _bracket_paths(exc) from None
-    return _checked(catalog, str(path), known_names, channels)
+    return _checked(catalog, str(path), known_names, channels, next_steps)
 
 
 _KINDS = {"int64": "number", "float64": "number", "string": "string", "bool": "bool"}
@@ -373,9 +442,10 @@ def load_decision_catalogs(
     from journeyml.config import load_journey_map
     from training.bundle import CALENDAR_FEATURES
 
-    catalog = build_catalog(
-        load_journey_map(journeys_path), load_feature_settings(str(features_path))
-    )
+    journey_map = load_journey_map(journeys_path)
+    catalog = build_catalog(journey_map, load_feature_settings(str(features_path)))
     known = {f.name: _KINDS.get(f.dtype, "other") for f in catalog.features}
     known.update({name: "number" for name in CALENDAR_FEATURES})
-    return catalog, load_actions(actions_path, known_names=known)
+    return catalog, load_actions(
+        actions_path, known_names=known, next_steps=next_step_patterns(journey_map)
+    )

@@ -24,12 +24,13 @@ class ModelSettings(StrictModel):
 
     alias: str = "champion"
     prefix: str = ""  # registered names are <prefix><role>, as in configs/models.yaml
-    required: tuple[Literal["churn", "conversion", "next_step", "uplift"], ...] = (
+    required: tuple[Literal["churn", "conversion", "next_step", "next_event", "uplift"], ...] = (
         "churn",
         "conversion",
     )
-    optional: tuple[Literal["churn", "conversion", "next_step", "uplift"], ...] = (
+    optional: tuple[Literal["churn", "conversion", "next_step", "next_event", "uplift"], ...] = (
         "next_step",
+        "next_event",
         "uplift",
     )
     refresh_seconds: PositiveFloat = 15.0

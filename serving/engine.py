@@ -51,6 +51,7 @@ from serving.features import (
     OnlineFeatures,
 )
 from serving.models import LoadedModel, ModelSet
+from serving.rules import p_next_name
 from serving.state import (
     STORE_ERRORS,
     Candidate,
@@ -61,7 +62,7 @@ from serving.state import (
     RequestKey,
     StateStore,
 )
-from training.bundle import CALENDAR_FEATURES, ModelBundle, calendar_values
+from training.bundle import CALENDAR_FEATURES, ModelBundle, NextEventScorer, calendar_values
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,11 @@ class Scores:
     uplift: dict[str, dict[str, float]]  # action -> outcome -> effect (probability points)
     reasons: list[Reason]
     conversion_reasons: list[Reason]
+    # the next step after the customer's latest event (the next_event model): the top classes,
+    # every class's probability, and the probability that the session ends unconverted
+    next_event: list[tuple[str, float]] = field(default_factory=list)
+    p_next: dict[str, float] = field(default_factory=dict)
+    p_abandon: float | None = None
 
 
 @dataclass
@@ -181,6 +187,8 @@ def decision_from_json(text: str) -> Decision:
             **{
                 **scores,
                 "next_steps": [(str(k), float(p)) for k, p in scores["next_steps"]],
+                "next_event": [(str(k), float(p)) for k, p in scores.get("next_event", [])],
+                "p_next": {str(k): float(p) for k, p in scores.get("p_next", {}).items()},
                 "reasons": [Reason(**r) for r in scores["reasons"]],
                 "conversion_reasons": [Reason(**r) for r in scores["conversion_reasons"]],
             }
@@ -391,7 +399,17 @@ class DecisionEngine:
         self._candidates = [Candidate(a.id, a.channel) for a in self.actions]
         self._marketing = np.array([a.marketing for a in self.actions], dtype=bool)
         self.policy = contact_policy(catalog)
+        # every p_next['...'] a rule of the catalog reads (missing unless the model has it)
+        self.p_next_names = sorted(
+            {n for stage in self._stages for _, rule in stage for n in rule.names
+             if n.startswith("p_next[")}
+        )  # fmt: skip
         self.observe_stage: Callable[[str, float], None] | None = None  # (stage, seconds)
+        # customers -> the sequence features of each one's latest event (set by the runtime
+        # from the freshest events it has: the lake plus the events received online)
+        self.sequence_rows: (
+            Callable[[Sequence[str], Mapping[str, Any]], dict[str, dict[str, Any]]] | None
+        ) = None
 
     def _stage(self, name: str, since: float) -> None:
         if self.observe_stage is not None:
@@ -437,8 +455,42 @@ class DecisionEngine:
         """How reasons say the feature ``name``."""
         return self.specs.get(name) or generic_spec(name, name.replace("_", " "))
 
-    def score(self, values: Mapping[str, Any], now: datetime) -> Scores:
-        """Every model's score for one customer's features (raises if a required model fails)."""
+    def next_event_inputs(self, customer_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The sequence features of each customer's latest event, for the loaded next_event
+        model (empty without the model or a source of events; a failure is logged, never
+        raised: the decision goes on without the next step)."""
+        loaded = self.models.models.get("next_event")
+        if loaded is None or self.sequence_rows is None or not customer_ids:
+            return {}
+        try:
+            return self.sequence_rows(customer_ids, loaded.bundle.manifest["sequence"])
+        except Exception:
+            logger.exception("next step inputs unavailable")
+            return {}
+
+    def next_event_scores(
+        self, values: Mapping[str, Any], sequence: Mapping[str, Any] | None
+    ) -> tuple[list[tuple[str, float]], dict[str, float], float | None]:
+        """``(top classes, every class's probability, p_abandon)`` of one customer."""
+        loaded = self.models.models.get("next_event")
+        if loaded is None or sequence is None:
+            return [], {}, None
+        scorer = NextEventScorer(loaded.bundle)
+        proba, p_ab = scorer.predict([{**values, **sequence}])
+        probs = proba[0]
+        top = np.argsort(-probs, kind="stable")[: self.settings.next_steps_top_k]
+        classes = scorer.classes
+        return (
+            [(classes[i], float(probs[i])) for i in top],
+            {c: float(p) for c, p in zip(classes, probs, strict=True)},
+            None if p_ab is None else float(p_ab[0]),
+        )
+
+    def score(
+        self, values: Mapping[str, Any], now: datetime, sequence: Mapping[str, Any] | None = None
+    ) -> Scores:
+        """Every model's score for one customer's features (raises if a required model fails);
+        ``sequence``: the sequence features of the customer's latest event, for next_event."""
         models = self.models.models
         churn, conversion = models["churn"], models["conversion"]
         rows: dict[Hashable, np.ndarray] = {}
@@ -459,6 +511,7 @@ class DecisionEngine:
             effects = up.bundle.predict_effects_matrix(self._model_row(up, values, now, rows))
             for j, action in enumerate(up.bundle.actions):
                 uplift[action] = {o: float(e[0, j]) for o, e in effects.items()}
+        next_event, p_next, p_abandon = self.next_event_scores(values, sequence)
         return Scores(
             churn_risk=risk,
             risk_band=self.settings.risk_band(risk),
@@ -469,6 +522,9 @@ class DecisionEngine:
             conversion_reasons=self._reasons(
                 conversion, xv, c_conv, values, "conversion propensity"
             ),
+            next_event=next_event,
+            p_next=p_next,
+            p_abandon=p_abandon,
         )
 
     # -- one decision ----------------------------------------------------------------------
@@ -539,7 +595,8 @@ class DecisionEngine:
             else:
                 since = time.perf_counter()
                 try:
-                    scores = self.score(values, now)
+                    sequence = self.next_event_inputs([customer_id]).get(customer_id)
+                    scores = self.score(values, now, sequence)
                 except Exception:
                     logger.exception("scoring failed, answering with the default action")
                     fallback = "model_error"
@@ -604,14 +661,20 @@ class DecisionEngine:
             next_step_probability=None,
             uplift_convert=None,
             uplift_churn=None,
+            p_abandon=None,
         )
+        for name in self.p_next_names:
+            env[name] = None
         if scores is not None:
             env.update(
                 churn_risk=scores.churn_risk,
                 conversion_propensity=scores.conversion_propensity,
                 next_step=scores.next_steps[0][0] if scores.next_steps else None,
                 next_step_probability=scores.next_steps[0][1] if scores.next_steps else None,
+                p_abandon=scores.p_abandon,
             )
+            for cls, p in scores.p_next.items():
+                env[p_next_name(cls)] = p
         return env
 
     def _decide(
@@ -1008,6 +1071,10 @@ class DecisionEngine:
             conversion_propensity=conv,
             uplift_convert=np.nan,
             uplift_churn=np.nan,
+            # the next step after an event is a real-time score: a list has none (rules on it
+            # fail closed there)
+            p_abandon=np.nan,
+            **dict.fromkeys(self.p_next_names, np.nan),
             **steps,
             **calendar_values(list(CALENDAR_FEATURES), pd.Series([now] * n, index=frame.index)),
             **{name: value for name, value in context.env(now).items()},

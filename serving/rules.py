@@ -5,9 +5,10 @@ Marketers write rules such as ``churn_risk >= 0.6 and stage in ['retention', 'pu
 ``days_since_last_complaint > 30 or complaints_90d == 0``. A rule is parsed with
 ``ast.parse(mode="eval")`` and only a whitelist of nodes is accepted: ``and``/``or``/``not``,
 unary ``-``/``+``, ``+ - * / %``, comparisons (``== != < <= > >= in`` and ``not in``, chained),
-names, dotted names (``context.channel`` reads the flat key ``"context.channel"``), constants,
+names, dotted names (``context.channel`` reads the flat key ``"context.channel"``),
+``p_next['step']`` (the flat key ``"p_next['step']"``, see :data:`MAPPINGS`), constants,
 lists of constants after ``in``, and calls to ``abs``, ``min``, ``max``, ``coalesce`` and
-``is_missing``. Anything else (subscripts, attribute access on values, lambdas,
+``is_missing``. Anything else (other subscripts, attribute access on values, lambdas,
 comprehensions, other calls, names starting with ``_``) is a :class:`RuleError` naming the
 part that is not allowed and its column. Nothing is ever passed to ``eval``: a config file
 cannot run code.
@@ -58,6 +59,9 @@ MAX_DEPTH = 50
 """Deeper nesting is rejected before compiling (the compiler recurses over the tree)."""
 FUNCTIONS = ("abs", "coalesce", "is_missing", "max", "min")
 """The only functions a rule may call."""
+MAPPINGS = ("p_next",)
+"""Scores a rule reads by key: ``p_next['checkout']`` is the probability that the customer's
+next step is ``checkout`` (the class names of the next_event model)."""
 KINDS = ("number", "string", "bool")
 """Value kinds :meth:`Rule.check_types` understands; any other kind is not checked."""
 
@@ -71,6 +75,16 @@ Env = Mapping[str, object]
 ScalarFn = Callable[[tuple[Any, ...]], Any]
 VectorFn = Callable[[tuple[Any, ...], int], Any]
 CondVectorFn = Callable[[tuple[Any, ...], int], tuple[np.ndarray, np.ndarray]]
+
+
+def subscript_name(mapping: str, key: str) -> str:
+    """The flat name a rule reads for ``mapping[key]`` (``p_next['checkout']``)."""
+    return f"{mapping}[{key!r}]"
+
+
+def p_next_name(step: str) -> str:
+    """The flat name of the probability that the next step is ``step``."""
+    return subscript_name("p_next", step)
 
 
 class RuleError(ValueError):
@@ -947,6 +961,8 @@ class _Compiler:
                 )
             parts.append(cur.id)
             return self.var(".".join(reversed(parts)), node, src, off)
+        if isinstance(node, ast.Subscript):
+            return self.subscript(node, src, off)
         if isinstance(node, ast.BinOp):
             if type(node.op) not in _ARITH:
                 raise self.not_allowed(
@@ -1006,6 +1022,24 @@ class _Compiler:
         }.get(type(node), type(node).__name__)
         hint = "lists may only follow in" if what in ("list", "tuple") else ""
         raise self.not_allowed(node, what, hint)
+
+    def subscript(self, node: ast.Subscript, src: str, off: int) -> _Var:
+        """``p_next['checkout']``: a mapping score read by a text key, flat as one name."""
+        key = node.slice
+        if not (
+            isinstance(node.value, ast.Name)
+            and node.value.id in MAPPINGS
+            and isinstance(key, ast.Constant)
+            and isinstance(key.value, str)
+        ):
+            raise self.not_allowed(
+                node,
+                "subscript",
+                "only " + ", ".join(f"{m}['name']" for m in MAPPINGS) + " with a text key",
+            )
+        name = subscript_name(node.value.id, key.value)
+        index = self.index.setdefault(name, len(self.index))
+        return _Var(name, index, src, off)
 
     def var(self, name: str, node: ast.AST, src: str, off: int) -> _Var:
         for part in name.split("."):

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from features.realtime import STORE_ERRORS as EVENT_STORE_ERRORS
 from features.realtime import EventStore, EventTimeError, RealtimeUpdater
+from features.sequence import SequenceSpec, latest_sequence_rows
 from features.settings import load_feature_settings
 from features.store import Workspace, open_store
 from journeyml.clock import data_clock
@@ -128,6 +130,7 @@ class Runtime:
             specs=self.catalog.specs,
         )
         self.engine.observe_stage = metrics.observe_stage
+        self.engine.sequence_rows = self.sequence_rows
 
     def now(self) -> datetime:
         """The service's "now": the data's clock (see :mod:`journeyml.clock`). On a lake that
@@ -136,6 +139,34 @@ class Runtime:
         now = self._tick()
         seen = self._latest_event
         return seen if seen is not None and seen > now else now
+
+    def sequence_rows(
+        self, customer_ids: Sequence[str], spec: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """The sequence features of each customer's latest event, from the freshest events
+        (the lake and the events received online, so an event just received counts)."""
+        if self.updater is None:
+            return {}
+        sequence = SequenceSpec(
+            int(spec["last_k"]), int(spec["session_gap_minutes"]), tuple(spec["properties"])
+        )
+        history = self.updater.history(list(customer_ids))
+        return latest_sequence_rows(history, self.journey_map, sequence)
+
+    def next_steps_after(self, customer_ids: list[str]) -> list[dict[str, Any]]:
+        """The next-step distribution and p_abandon of customers whose events just arrived
+        (empty without a next_event model)."""
+        if "next_event" not in self.models.models or self.features is None or not customer_ids:
+            return []
+        ids = customer_ids[: self.settings.limits.max_customers]
+        sequences = self.engine.next_event_inputs(ids)
+        read = self.features.read(ids, self.now(), self.settings.deadline_ms)
+        out = []
+        for cid, row in zip(ids, read, strict=True):
+            top, _, p_abandon = self.engine.next_event_scores(row.values, sequences.get(cid))
+            if top:
+                out.append({"customer_id": cid, **next_event_body(top, p_abandon)})
+        return out
 
     def _saw_events(self, table: pa.Table) -> None:
         if not self.clock.on_data_time or table.num_rows == 0:
@@ -306,6 +337,7 @@ class Runtime:
                     ]
                 },
             )
+        sequences = self.engine.next_event_inputs(unique)
         for cid, row in zip(req.customer_ids, rows, strict=True):
             item: dict[str, Any] = {"customer_id": cid}
             if not row.found:
@@ -315,7 +347,7 @@ class Runtime:
                     item.update(
                         known=True,
                         stale=row.stale,
-                        **scores_body(self.engine.score(row.values, now)),
+                        **scores_body(self.engine.score(row.values, now, sequences.get(cid))),
                     )
                 except Exception:
                     logger.exception("scoring failed for %s", hashed_id(cid))
@@ -340,9 +372,15 @@ class Runtime:
             )
             return Reply(503, {"error": "event or feature store unavailable, retry later"})
         self._saw_events(table)
+        try:
+            next_steps = self.next_steps_after(list(report.customers))
+        except Exception:  # the events are stored; the next step is an extra
+            logger.exception("next step after the events unavailable")
+            next_steps = []
         return Reply(
             200,
             {
+                "next_steps": next_steps,
                 "received": report.received,
                 "stored": report.stored,
                 "duplicates": report.received - report.stored,
@@ -464,12 +502,21 @@ def quiet_server_logs() -> None:
 # -- response bodies -----------------------------------------------------------------------
 
 
+def next_event_body(top: list[tuple[str, float]], p_abandon: float | None) -> dict[str, Any]:
+    """The next step after the latest event: the top classes and p_abandon."""
+    return {
+        "next": [{"step": k, "probability": round(p, 6)} for k, p in top],
+        "p_abandon": None if p_abandon is None else round(p_abandon, 6),
+    }
+
+
 def scores_body(s: Scores) -> dict[str, Any]:
     return {
         "churn_risk": round(s.churn_risk, 6),
         "risk_band": s.risk_band,
         "conversion_propensity": round(s.conversion_propensity, 6),
         "next_steps": [{"step": k, "probability": round(p, 6)} for k, p in s.next_steps],
+        "next_event": next_event_body(s.next_event, s.p_abandon) if s.next_event else None,
         "reasons": [r.text for r in s.reasons],
         "conversion_reasons": [r.text for r in s.conversion_reasons],
     }

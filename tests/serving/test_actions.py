@@ -518,3 +518,24 @@ def test_a_consent_column_that_is_not_a_feature_is_named(tmp_path: Path) -> None
     assert "did you mean marketing_opt_out" in message and "profile_attributes" in message
     data["consent"] = {"column": None}  # a log without consent data: everyone unknown
     assert load_actions(_write(tmp_path, data)).consent.column is None
+
+
+def test_rules_on_the_next_step_are_checked_against_the_journey_map() -> None:
+    from serving.actions import next_step_patterns
+
+    journey = load_journey_map(SIMULATOR_CONFIG_DIR / "journeys.yaml")
+    steps = next_step_patterns(journey)
+    data = shipped_data()
+    data["actions"][0]["eligibility"] = ["p_next['purchase'] < 0.2 and p_abandon > 0.5"]
+    catalog = validate_actions(data, "inline", next_steps=steps)
+    assert catalog.rule_stages("discount_offer")[0][1].names == ("p_next['purchase']", "p_abandon")
+    data["actions"][0]["eligibility"] = ["p_next['(session_end)'] > 0.5"]
+    validate_actions(data, "inline", next_steps=steps)
+    data["actions"][0]["eligibility"] = ["p_next['purchse'] < 0.2"]
+    with pytest.raises(
+        ConfigError, match=r"unknown next step\(s\) 'purchse'.*did you mean purchase"
+    ):
+        validate_actions(data, "inline", next_steps=steps)
+    data["actions"][0]["eligibility"] = ["p_next['purchase'] == 'high'"]
+    with pytest.raises(ConfigError, match="compares text"):
+        validate_actions(data, "inline", next_steps=steps)

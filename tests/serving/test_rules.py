@@ -466,3 +466,28 @@ def test_vector_evaluation_of_a_large_frame() -> None:
     assert got.tolist() == want.tolist()
     assert not got[::7].any()
     assert math.isclose(got.mean(), want.mean())
+
+
+# -- the next step after an event: p_next['step'] and p_abandon ---------------------------------
+
+
+def test_p_next_reads_one_step_by_name() -> None:
+    rule = compile_rule("p_next['checkout'] < 0.2 and p_abandon > 0.5")
+    assert rule.names == ("p_next['checkout']", "p_abandon")
+    assert rule.evaluate({"p_next['checkout']": 0.1, "p_abandon": 0.7})
+    assert not rule.evaluate({"p_next['checkout']": 0.3, "p_abandon": 0.7})
+    # a step the model does not have is missing: the rule fails closed
+    assert rule.truth({"p_next['checkout']": None, "p_abandon": 0.7}) is None
+    frame = pd.DataFrame({"p_next['checkout']": [0.1, 0.3, np.nan], "p_abandon": [0.7] * 3})
+    assert rule.evaluate_frame(frame).tolist() == [True, False, False]
+    assert compile_rule('p_next["(session_end)"] >= 0.5').names == ("p_next['(session_end)']",)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x['checkout'] > 0", "p_next[0] > 0", "p_next[step] > 0", "p_next['a']['b'] > 0",
+     "p_next['a':'b'] > 0"],
+)  # fmt: skip
+def test_other_subscripts_are_refused(text: str) -> None:
+    with pytest.raises(RuleError, match="subscript"):
+        compile_rule(text)
