@@ -129,8 +129,8 @@ def evaluate(cfg: Path, lake: Path, args: argparse.Namespace, seed: int) -> dict
 
 def line(name: str, m: dict[str, float], prefix: str = "") -> str:
     return (
-        f"  {name:<26} top1 {m[prefix + 'top1_accuracy']:.3f}  top3 "
-        f"{m[prefix + 'top3_accuracy']:.3f}  log loss {m[prefix + 'log_loss']:.3f}"
+        f"  {name:<26} top1 {m[prefix + 'top1_accuracy']:.4f}  top3 "
+        f"{m[prefix + 'top3_accuracy']:.4f}  log loss {m[prefix + 'log_loss']:.4f}"
     )
 
 

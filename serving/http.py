@@ -296,8 +296,35 @@ def complete_openapi(
                 "description": "unknown decision_id",
                 "content": {"application/json": {"schema": _ERROR}},
             }
+    _document_next_event(spec)
     _limit_arrays(spec, {"customer_ids": limits.max_customers, "events": limits.max_events})
     return spec
+
+
+def _document_next_event(spec: dict[str, Any]) -> None:
+    """The next step after the latest event in the answers' documentation: the ``NextEvent``
+    schema, and where each answer carries it."""
+    from serving.schemas import CustomerNextEventOut, NextEventOut
+
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name, model in (("NextEvent", NextEventOut), ("CustomerNextEvent", CustomerNextEventOut)):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body.pop("$defs", {}))
+        schemas[name] = body
+    where = {
+        "/v1/events": "`next_steps`: a CustomerNextEvent for each customer updated",
+        "/v1/next-best-action": "`scores.next_event`: a NextEvent (null without the model)",
+        "/v1/score": "`results[].next_event`: a NextEvent (null without the model)",
+    }
+    for route, text in where.items():
+        operation = spec.get("paths", {}).get(route, {}).get("post")
+        if operation is None:
+            continue
+        ok = operation.setdefault("responses", {}).setdefault("200", {"description": "OK"})
+        ok["description"] = (
+            f"{ok.get('description') or 'OK'}. The next step after the latest event: {text} "
+            "(see components.schemas)."
+        )
 
 
 def _limit_arrays(node: Any, limit: dict[str, int]) -> None:

@@ -150,3 +150,30 @@ class FeedbackRequest(Strict):
     ]
     at: AwareTime | None = None
     details: SmallMapping = None
+
+
+# -- answers (documented in the OpenAPI document; the handlers build plain dicts) ------------
+
+
+class NextStepProbability(BaseModel):
+    step: str = Field(description="An event type, `(session_end)`, `(none)` or `other`.")
+    probability: float = Field(ge=0.0, le=1.0)
+
+
+class NextEventOut(BaseModel):
+    """The next step after the customer's latest event (the next_event model), computed from
+    the state that includes the events just received."""
+
+    next: list[NextStepProbability] = Field(
+        description="The most likely next steps, most likely first (`next_steps_top_k`)."
+    )
+    p_abandon: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Calibrated probability that the session ends without a conversion.",
+    )
+
+
+class CustomerNextEventOut(NextEventOut):
+    customer_id: str

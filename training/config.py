@@ -123,7 +123,7 @@ class NextEventSettings(StrictModel):
     session_gap_minutes: PositiveInt = 30
     # event properties read as context (e.g. [platform, page]); null: inferred from the log
     properties: list[str] | None = None
-    max_anchors: PositiveInt | None = 200_000
+    max_anchors: PositiveInt | None = 50_000
     test_share: float = Field(default=0.3, gt=0.0, lt=0.9)
     validation_share: float = Field(default=0.2, gt=0.0, lt=0.5)
     markov_strength: float = Field(default=2.0, gt=0.0)
