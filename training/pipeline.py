@@ -1334,6 +1334,14 @@ def train_models(
             )
         logger.warning("uplift: skipped (it does not train from a training set)")
         models = [m for m in models if m != "uplift"]
+    if dataset is not None and "next_event" in models:
+        if not skip_without_actions:
+            raise TrainingError(
+                "the next_event model learns from every event of the lake, not from a "
+                "training set of cutoffs: train it without --dataset"
+            )
+        logger.warning("next_event: skipped (it does not train from a training set)")
+        models = [m for m in models if m != "next_event"]
     data = prepare_data(data_dir, journey_map, feature_settings, config, dataset)
     truth = load_truth(truth_dir) if truth_dir is not None else None
     client = use_tracking(target)

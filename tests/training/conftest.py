@@ -84,6 +84,10 @@ def small_config(tmp: Path, **gates: GateSettings) -> TrainingConfig:
         models[m]["num_boost_round"] = 60
         models[m]["early_stopping_rounds"] = 10
         models[m]["lightgbm"] = {**models[m]["lightgbm"], "learning_rate": 0.1}
+    models["next_event"].update(
+        num_boost_round=40, early_stopping_rounds=10, max_anchors=6000,
+        lightgbm={**models["next_event"]["lightgbm"], "learning_rate": 0.1, "num_leaves": 7},
+    )  # fmt: skip
     return base.model_copy(
         update={
             "split": SplitSettings(test_days=35, validation_days=28, purge=True),

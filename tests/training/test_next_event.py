@@ -289,3 +289,39 @@ def test_large_logs_are_sampled_by_customer(
     # whole journeys are kept: every anchor of a kept customer
     for c in kept:
         assert (sampled.rows["customer_id"] == c).sum() == (literal.rows["customer_id"] == c).sum()
+
+
+def test_trained_registered_and_gated_beside_its_markov_baselines(
+    sim_ws, journey_map: JourneyMap, tmp_path: Path
+) -> None:
+    from tests.training.conftest import small_config
+    from training.bundle import NextEventScorer, load_model_bundle
+    from training.pipeline import train_models
+    from training.registry import decide_promotion
+    from training.tracking import CHALLENGER, resolve_tracking, use_tracking
+
+    config = small_config(tmp_path)
+    target = resolve_tracking(config.tracking, sim_ws.root)
+    (result,) = train_models(
+        sim_ws.root, ["next_event"], journey_map, sim_ws.settings, config, target
+    )
+    m = result.metrics
+    for name in ("markov1", "markov2", "prior"):
+        assert f"baseline_{name}_top3_accuracy" in m and f"baseline_{name}_log_loss" in m
+    assert 0.0 <= m["abandon_ece"] <= 1.0
+    use_tracking(target)
+    bundle = load_model_bundle(f"models:/{result.registered_name}@{CHALLENGER}")
+    assert bundle.kind == "next_event"
+    assert set(bundle.manifest["files"]) == {"model.txt", "abandon.txt", "encoders.json",
+                                              "calibrator.json"}  # fmt: skip
+    row = {f: None for f in bundle.features} | {"seq_type_0": "add_to_cart"}
+    proba, p_abandon = NextEventScorer(bundle).predict([row])
+    assert proba.shape == (1, len(bundle.classes)) and abs(proba.sum() - 1) < 1e-9
+    assert p_abandon is not None and 0.0 < p_abandon[0] < 1.0
+    decision = decide_promotion("next_event", m, config.gate("next_event"), None, None)
+    beats = all(
+        m[metric] > m[f"baseline_{b}_{metric}"] if metric != "log_loss"
+        else m[metric] < m[f"baseline_{b}_{metric}"]
+        for b in ("markov1", "markov2", "prior") for metric in ("top3_accuracy", "log_loss")
+    )  # fmt: skip
+    assert decision.promote is beats, decision.reasons
