@@ -47,6 +47,7 @@ from benchmarks.bench_serving import (  # noqa: E402
     free_port,
     load,
     serving_config,
+    simulator_env,
 )
 from benchmarks.loadgen import encode_requests  # noqa: E402
 from serving.auth import generate_key, hash_key  # noqa: E402
@@ -125,9 +126,8 @@ def measure(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     config = serving_config(data, f"bench-events-{state}")
-    # the workspace's features are the default catalog's: the default actions read them
-    lines = [x for x in config.read_text().splitlines() if not x.startswith("actions:")]
-    config.write_text("\n".join([*lines, f"event_state: {state}", ""]), encoding="utf-8")
+    with config.open("a", encoding="utf-8") as out:
+        out.write(f"event_state: {state}\n")
     port = free_port()
     proc = start_server(config, port, env)
     start = datetime.now(UTC) - timedelta(hours=2)
@@ -191,7 +191,7 @@ def main() -> None:
     )[: args.active]
     key = generate_key()
     env = {
-        **os.environ,
+        **simulator_env(),
         "JOURNEYML_DATA_DIR": str(data.resolve()),
         "JOURNEYML_API_KEYS": json.dumps(
             [{"id": "bench", "sha256": hash_key(key), "scopes": ["write-events", "decide"]}]

@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_serving import build_workspace, serving_config  # noqa: E402
+from benchmarks.bench_serving import build_workspace, serving_config, simulator_env  # noqa: E402
 from serving.auth import generate_key, hash_key  # noqa: E402
 
 Message = dict[str, Any]
@@ -115,6 +115,7 @@ async def main() -> None:
     config = serving_config(data, "overhead")
     key = generate_key()
     os.environ.update(
+        JOURNEYML_CONFIG_DIR=simulator_env()["JOURNEYML_CONFIG_DIR"],
         JOURNEYML_SERVING_CONFIG=str(config),
         JOURNEYML_DATA_DIR=str(data.resolve()),
         JOURNEYML_API_KEYS=json.dumps([{"id": "b", "sha256": hash_key(key), "scopes": ["decide"]}]),

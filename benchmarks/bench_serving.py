@@ -48,12 +48,22 @@ from serving.auth import generate_key, hash_key  # noqa: E402
 BIN = Path(sys.executable).parent
 
 
-def sh(*args: str, env: dict[str, str] | None = None) -> None:
-    subprocess.run(args, check=True, env=env, stdout=subprocess.DEVNULL)
+def simulator_env() -> dict[str, str]:
+    """The environment of every command on the benchmark's simulated workspace.
+
+    The workspace is a simulated world, so it is built and served with the simulator's config set
+    (its feature catalog names the simulator's profile columns that its actions read), as
+    ``make demo`` does.
+    """
+    return {**os.environ, "JOURNEYML_CONFIG_DIR": str(SIMULATOR_CONFIG_DIR)}
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, env=simulator_env(), stdout=subprocess.DEVNULL)
 
 
 def build_workspace(work: Path, customers: int, online: str) -> Path:
-    data = work / f"data-{customers}-{online}"
+    data = work / f"data-{customers}-{online}-simulator"
     if (data / "ready").exists():
         return data
     jml = str(BIN / "journeyml")
@@ -228,7 +238,7 @@ def main() -> None:
     key = generate_key()
     config = serving_config(data, "bench")
     env = {
-        **os.environ,
+        **simulator_env(),
         "JOURNEYML_SERVING_CONFIG": str(config),
         "JOURNEYML_DATA_DIR": str(data.resolve()),
         "JOURNEYML_API_KEYS": json.dumps(
