@@ -43,10 +43,15 @@ demo: install ## Simulate a journey log and run every stage end to end on embedd
 	$(BIN)/journeyml features materialize --data-dir $(DATA)
 	@# A baseline (logistic, BG/NBD) that beats a LightGBM model is registered in its place.
 	$(BIN)/journeyml train --model all --data-dir $(DATA) --register-baseline
-	@# Only challengers that pass their gates are promoted; nothing is forced in. The gates
-	@# may refuse one (the command says why, and exits 1): the demo goes on, and the service
-	@# and the list serve without a refused optional model (uplift, next step) and say so.
+	@# Challengers that pass their gates are promoted. The gates may refuse one (the command
+	@# says why, and exits 1): the demo goes on. An optional model they refused (uplift, next
+	@# step) is not served: decisions go on without it and say so (/readyz, list summary).
 	-$(BIN)/journeyml promote --data-dir $(DATA)
+	@# The service and the list cannot decide without a churn and a conversion model: one of
+	@# those two that the gates refused on this small simulated log is promoted by hand
+	@# (printed as such); production keeps the gates.
+	$(BIN)/journeyml promote --data-dir $(DATA) --model churn --to challenger --only-unset
+	$(BIN)/journeyml promote --data-dir $(DATA) --model conversion --to challenger --only-unset
 	$(BIN)/journeyml lists churn-risk --data-dir $(DATA) --top 500
 	$(BIN)/journeyml analyze --data-dir $(DATA)
 	$(BIN)/journeyml monitor --data-dir $(DATA)
