@@ -31,6 +31,7 @@ channels, a limited action and a limited channel), against the unconstrained bes
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -42,7 +43,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_serving import build_workspace  # noqa: E402
+from benchmarks.bench_serving import build_workspace, simulator_env  # noqa: E402
 from journeyml.config import SIMULATOR_CONFIG_DIR  # noqa: E402
 
 
@@ -119,6 +120,8 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = build_workspace(args.workdir, 3000, "sqlite")
+    # the simulated workspace is read with the simulator's config set, as it was built
+    os.environ.update(JOURNEYML_CONFIG_DIR=simulator_env()["JOURNEYML_CONFIG_DIR"])
     at = datetime(2026, 1, 1, tzinfo=UTC)
     snapshots = args.workdir / f"snapshots-{args.customers}"
     synthetic_snapshot(data / "features" / "journey_features", snapshots, args.customers, at)
