@@ -74,6 +74,7 @@ class ModelSet:
         # role -> (version, expected checksum) of a bundle that failed verification: not
         # downloaded again until the alias moves to another version or the checksum changes
         self._refused: dict[str, tuple[str, str | None]] = {}
+        self._absent: set[str] = set()  # roles whose alias is not registered
 
     # -- reading -------------------------------------------------------------------------
 
@@ -120,8 +121,14 @@ class ModelSet:
         from mlflow.exceptions import MlflowException
 
         fingerprint = self._alias_fingerprint()
-        if fingerprint is not None and fingerprint == self._fingerprint and not self._errors:
-            return []  # no alias moved since the last full refresh
+        if (
+            fingerprint is not None
+            and fingerprint == self._fingerprint
+            and set(self._errors) <= self._absent
+        ):
+            # no alias moved since the last full refresh (a role whose alias is not registered
+            # is in the fingerprint too: registering it moves the fingerprint)
+            return []
         self._fingerprint = fingerprint
         roles = (*self.settings.models.required, *self.settings.models.optional)
         current = dict(self._models)
@@ -132,10 +139,12 @@ class ModelSet:
                 mv = self.client().get_model_version_by_alias(name, self.settings.models.alias)
             except MlflowException:
                 self._errors[role] = f"{name}@{self.settings.models.alias} is not registered"
+                self._absent.add(role)
                 continue
             except Exception as exc:  # registry unreachable: keep serving what is loaded
                 self._errors[role] = f"registry unreachable: {type(exc).__name__}"
                 continue
+            self._absent.discard(role)
             version = str(mv.version)
             loaded = current.get(role)
             if loaded is not None and loaded.version == version:
