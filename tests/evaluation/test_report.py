@@ -411,8 +411,8 @@ def test_records_mirror_the_registry(workspace: ReportWorkspace) -> None:
     settings = _settings(workspace)
     client = use_tracking(resolve_tracking(settings.tracking, workspace.root))
     records = {r.model: r for r in read_model_records(client, settings)}
-    assert list(records) == ["churn", "conversion", "next_step", "uplift"]
-    for model in ("conversion", "next_step", "uplift"):
+    assert list(records) == ["churn", "conversion", "next_step", "next_event", "uplift"]
+    for model in ("conversion", "next_step", "next_event", "uplift"):
         assert records[model].versions == [] and records[model].current is None
     churn = records["churn"]
     assert [v.version for v in churn.versions] == ["2", "1"]

@@ -17,12 +17,14 @@ from serving.engine import DecisionContext
 from serving.runtime import Runtime
 from tests.serving.conftest import ServingWorkspace, serving_settings
 
-DAYS = re.compile(r"days since the last event[^:]*: ([\d,.]+)")
+# the ages the reasons cite ("no activity for 45 days", "last visit 3 days ago", "customer for
+# 277 days"), not the windows of counts ("in the last 30 days")
+DAYS = re.compile(r"(?:for ([\d,]+) days?\b|([\d,]+) days? ago)")
 
 
 def _days_in_reasons(texts: pd.Series) -> list[float]:
     found = [DAYS.search(str(t)) for t in texts.dropna()]
-    return [float(m.group(1).replace(",", "")) for m in found if m]
+    return [float((m.group(1) or m.group(2)).replace(",", "")) for m in found if m]
 
 
 def test_the_list_and_its_reasons_are_aged_from_the_end_of_the_log(
