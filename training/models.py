@@ -62,6 +62,27 @@ def monotone_vector(
     return out
 
 
+def train_early_stopped(
+    params: dict[str, Any],
+    train: lgb.Dataset,
+    valid: lgb.Dataset,
+    num_boost_round: int,
+    early_stopping_rounds: int,
+) -> tuple[int, str]:
+    """Boosts on ``train`` until ``valid`` stops improving; returns the best iteration and the
+    text model cut at it (the model serving loads, byte for byte)."""
+    booster = lgb.train(
+        params,
+        train,
+        num_boost_round=num_boost_round,
+        valid_sets=[valid],
+        valid_names=["validation"],
+        callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
+    )
+    best = int(booster.best_iteration or booster.current_iteration())
+    return best, booster.model_to_string(num_iteration=best)
+
+
 def lightgbm_params(
     objective: str, random_state: int, num_threads: int, overrides: dict[str, Any]
 ) -> dict[str, Any]:
@@ -209,17 +230,9 @@ class BinaryJourneyModel:
         )
         x_val = encode_frame(frame_val, features, self.vocabularies_)
         valid = lgb.Dataset(x_val, label=y_val, weight=self._weights(y_val), reference=train)
-        booster = lgb.train(
-            params,
-            train,
-            num_boost_round=self.num_boost_round,
-            valid_sets=[valid],
-            valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        self.best_iteration_, self.model_text_ = train_early_stopped(
+            params, train, valid, self.num_boost_round, self.early_stopping_rounds
         )
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
-        # The in-memory model is the text model serving loads, byte for byte.
-        self.model_text_ = booster.model_to_string(num_iteration=self.best_iteration_)
         self.booster_ = lgb.Booster(model_str=self.model_text_)
         self.params_ = params
         raw_val = np.asarray(self.booster_.predict(x_val))
@@ -322,16 +335,9 @@ class NextStepModel:
             weight=weights[val_codes[val_mask]],
             reference=train,
         )
-        booster = lgb.train(
-            params,
-            train,
-            num_boost_round=self.num_boost_round,
-            valid_sets=[valid],
-            valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        self.best_iteration_, self.model_text_ = train_early_stopped(
+            params, train, valid, self.num_boost_round, self.early_stopping_rounds
         )
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
-        self.model_text_ = booster.model_to_string(num_iteration=self.best_iteration_)
         self.booster_ = lgb.Booster(model_str=self.model_text_)
         self.params_ = params
         if self.calibration == "none":

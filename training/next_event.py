@@ -508,7 +508,12 @@ class NextEventModel:
 
         from training.bundle import encode_frame
         from training.calibration import fit_vector_scaling
-        from training.models import BackoffMarkovBaseline, fit_vocabularies, lightgbm_params
+        from training.models import (
+            BackoffMarkovBaseline,
+            fit_vocabularies,
+            lightgbm_params,
+            train_early_stopped,
+        )
 
         counts = pd.Series(np.asarray(y, dtype=object)).astype(str).value_counts()
         ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -549,16 +554,9 @@ class NextEventModel:
         xv = encode_frame(x_val, self.features, self.vocabularies_)
         val_offset = self._offset(self.chain_, x_val)
         valid = lgb.Dataset(xv, label=val_codes, init_score=val_offset, reference=train)
-        booster = lgb.train(
-            params,
-            train,
-            num_boost_round=self.num_boost_round,
-            valid_sets=[valid],
-            valid_names=["validation"],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        self.best_iteration_, self.model_text_ = train_early_stopped(
+            params, train, valid, self.num_boost_round, self.early_stopping_rounds
         )
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
-        self.model_text_ = booster.model_to_string(num_iteration=self.best_iteration_)
         self.booster_ = lgb.Booster(model_str=self.model_text_)
         self.params_ = params
         raw_val = softmax(self._raw(xv) + val_offset)

@@ -53,7 +53,7 @@ import pyarrow as pa
 from journeyml.config import JourneyMap
 from training.bundle import ACTION_FEATURE, encode_frame
 from training.metrics import qini_coefficient
-from training.models import fit_vocabularies, lightgbm_params
+from training.models import fit_vocabularies, lightgbm_params, train_early_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -216,15 +216,10 @@ class DoublyRobustUplift:
             init_score=init_score,
         )
         valid = lgb.Dataset(x_val, label=y_val, reference=train, init_score=init_score_val)
-        booster = lgb.train(
-            params,
-            train,
-            num_boost_round=self.num_boost_round,
-            valid_sets=[valid],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+        _, text = train_early_stopped(
+            params, train, valid, self.num_boost_round, self.early_stopping_rounds
         )
-        best = int(booster.best_iteration or booster.current_iteration())
-        return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+        return lgb.Booster(model_str=text)
 
     def _with_arm(self, x: np.ndarray, arm_codes: np.ndarray) -> np.ndarray:
         return np.hstack([x, arm_codes.astype(np.float32)[:, None]])
